@@ -1,0 +1,55 @@
+"""npyseq: train Keras models on NumPy arrays bigger than RAM.
+
+Arrays are split into standard ``.npy`` shards plus a JSON manifest
+(:func:`write_shards`, :class:`ShardWriter`, ``npyseq convert``), read back
+lazily through memory maps (:func:`open_shards`), and fed to ``model.fit``
+by ``keras.utils.PyDataset`` classes (:class:`ShardSequence`).
+
+Importing npyseq does not import Keras; the Sequence classes load it on
+first use.
+"""
+
+from npyseq.errors import (
+    ChecksumMismatchError,
+    CorruptShardError,
+    DatasetChangedError,
+    DatasetExistsError,
+    DatasetNotFoundError,
+    IncompleteDatasetError,
+    InvalidArgumentError,
+    ManifestError,
+    MissingShardError,
+    NpyseqError,
+    ShardError,
+    UnsupportedDtypeError,
+)
+from npyseq.manifest import FORMAT_VERSION, Manifest
+from npyseq.reader import Dataset, ShardedArray, open_shards
+from npyseq.writer import NpzMember, RawSource, ShardWriter, parse_size, write_shards
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChecksumMismatchError",
+    "CorruptShardError",
+    "Dataset",
+    "DatasetChangedError",
+    "DatasetExistsError",
+    "DatasetNotFoundError",
+    "FORMAT_VERSION",
+    "IncompleteDatasetError",
+    "InvalidArgumentError",
+    "Manifest",
+    "ManifestError",
+    "MissingShardError",
+    "NpyseqError",
+    "NpzMember",
+    "RawSource",
+    "ShardError",
+    "ShardWriter",
+    "ShardedArray",
+    "UnsupportedDtypeError",
+    "open_shards",
+    "parse_size",
+    "write_shards",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from npyseq.cli import main
+
+sys.exit(main())

@@ -1,0 +1,98 @@
+"""Small helpers over ``numpy.lib.format``: shard headers and checksums."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import xxhash
+from numpy.lib import format as npy_format
+
+from npyseq.errors import CorruptShardError, MissingShardError
+
+CHUNK_BYTES = 16 * 2**20
+
+
+def header_bytes(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """The exact ``.npy`` header numpy writes for a C-order array."""
+    header = {"descr": npy_format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    buf = io.BytesIO()
+    try:
+        npy_format.write_array_header_1_0(buf, header)
+    except ValueError:  # header longer than 64 KiB: needs format 2.0
+        buf = io.BytesIO()
+        npy_format.write_array_header_2_0(buf, header)
+    return buf.getvalue()
+
+
+def read_header(path: str) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+    """Return ``(dtype, shape, fortran_order, data_offset)`` of a ``.npy`` file.
+
+    Raises :class:`MissingShardError` or :class:`CorruptShardError` naming the
+    file. Pickled object arrays are refused: their dtype holds objects.
+    """
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise MissingShardError(f"{path}: shard file is missing") from None
+    with f:
+        try:
+            shape, fortran, dtype = read_header_from(f)
+        except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
+            raise CorruptShardError(f"{path}: not a readable .npy header ({e})") from None
+        offset = f.tell()
+    if dtype.hasobject:
+        raise CorruptShardError(f"{path}: holds Python objects (pickled data); npyseq never loads those")
+    return dtype, tuple(shape), bool(fortran), offset
+
+
+def read_header_from(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Read a ``.npy`` header (format 1.0 or 2.0) from an open binary stream."""
+    version = npy_format.read_magic(f)
+    if version == (1, 0):
+        return npy_format.read_array_header_1_0(f)
+    if version == (2, 0):
+        return npy_format.read_array_header_2_0(f)
+    raise ValueError(f"unsupported .npy format version {version}; npyseq reads 1.0 and 2.0")
+
+
+def hash_array_rows(hasher: "xxhash.xxh3_64", chunk: np.ndarray) -> memoryview:
+    """Feed a C-contiguous chunk's bytes to ``hasher`` and return them."""
+    buf = np.ascontiguousarray(chunk).reshape(-1).view(np.uint8)
+    hasher.update(buf)
+    return buf
+
+
+def checksum_string(hasher: "xxhash.xxh3_64") -> str:
+    return f"xxh3_64:{hasher.hexdigest()}"
+
+
+def file_checksum(path: str, progress=None) -> str:
+    """``xxh3_64:<hex>`` of a whole file, read in chunks."""
+    h = xxhash.xxh3_64()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(CHUNK_BYTES)
+        view = memoryview(buf)
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            h.update(view[:n])
+            if progress is not None:
+                progress.update(n)
+    return checksum_string(h)
+
+
+def drop_from_cache(path: str) -> None:
+    """Ask the kernel to drop a file's clean pages (best effort)."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)

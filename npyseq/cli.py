@@ -1,0 +1,191 @@
+"""The ``npyseq`` command: ``convert``, ``info`` and ``verify``.
+
+A thin layer over the library; it never imports Keras, so it starts at once.
+
+    npyseq convert x.npy y.npy -o data/train --shard-size 256MB
+    npyseq convert arrays.npz -o data/train
+    npyseq convert images.bin --dtype uint8 --shape 32,32,3 --offset 16 -o data/img
+    npyseq info data/train
+    npyseq verify data/train
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import zipfile
+from typing import Sequence
+
+import numpy as np
+
+from npyseq import __version__
+from npyseq.errors import NpyseqError, ShardError
+from npyseq.reader import open_shards
+from npyseq.writer import DEFAULT_SHARD_SIZE, NpzMember, RawSource, write_shards
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    text = text.strip().strip("()[]")
+    if not text:
+        return ()
+    try:
+        shape = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shape must be comma-separated ints like 32,32,3, got {text!r}")
+    if any(d < 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"--shape entries must be non-negative, got {text!r}")
+    return shape
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="npyseq", description="Sharded .npy datasets for Keras.")
+    p.add_argument("--version", action="version", version=f"npyseq {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="convert .npy, .npz or raw binary files into a sharded dataset")
+    c.add_argument("sources", nargs="+", metavar="SRC",
+                   help=".npy files, .npz archives, or raw binary files (with --dtype)")
+    c.add_argument("-o", "--output", required=True, metavar="OUT", help="dataset folder to write")
+    c.add_argument("--name", action="append", default=[], metavar="NAME",
+                   help="array name, once per array in order (default: file stem / npz member)")
+    c.add_argument("--shard-size", default=DEFAULT_SHARD_SIZE, help="largest shard, e.g. 64MB, 1GiB (default %(default)s)")
+    c.add_argument("--rows-per-shard", type=int, default=None, help="rows per shard instead of --shard-size")
+    c.add_argument("--jobs", type=int, default=None, help="shards written at once (default: CPUs, at most 4)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.add_argument("--dtype", default=None, help="dtype of raw binary sources, e.g. float32")
+    c.add_argument("--shape", type=_parse_shape, default=(), help="per-row shape of raw sources, e.g. 32,32,3")
+    c.add_argument("--offset", type=int, default=0, help="bytes to skip at the start of raw sources")
+
+    i = sub.add_parser("info", help="describe a dataset")
+    i.add_argument("dataset", metavar="DIR")
+
+    v = sub.add_parser("verify", help="recompute every shard checksum")
+    v.add_argument("dataset", metavar="DIR")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _expand_sources(args) -> list[tuple[str, object]]:
+    """(default name, source) for every array the sources hold."""
+    out = []
+    for src in args.sources:
+        stem = os.path.splitext(os.path.basename(src))[0]
+        if not os.path.isfile(src):
+            raise NpyseqError(f"{src}: no such file")
+        if src.endswith(".npz"):
+            with zipfile.ZipFile(src) as z:
+                members = [m for m in z.namelist() if m.endswith(".npy")]
+            if not members:
+                raise NpyseqError(f"{src}: the .npz archive holds no .npy members")
+            out.extend((m[:-4], NpzMember(src, m)) for m in members)
+        elif src.endswith(".npy"):
+            out.append((stem, src))
+        elif args.dtype is not None:
+            out.append((stem, RawSource(src, np.dtype(args.dtype), args.shape, args.offset)))
+        else:
+            raise NpyseqError(
+                f"{src}: not a .npy or .npz file; for raw binary data give --dtype "
+                "(and --shape, --offset)"
+            )
+    if args.name:
+        if len(args.name) != len(out):
+            raise NpyseqError(
+                f"--name given {len(args.name)} times but the sources hold {len(out)} arrays "
+                f"({', '.join(n for n, _ in out)})"
+            )
+        out = [(name, src) for name, (_, src) in zip(args.name, out)]
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise NpyseqError(f"array names must be unique, got {names}; use --name")
+    return out
+
+
+def _convert(args) -> int:
+    arrays = dict(_expand_sources(args))
+    ds = write_shards(
+        args.output, arrays, args.shard_size, rows=args.rows_per_shard, jobs=args.jobs,
+        progress=not args.quiet, overwrite=args.overwrite,
+    )
+    if not args.quiet:
+        print(f"wrote {ds.path}: {len(ds)} rows, {len(ds.names)} arrays, "
+              f"{ds.num_shards} shards per array, {_human(ds.nbytes)}")
+    return 0
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def _info(args) -> int:
+    ds = open_shards(args.dataset)
+    m = ds.manifest
+    print(f"dataset   {ds.path}")
+    print(f"format    npyseq v{m.version}, manifest xxh3_64:{ds.checksum}")
+    print(f"rows      {len(ds)}")
+    rows = m.shard_rows
+    if rows:
+        print(f"shards    {m.num_shards} per array, {min(rows)}-{max(rows)} rows each")
+    else:
+        print("shards    0")
+    print(f"bytes     {m.nbytes} ({_human(m.nbytes)})")
+    print("arrays")
+    width = max(len(n) for n in ds.names)
+    for name in ds.names:
+        a, info = ds[name], m.arrays[name]
+        stored = "" if info.logical_dtype is None else f" (stored as {info.dtype})"
+        size = sum(s.bytes for s in info.shards)
+        print(f"  {name:<{width}}  {str(a.dtype) + stored:<24} row shape {str(a.shape[1:]):<16} {_human(size)}")
+    return 0
+
+
+def _verify(args) -> int:
+    from tqdm.auto import tqdm
+
+    from npyseq import _npy
+
+    ds = open_shards(args.dataset, verify="none")
+    bad = []
+    total = ds.nbytes
+    with tqdm(total=total, unit="B", unit_scale=True, desc="npyseq verify", disable=args.quiet) as bar:
+        for name, info in ds.manifest.arrays.items():
+            for k, shard in enumerate(info.shards):
+                path = os.path.join(ds.path, shard.path)
+                try:
+                    ds._check_shard(name, info, k)
+                    found = _npy.file_checksum(path, progress=bar)
+                except ShardError as e:
+                    bad.append(str(e))
+                    continue
+                if found != shard.checksum:
+                    bad.append(f"{path}: checksum {found} found, the manifest says {shard.checksum}")
+    n = sum(len(a.shards) for a in ds.manifest.arrays.values())
+    if bad:
+        for line in bad:
+            print(f"BAD {line}")
+        print(f"{len(bad)} of {n} shards are bad")
+        return 1
+    print(f"OK: {n} shards, {_human(total)}, all checksums match")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = {"convert": _convert, "info": _info, "verify": _verify}[args.command]
+    try:
+        return command(args)
+    except (NpyseqError, OSError, ValueError, TypeError) as e:
+        print(f"npyseq {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"npyseq {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

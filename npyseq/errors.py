@@ -1,0 +1,83 @@
+"""The npyseq exception hierarchy.
+
+Every error npyseq raises derives from :class:`NpyseqError`. Each exception
+carries one finished message and nothing else, so that it survives a pickle
+round trip: an exception raised inside a ``multiprocessing.Pool`` worker (which
+is what Keras uses for process workers) is pickled back to the parent, and an
+exception whose ``__init__`` needs several arguments cannot be unpickled, which
+makes the parent wait forever.
+
+Example:
+
+>>> import npyseq
+>>> try:
+...     npyseq.open_shards("/nonexistent")
+... except npyseq.NpyseqError as e:
+...     print(type(e).__name__)
+DatasetNotFoundError
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "NpyseqError",
+    "InvalidArgumentError",
+    "ManifestError",
+    "DatasetNotFoundError",
+    "IncompleteDatasetError",
+    "DatasetExistsError",
+    "DatasetChangedError",
+    "ShardError",
+    "MissingShardError",
+    "CorruptShardError",
+    "ChecksumMismatchError",
+    "UnsupportedDtypeError",
+]
+
+
+class NpyseqError(Exception):
+    """Base class of every error npyseq raises."""
+
+
+class InvalidArgumentError(NpyseqError, ValueError):
+    """An argument has a value npyseq cannot use (e.g. ``batch_size=0``)."""
+
+
+class UnsupportedDtypeError(InvalidArgumentError):
+    """An array's dtype cannot be stored (object dtype, or fields of objects)."""
+
+
+class ManifestError(NpyseqError, ValueError):
+    """``manifest.json`` is malformed, of an unknown version, or inconsistent."""
+
+
+class DatasetNotFoundError(NpyseqError, FileNotFoundError):
+    """The dataset folder or its manifest does not exist."""
+
+
+class IncompleteDatasetError(DatasetNotFoundError):
+    """The folder holds shards but no manifest: a conversion did not finish."""
+
+
+class DatasetExistsError(NpyseqError, FileExistsError):
+    """The output folder already holds a dataset and ``overwrite`` is false."""
+
+
+class DatasetChangedError(NpyseqError):
+    """The dataset folder was replaced after it was opened."""
+
+
+class ShardError(NpyseqError, ValueError):
+    """A shard file does not match what the manifest says of it."""
+
+
+class MissingShardError(ShardError):
+    """A shard named by the manifest does not exist."""
+
+
+class CorruptShardError(ShardError):
+    """A shard's size or ``.npy`` header differs from the manifest."""
+
+
+class ChecksumMismatchError(ShardError):
+    """A shard's bytes do not hash to the checksum in the manifest."""

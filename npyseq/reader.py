@@ -1,0 +1,380 @@
+"""Reading sharded datasets: :func:`open_shards`, :class:`Dataset`, :class:`ShardedArray`.
+
+Shards are opened lazily as read-only memmaps and kept in a bounded LRU cache,
+so a dataset of ten thousand shards never runs out of file descriptors.
+Indexing returns ordinary in-memory arrays (copies), gathered with one
+vectorized numpy operation per shard touched, never a Python loop per row.
+
+A dataset pickles as its path and the checksum of its manifest (a few hundred
+bytes whatever its size, never its data) and reopens lazily in the receiving
+process, like joblib's memmap reducer: safe to send to fork, spawn and
+forkserver workers.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from typing import Any, Iterator
+
+import numpy as np
+import xxhash
+
+from npyseq import _npy
+from npyseq.errors import (
+    ChecksumMismatchError,
+    CorruptShardError,
+    DatasetChangedError,
+    DatasetNotFoundError,
+    IncompleteDatasetError,
+    InvalidArgumentError,
+    ManifestError,
+)
+from npyseq.manifest import MANIFEST_NAME, ArrayInfo, Manifest, logical_dtype, read_manifest, shard_offsets
+
+__all__ = ["open_shards", "Dataset", "ShardedArray"]
+
+_VERIFY_MODES = ("none", "headers", "checksums")
+
+
+def open_shards(path: str | os.PathLike, *, verify: str = "headers", max_open: int = 128) -> "Dataset":
+    """Open a sharded dataset folder written by :func:`npyseq.write_shards`.
+
+    Args:
+        path: the dataset folder (holding ``manifest.json``).
+        verify: what is checked. ``"headers"`` (default): at open, every
+            shard's size and ``.npy`` header against the manifest (one small
+            read per shard). ``"checksums"``: also hash each shard in full the
+            first time a process maps it, catching flipped bytes at the cost
+            of reading each shard once more (xxh3, ~30 GB/s from page cache).
+            ``"none"``: trust the manifest; each shard's header is still
+            checked when it is first mapped.
+        max_open: shards kept mapped at once per process (each holds a file
+            descriptor).
+
+    Example:
+
+    >>> ds = npyseq.open_shards("data/train")
+    >>> x = ds["x"]
+    >>> x.shape, x.dtype
+    ((100000, 32, 32, 3), dtype('float32'))
+    >>> batch = x[np.array([5, 99_999, 5])]   # any rows, in any order
+    """
+    if verify not in _VERIFY_MODES:
+        raise InvalidArgumentError(f"verify must be one of {_VERIFY_MODES}, got {verify!r}")
+    if isinstance(max_open, bool) or not isinstance(max_open, int) or max_open < 1:
+        raise InvalidArgumentError(f"max_open must be a positive int, got {max_open!r}")
+    root = os.path.abspath(os.fspath(path))
+    manifest, raw = _load_manifest(root)
+    ds = Dataset(root, manifest, xxhash.xxh3_64_hexdigest(raw), os.stat(root).st_ino, verify, max_open)
+    if verify != "none":
+        ds.check_headers()
+    return ds
+
+
+def _load_manifest(root: str) -> tuple[Manifest, bytes]:
+    if not os.path.isdir(root):
+        raise DatasetNotFoundError(f"{root}: no such dataset folder")
+    if not os.path.exists(os.path.join(root, MANIFEST_NAME)):
+        if any(os.path.isdir(os.path.join(root, e)) for e in os.listdir(root)):
+            raise IncompleteDatasetError(
+                f"{root}: incomplete dataset: shard folders exist but {MANIFEST_NAME} does not. "
+                "A conversion was interrupted; run it again to finish it (complete shards are kept)."
+            )
+        raise DatasetNotFoundError(f"{root}: not an npyseq dataset ({MANIFEST_NAME} not found)")
+    return read_manifest(root)
+
+
+def _reopen(root: str, checksum: str, inode: int, verify: str, max_open: int) -> "Dataset":
+    manifest, raw = _load_manifest(root)
+    found = xxhash.xxh3_64_hexdigest(raw)
+    if found != checksum:
+        raise DatasetChangedError(
+            f"{root}: {MANIFEST_NAME} changed since the dataset was opened "
+            f"(manifest checksum {checksum} expected, {found} found); reopen the dataset"
+        )
+    return Dataset(root, manifest, checksum, inode, verify, max_open)
+
+
+class Dataset:
+    """A sharded dataset: a set of arrays with the same rows. Use :func:`open_shards`.
+
+    ``len(ds)`` is the number of rows, ``ds.names`` the array names and
+    ``ds["x"]`` a :class:`ShardedArray`.
+    """
+
+    def __init__(self, root: str, manifest: Manifest, checksum: str, inode: int,
+                 verify: str = "headers", max_open: int = 128):
+        self.path = root
+        self.manifest = manifest
+        self.checksum = checksum
+        self._inode = inode
+        self._verify = verify
+        self._max_open = max_open
+        self._offsets = shard_offsets(manifest.shard_rows)
+        self._arrays = {n: ShardedArray(self, n, info) for n, info in manifest.arrays.items()}
+        self._reset_cache()
+
+    # -- public
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._arrays)
+
+    @property
+    def num_shards(self) -> int:
+        return self.manifest.num_shards
+
+    @property
+    def nbytes(self) -> int:
+        return self.manifest.nbytes
+
+    def __len__(self) -> int:
+        return self.manifest.rows
+
+    def __getitem__(self, name: str) -> "ShardedArray":
+        try:
+            return self._arrays[name]
+        except KeyError:
+            raise KeyError(f"{self.path}: no array named {name!r}; arrays are {self.names}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._arrays
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._arrays)
+
+    def __repr__(self) -> str:
+        arrays = ", ".join(f"{n}: {a.dtype} {a.shape[1:]}" for n, a in self._arrays.items())
+        return (f"<npyseq.Dataset {self.path!r} rows={len(self)} shards={self.num_shards} "
+                f"manifest=xxh3_64:{self.checksum} {{{arrays}}}>")
+
+    def __reduce__(self):
+        return (_reopen, (self.path, self.checksum, self._inode, self._verify, self._max_open))
+
+    def check_headers(self) -> None:
+        """Check every shard's size and ``.npy`` header against the manifest."""
+        for name, info in self.manifest.arrays.items():
+            for k in range(len(info.shards)):
+                self._check_shard(name, info, k)
+
+    def close(self) -> None:
+        """Unmap every open shard (they reopen on the next read)."""
+        self._reset_cache()
+
+    # -- shard cache
+
+    def _reset_cache(self) -> None:
+        self._cache: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._hashed: set = set()
+
+    def _check_shard(self, name: str, info: ArrayInfo, k: int) -> tuple[str, int]:
+        """Check shard ``k`` of ``name`` against the manifest; return (file, data offset)."""
+        shard = info.shards[k]
+        path = os.path.join(self.path, *shard.path.split("/"))
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, os.path.realpath(self.path)]) != os.path.realpath(self.path):
+            raise ManifestError(
+                f"{os.path.join(self.path, MANIFEST_NAME)}: shard path {shard.path!r} resolves to "
+                f"{real}, outside the dataset folder; refusing to read it"
+            )
+        dtype, shape, fortran, offset = _npy.read_header(path)
+        expected_shape = (self.manifest.shard_rows[k],) + info.shape
+        if dtype != info.dtype:
+            raise CorruptShardError(f"{path}: dtype {dtype} found, the manifest says {info.dtype}")
+        if shape != expected_shape:
+            raise CorruptShardError(f"{path}: shape {shape} found, the manifest says {expected_shape}")
+        if fortran and len(shape) > 1:
+            raise CorruptShardError(f"{path}: stored in Fortran order; npyseq shards are C order")
+        size = os.path.getsize(path)
+        if size != shard.bytes:
+            raise CorruptShardError(f"{path}: {size} bytes found, the manifest says {shard.bytes}")
+        if offset + self.manifest.shard_rows[k] * info.row_bytes != size:
+            raise CorruptShardError(
+                f"{path}: header ({offset} bytes) plus data "
+                f"({self.manifest.shard_rows[k] * info.row_bytes} bytes) does not equal the "
+                f"file size {size}"
+            )
+        return path, offset
+
+    def _shard(self, name: str, k: int) -> np.ndarray:
+        """The memmap of shard ``k`` of array ``name``, opened on first use."""
+        if self._pid != os.getpid():  # forked: locks may be held by dead threads
+            self._reset_cache()
+        key = (name, k)
+        with self._lock:
+            mm = self._cache.get(key)
+            if mm is not None:
+                self._cache.move_to_end(key)
+                return mm
+        mm = self._open_shard(name, k)
+        with self._lock:
+            self._cache[key] = mm
+            while len(self._cache) > self._max_open:
+                self._cache.popitem(last=False)
+        return mm
+
+    def _open_shard(self, name: str, k: int) -> np.ndarray:
+        try:
+            inode = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            inode = None
+        if inode != self._inode:
+            raise DatasetChangedError(
+                f"{self.path}: the dataset folder was replaced after it was opened "
+                "(e.g. converted again with --overwrite); reopen it with npyseq.open_shards"
+            )
+        info = self.manifest.arrays[name]
+        path, offset = self._check_shard(name, info, k)
+        if self._verify == "checksums" and (name, k) not in self._hashed:
+            found = _npy.file_checksum(path)
+            if found != info.shards[k].checksum:
+                raise ChecksumMismatchError(
+                    f"{path}: checksum {found} found, the manifest says {info.shards[k].checksum}; "
+                    "the shard is corrupt"
+                )
+            self._hashed.add((name, k))
+        shape = (self.manifest.shard_rows[k],) + info.shape
+        if 0 in shape:
+            return np.empty(shape, info.dtype)
+        return np.memmap(path, dtype=info.dtype, mode="r", offset=offset, shape=shape)
+
+
+def _as_index_array(key: Any, n: int) -> np.ndarray:
+    idx = np.asarray(key)
+    if idx.dtype == bool:
+        if idx.shape != (n,):
+            raise IndexError(f"boolean index must have shape ({n},), got {idx.shape}")
+        return np.flatnonzero(idx)
+    if idx.size == 0:
+        return np.empty(0, dtype=np.int64)
+    if idx.dtype.kind not in "iu":
+        raise IndexError(f"only integers, slices, and integer or boolean arrays are valid indices, got {key!r:.80}")
+    idx = idx.astype(np.int64, copy=False).reshape(-1)
+    lo, hi = idx.min(), idx.max()
+    if lo < -n or hi >= n:
+        bad = lo if lo < -n else hi
+        raise IndexError(f"index {bad} is out of bounds for {n} rows")
+    if lo < 0:
+        idx = np.where(idx < 0, idx + n, idx)
+    return idx
+
+
+class ShardedArray:
+    """One array of a :class:`Dataset`, indexed like a read-only numpy array.
+
+    Indexing by an int, a slice (any step) or an integer/boolean index array
+    (any order, duplicates allowed) returns an ordinary in-memory ``ndarray``.
+
+    Example:
+
+    >>> x = npyseq.open_shards("data/train")["x"]
+    >>> x[10:20].shape, x[[3, 1, 3]].shape
+    ((10, 8), (3, 8))
+    """
+
+    def __init__(self, dataset: Dataset, name: str, info: ArrayInfo):
+        self._ds, self.name, self._info = dataset, name, info
+        self.dtype = logical_dtype(info.dtype, info.logical_dtype)
+        self.shape = (dataset.manifest.rows,) + info.shape
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self._info.row_bytes
+
+    @property
+    def dataset(self) -> Dataset:
+        return self._ds
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"<npyseq.ShardedArray {self.name!r} shape={self.shape} dtype={self.dtype} in {self._ds.path!r}>"
+
+    def __reduce__(self):
+        return (_array_of, (self._ds, self.name))
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, tuple):
+            if not key:
+                return self[:]
+            rows = self[key[0]]
+            rest = key[1:]
+            return rows[rest] if isinstance(key[0], (int, np.integer)) else rows[(slice(None),) + rest]
+        n = self.shape[0]
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            i = int(key)
+            if not -n <= i < n:
+                raise IndexError(f"index {i} is out of bounds for {self.name!r} with {n} rows")
+            return self.take(np.array([i % n]))[0]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(n)
+            if step == 1:
+                return self.read(start, max(start, stop))
+            return self.take(np.arange(start, stop, step, dtype=np.int64))
+        if key is Ellipsis:
+            return self[:]
+        return self.take(_as_index_array(key, n))
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start`` to ``stop`` (contiguous, ``0 <= start <= stop <= len``), copied."""
+        offsets = self._ds._offsets
+        first = int(np.searchsorted(offsets, start, side="right")) - 1
+        out = None
+        pos = start
+        k = first
+        while pos < stop:
+            a, b = int(offsets[k]), int(offsets[k + 1])
+            hi = min(stop, b)
+            part = self._ds._shard(self.name, k)[pos - a:hi - a]
+            if out is None and hi == stop:  # one shard: a single copy
+                return np.array(part).view(self.dtype)
+            if out is None:
+                out = np.empty((stop - start,) + self._info.shape, self._info.dtype)
+            out[pos - start:hi - start] = part
+            pos, k = hi, k + 1
+        if out is None:
+            out = np.empty((0,) + self._info.shape, self._info.dtype)
+        return out.view(self.dtype)
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        """Rows at ``indices`` (non-negative int64, in range), copied, in that order."""
+        indices = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(indices),) + self._info.shape, self._info.dtype)
+        if len(indices):
+            offsets = self._ds._offsets
+            is_sorted = bool(np.all(indices[1:] >= indices[:-1]))
+            order = None if is_sorted else np.argsort(indices, kind="stable")
+            sorted_idx = indices if order is None else indices[order]
+            # Position in sorted_idx where each shard's rows start.
+            cuts = np.searchsorted(sorted_idx, offsets)
+            for k in np.flatnonzero(cuts[1:] > cuts[:-1]):
+                lo, hi = int(cuts[k]), int(cuts[k + 1])
+                local = sorted_idx[lo:hi] - offsets[k]
+                mm = self._ds._shard(self.name, int(k))
+                if local[-1] - local[0] == hi - lo - 1 and (hi - lo == 1 or bool(
+                        np.all(local[1:] != local[:-1]))):  # a contiguous run: slice copy
+                    rows = mm[int(local[0]):int(local[-1]) + 1]
+                else:
+                    rows = mm[local]
+                if order is None:
+                    out[lo:hi] = rows
+                else:
+                    out[order[lo:hi]] = rows
+        return out.view(self.dtype)
+
+
+def _array_of(dataset: Dataset, name: str) -> ShardedArray:
+    return dataset[name]

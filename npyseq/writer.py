@@ -1,0 +1,699 @@
+"""Writing sharded datasets: :func:`write_shards` and :class:`ShardWriter`.
+
+Both stream rows into ``.npy`` shards with memory bounded by a chunk (16 MB per
+array), never by the data, and follow the writing protocol of
+:mod:`npyseq.manifest`: shards under temporary names, fsync, rename, the
+manifest last. A rerun of an interrupted :func:`write_shards` keeps the shards
+already complete and correct.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import re
+import shutil
+import zipfile
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+import xxhash
+
+from npyseq import _npy
+from npyseq.errors import DatasetExistsError, InvalidArgumentError, NpyseqError
+from npyseq.manifest import (
+    MANIFEST_NAME,
+    PARTIAL_SUFFIX,
+    ArrayInfo,
+    Manifest,
+    ShardInfo,
+    fsync_dir,
+    storage_dtype,
+    write_manifest,
+)
+
+__all__ = ["write_shards", "ShardWriter", "parse_size", "RawSource", "NpzMember"]
+
+DEFAULT_SHARD_SIZE = "256MB"
+_LOCK_NAME = ".npyseq.lock"
+_SHARD_FILE_RE = re.compile(r"^\d{6,}\.npy(\.partial)?$")
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a string like ``"64MB"``, ``"1GiB"``, ``"512k"``.
+
+    >>> parse_size("64MB"), parse_size("1GiB"), parse_size(4096)
+    (64000000, 1073741824, 4096)
+    """
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        n = int(value)
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
+        if not m or m.group(2).lower() not in _UNITS:
+            raise InvalidArgumentError(
+                f"shard_size must be a number of bytes such as 268435456, '256MB' or '1GiB', "
+                f"got {value!r}"
+            )
+        n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    else:
+        raise InvalidArgumentError(f"shard_size must be an int or a string like '256MB', got {value!r}")
+    if n <= 0:
+        raise InvalidArgumentError(f"shard_size must be positive, got {value!r}")
+    return n
+
+
+# --- sources ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RawSource:
+    """A headerless binary file of rows, as hand-written raw readers assume.
+
+    >>> src = RawSource("data.bin", dtype="float32", shape=(32, 32, 3), offset=0)
+    """
+
+    path: str
+    dtype: Any
+    shape: tuple[int, ...] = ()
+    offset: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class NpzMember:
+    """One array inside a ``.npz`` archive, streamed without loading it whole."""
+
+    path: str
+    member: str
+
+
+class _Source:
+    """Rows of one input array, read in chunks."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]  # full shape, rows first
+    seekable: bool = True
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def chunks(self, start: int, stop: int, chunk_rows: int) -> Iterator[np.ndarray]:
+        for a in range(start, stop, chunk_rows):
+            yield self.rows(a, min(stop, a + chunk_rows))
+
+
+class _ArraySource(_Source):
+    def __init__(self, name: str, array: np.ndarray):
+        self.name, self.array = name, array
+        self.dtype, self.shape = array.dtype, tuple(array.shape)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return self.array[start:stop]
+
+
+class _NpzStreamSource(_Source):
+    """A compressed ``.npz`` member: only sequential reads are possible."""
+
+    seekable = False
+
+    def __init__(self, name: str, path: str, member: str, dtype, shape, fortran):
+        self.name, self.path, self.member = name, path, member
+        self.dtype, self.shape, self.fortran = dtype, shape, fortran
+
+    def chunks(self, start: int, stop: int, chunk_rows: int) -> Iterator[np.ndarray]:
+        row_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+        with zipfile.ZipFile(self.path) as z, z.open(self.member) as f:
+            _npy.read_header_from(f)
+            _skip(f, start * row_bytes)
+            for a in range(start, stop, chunk_rows):
+                n = min(stop, a + chunk_rows) - a
+                data = _read_exact(f, n * row_bytes, self.path)
+                yield np.frombuffer(data, dtype=self.dtype).reshape((n,) + self.shape[1:])
+
+
+def _skip(f, nbytes: int) -> None:
+    while nbytes > 0:
+        got = f.read(min(nbytes, _npy.CHUNK_BYTES))
+        if not got:
+            break
+        nbytes -= len(got)
+
+
+def _read_exact(f, nbytes: int, path: str) -> bytes:
+    data = f.read(nbytes)
+    if len(data) != nbytes:
+        raise NpyseqError(f"{path}: ended early: expected {nbytes} more bytes, found {len(data)}")
+    return data
+
+
+def _open_source(name: str, value: Any) -> _Source:
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        if not os.path.exists(path):
+            raise InvalidArgumentError(f"array {name!r}: source file {path!r} does not exist")
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as e:
+            raise InvalidArgumentError(f"array {name!r}: {path}: cannot be read as .npy ({e})") from None
+        if not isinstance(array, np.ndarray):
+            raise InvalidArgumentError(
+                f"array {name!r}: {path} is a .npz archive; pass npyseq.NpzMember({path!r}, member)"
+            )
+        return _ArraySource(name, array)
+    if isinstance(value, RawSource):
+        return _ArraySource(name, _open_raw(value))
+    if isinstance(value, NpzMember):
+        return _open_npz_member(name, value)
+    if isinstance(value, np.ndarray):
+        return _ArraySource(name, value)
+    if hasattr(value, "__array__") or isinstance(value, (list, tuple)):
+        return _ArraySource(name, np.asarray(value))
+    raise InvalidArgumentError(
+        f"array {name!r}: expected a numpy array, a memmap, a path to a .npy file, a RawSource "
+        f"or an NpzMember, got {type(value).__name__}"
+    )
+
+
+def _open_raw(src: RawSource) -> np.ndarray:
+    dtype = np.dtype(src.dtype)
+    shape = tuple(int(d) for d in src.shape)
+    row_bytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    size = os.path.getsize(src.path)
+    if src.offset < 0 or src.offset > size:
+        raise InvalidArgumentError(f"{src.path}: offset {src.offset} is outside the file ({size} bytes)")
+    body = size - src.offset
+    if row_bytes == 0 or body % row_bytes:
+        raise InvalidArgumentError(
+            f"{src.path}: {body} bytes after offset {src.offset} are not a whole number of rows "
+            f"of dtype {dtype} and shape {shape} ({row_bytes} bytes per row); "
+            "check --dtype, --shape and --offset"
+        )
+    rows = body // row_bytes
+    if rows == 0:
+        return np.empty((0,) + shape, dtype)
+    return np.memmap(src.path, dtype=dtype, mode="r", offset=src.offset, shape=(rows,) + shape)
+
+
+def _open_npz_member(name: str, src: NpzMember) -> _Source:
+    with zipfile.ZipFile(src.path) as z:
+        try:
+            info = z.getinfo(src.member)
+        except KeyError:
+            raise InvalidArgumentError(
+                f"{src.path}: has no member {src.member!r}; members are {z.namelist()}"
+            ) from None
+        with z.open(info) as f:
+            try:
+                shape, fortran, dtype = _npy.read_header_from(f)
+            except (ValueError, EOFError, SyntaxError) as e:
+                raise InvalidArgumentError(f"{src.path}:{src.member} is not a .npy member ({e})") from None
+            header_len = f.tell()
+        if dtype.hasobject:
+            raise InvalidArgumentError(
+                f"{src.path}:{src.member} holds Python objects; npyseq never unpickles data"
+            )
+        if fortran and len(shape) > 1:
+            raise InvalidArgumentError(
+                f"{src.path}:{src.member} is stored in Fortran order; save it in C order "
+                "(np.ascontiguousarray) to stream it"
+            )
+        if info.compress_type == zipfile.ZIP_STORED:
+            # Stored members are plain .npy bytes inside the archive: map them.
+            with open(src.path, "rb") as raw:
+                raw.seek(info.header_offset)
+                local = raw.read(30)
+                name_len = int.from_bytes(local[26:28], "little")
+                extra_len = int.from_bytes(local[28:30], "little")
+            offset = info.header_offset + 30 + name_len + extra_len + header_len
+            if not shape or shape[0] == 0:
+                return _ArraySource(name, np.empty(shape or (0,), dtype))
+            array = np.memmap(src.path, dtype=dtype, mode="r", offset=offset, shape=shape)
+            return _ArraySource(name, array)
+        return _NpzStreamSource(name, src.path, src.member, dtype, tuple(shape), fortran)
+
+
+# --- planning -----------------------------------------------------------------
+
+
+def _rows_per_shard(
+    shard_size: int | str | None, rows: int | None, dtypes: Mapping[str, np.dtype],
+    shapes: Mapping[str, tuple[int, ...]],
+) -> int:
+    if rows is not None:
+        if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows <= 0:
+            raise InvalidArgumentError(f"rows must be a positive int, got {rows!r}")
+        return int(rows)
+    limit = parse_size(shard_size if shard_size is not None else DEFAULT_SHARD_SIZE)
+    best = None
+    for name, dtype in dtypes.items():
+        row_bytes = dtype.itemsize * int(np.prod(shapes[name], dtype=np.int64))
+        if row_bytes == 0:
+            continue
+        header = len(_npy.header_bytes(dtype, (2**40,) + tuple(shapes[name])))
+        n = (limit - header) // row_bytes
+        if n < 1:
+            raise InvalidArgumentError(
+                f"shard_size {limit} bytes is smaller than one row of array {name!r} "
+                f"({row_bytes} bytes plus a {header}-byte header); raise shard_size"
+            )
+        best = n if best is None else min(best, n)
+    return best if best is not None else 2**20
+
+
+def _shard_path(name: str, k: int) -> str:
+    return f"{name}/{k:06d}.npy"
+
+
+def _check_name(name: Any) -> str:
+    from npyseq.manifest import _NAME_RE
+
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidArgumentError(
+            f"array names must be 1-128 letters, digits, '_', '-' or '.', not starting with '.'; "
+            f"got {name!r}"
+        )
+    return name
+
+
+# --- the writing protocol ------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked(root: str) -> Iterator[None]:
+    path = os.path.join(root, _LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise NpyseqError(
+                f"{root}: another npyseq process is writing this dataset (lock {path} is held)"
+            ) from None
+        yield
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    finally:
+        os.close(fd)
+
+
+def _prepare_output(out_dir: str, overwrite: bool) -> tuple[str, str | None]:
+    """Return (folder to write into, folder it replaces at the end or None)."""
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(os.path.join(out_dir, MANIFEST_NAME)):
+        if not overwrite:
+            raise DatasetExistsError(
+                f"{out_dir} already holds a dataset; pass overwrite=True (--overwrite) to replace it"
+            )
+        # Build the new dataset beside the old one, then swap folders, so a
+        # reader never sees old and new shards under one manifest.
+        staging = out_dir.rstrip("/") + ".npyseq-new"
+        os.makedirs(staging, exist_ok=True)
+        return staging, out_dir
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InvalidArgumentError(f"{out_dir} exists and is not a folder")
+    os.makedirs(out_dir, exist_ok=True)
+    return out_dir, None
+
+
+def _swap_in(staging: str, target: str) -> None:
+    old = target.rstrip("/") + ".npyseq-old"
+    if os.path.exists(old):
+        shutil.rmtree(old)
+    os.rename(target, old)
+    os.rename(staging, target)
+    fsync_dir(os.path.dirname(target) or ".")
+    shutil.rmtree(old)
+
+
+def _remove_strays(root: str, manifest: Manifest) -> None:
+    """Delete shard files of earlier, different runs that the manifest does not list."""
+    listed = {s.path for a in manifest.arrays.values() for s in a.shards}
+    for name in manifest.arrays:
+        folder = os.path.join(root, name)
+        if not os.path.isdir(folder):
+            continue
+        for entry in os.listdir(folder):
+            rel = f"{name}/{entry}"
+            if _SHARD_FILE_RE.match(entry) and rel not in listed:
+                os.unlink(os.path.join(folder, entry))
+
+
+def _write_shard(root: str, path: str, source: _Source, start: int, stop: int,
+                 store: np.dtype, chunk_rows: int, progress) -> ShardInfo:
+    """Write rows [start, stop) of ``source`` as the shard ``path``; reuse it if correct."""
+    final = os.path.join(root, path)
+    header = _npy.header_bytes(store, (stop - start,) + source.shape[1:])
+    nbytes = len(header) + (stop - start) * store.itemsize * int(
+        np.prod(source.shape[1:], dtype=np.int64))
+    if source.seekable and os.path.isfile(final) and os.path.getsize(final) == nbytes:
+        expected = xxhash.xxh3_64(header)
+        for chunk in source.chunks(start, stop, chunk_rows):
+            _npy.hash_array_rows(expected, chunk.view(store))
+        if _npy.checksum_string(expected) == _npy.file_checksum(final):
+            if progress is not None:
+                progress.update(nbytes)
+            return ShardInfo(path=path, bytes=nbytes, checksum=_npy.checksum_string(expected))
+    partial = final + PARTIAL_SUFFIX
+    h = xxhash.xxh3_64(header)
+    with open(partial, "wb") as f:
+        f.write(header)
+        for chunk in source.chunks(start, stop, chunk_rows):
+            f.write(_npy.hash_array_rows(h, chunk.view(store)))
+            if progress is not None:
+                progress.update(chunk.nbytes)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, final)
+    _npy.drop_from_cache(final)
+    return ShardInfo(path=path, bytes=nbytes, checksum=_npy.checksum_string(h))
+
+
+def write_shards(
+    out_dir: str | os.PathLike,
+    arrays: Mapping[str, Any],
+    shard_size: int | str = DEFAULT_SHARD_SIZE,
+    *,
+    rows: int | None = None,
+    jobs: int | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+):
+    """Split arrays into ``.npy`` shards plus a manifest; return the opened dataset.
+
+    Args:
+        out_dir: the dataset folder to create.
+        arrays: ``{name: source}``; each source is an in-memory array, a
+            memmap (``np.load(..., mmap_mode="r")``), a path to a ``.npy``
+            file, a :class:`RawSource` or an :class:`NpzMember`. All must have
+            the same number of rows. Sources are read in chunks, never whole.
+        shard_size: the largest shard file of any array, in bytes or as
+            ``"256MB"`` / ``"1GiB"``.
+        rows: rows per shard instead of ``shard_size``.
+        jobs: shards written at once (threads; numpy, file I/O and hashing
+            release the GIL). ``None``: one per CPU, at most 4.
+        progress: show a tqdm progress bar.
+        overwrite: replace an existing dataset. The new dataset is built beside
+            the old one and swapped in at the end.
+
+    Example:
+
+    >>> import numpy as np, npyseq
+    >>> x = np.random.rand(1000, 8).astype("float32")
+    >>> y = np.arange(1000)
+    >>> ds = npyseq.write_shards(tmp / "train", {"x": x, "y": y}, shard_size="16KB",
+    ...                          progress=False)
+    >>> len(ds), ds.names, ds.num_shards
+    (1000, ['x', 'y'], 3)
+    """
+    if not isinstance(arrays, Mapping) or not arrays:
+        raise InvalidArgumentError(f"arrays must be a non-empty dict of name -> array, got {arrays!r:.80}")
+    if jobs is None:
+        jobs = max(1, min(4, os.cpu_count() or 1))
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise InvalidArgumentError(f"jobs must be a positive int or None, got {jobs!r}")
+    sources = {_check_name(n): _open_source(n, v) for n, v in arrays.items()}
+    for src in sources.values():
+        if len(src.shape) == 0:
+            raise InvalidArgumentError(f"array {src.name!r} is a scalar; arrays need a first axis of rows")
+    n_rows = {n: s.shape[0] for n, s in sources.items()}
+    if len(set(n_rows.values())) > 1:
+        raise InvalidArgumentError(f"all arrays must have the same number of rows, got {n_rows}")
+    total = next(iter(n_rows.values()))
+    stores = {n: storage_dtype(s.dtype, n) for n, s in sources.items()}
+    per_shard = _rows_per_shard(
+        shard_size, rows, {n: st[0] for n, st in stores.items()},
+        {n: s.shape[1:] for n, s in sources.items()},
+    )
+    bounds = [(a, min(total, a + per_shard)) for a in range(0, total, per_shard)]
+
+    root, replaces = _prepare_output(os.fspath(out_dir), overwrite)
+    with _locked(root):
+        for name in sources:
+            os.makedirs(os.path.join(root, name), exist_ok=True)
+        tasks = []
+        for name, src in sources.items():
+            store = stores[name][0]
+            row_bytes = max(1, store.itemsize * int(np.prod(src.shape[1:], dtype=np.int64)))
+            chunk_rows = max(1, _npy.CHUNK_BYTES // row_bytes)
+            jobs_of_source = [
+                (name, k, _shard_path(name, k), src, a, b, store, chunk_rows)
+                for k, (a, b) in enumerate(bounds)
+            ]
+            if src.seekable:
+                tasks.extend([j] for j in jobs_of_source)
+            else:
+                tasks.append(jobs_of_source)  # one sequential stream
+        results = _run_tasks(root, tasks, jobs, progress, sources, stores, total)
+        infos = {}
+        for name, src in sources.items():
+            infos[name] = ArrayInfo(
+                dtype=stores[name][0], shape=src.shape[1:],
+                shards=tuple(results[(name, k)] for k in range(len(bounds))),
+                logical_dtype=stores[name][1],
+            )
+        manifest = Manifest(rows=total, shard_rows=tuple(b - a for a, b in bounds), arrays=infos)
+        for name in sources:
+            fsync_dir(os.path.join(root, name))
+        _remove_strays(root, manifest)
+        write_manifest(root, manifest)
+    if replaces is not None:
+        _swap_in(root, replaces)
+        root = replaces
+    from npyseq.reader import open_shards
+
+    return open_shards(root)
+
+
+def _run_tasks(root, tasks, jobs, progress, sources, stores, total) -> dict:
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+
+    nbytes = sum(
+        total * stores[n][0].itemsize * int(np.prod(s.shape[1:], dtype=np.int64))
+        for n, s in sources.items()
+    )
+    bar = tqdm(total=nbytes, unit="B", unit_scale=True, desc="npyseq write",
+               disable=not progress, dynamic_ncols=True)
+
+    def run(task):
+        return [((name, k), _write_shard(root, path, src, a, b, store, chunk_rows, bar))
+                for name, k, path, src, a, b, store, chunk_rows in task]
+
+    with bar:
+        done = Parallel(n_jobs=jobs, backend="threading")(delayed(run)(t) for t in tasks)
+    return dict(pair for batch in done for pair in batch)
+
+
+# --- ShardWriter -----------------------------------------------------------------
+
+
+class ShardWriter:
+    """Write a dataset batch by batch, e.g. from a preprocessing loop.
+
+    Rows are streamed to disk as they are appended; memory stays bounded by
+    the batch being appended. The manifest is written when the ``with`` block
+    ends without an exception; until then the folder is an incomplete
+    dataset that :func:`npyseq.open_shards` refuses.
+
+    Example:
+
+    >>> with npyseq.ShardWriter(tmp / "features", shard_size="64MB") as writer:
+    ...     for i in range(10):
+    ...         writer.append(x=np.full((100, 4), i, "float32"), y=np.full(100, i))
+    >>> len(writer.dataset)
+    1000
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, shard_size: int | str = DEFAULT_SHARD_SIZE,
+                 *, rows: int | None = None, overwrite: bool = False):
+        if rows is None:
+            parse_size(shard_size)  # validate now, not at the first append
+        self._shard_size, self._rows_arg = shard_size, rows
+        self._root, self._replaces = _prepare_output(os.fspath(out_dir), overwrite)
+        self._lock = _locked(self._root)
+        self._lock.__enter__()
+        self._closed = False
+        self._per_shard = 0
+        self._specs: dict[str, tuple[np.dtype, tuple[int, ...], np.dtype, str | None]] = {}
+        self._files: dict[str, Any] = {}
+        self._hashers: dict[str, Any] = {}
+        self._shards: dict[str, list[ShardInfo]] = {}
+        self._shard_rows: list[int] = []
+        self._rows_in_shard = 0
+        self.rows = 0
+        self.dataset = None
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def append(self, **arrays: np.ndarray) -> None:
+        """Append rows: one keyword per array, each with the same number of rows."""
+        if self._closed:
+            raise InvalidArgumentError("append() called on a closed ShardWriter")
+        if not arrays:
+            raise InvalidArgumentError("append() needs at least one array, e.g. append(x=..., y=...)")
+        arrays = {n: np.asarray(v) for n, v in arrays.items()}
+        if not self._specs:
+            self._start(arrays)
+        if set(arrays) != set(self._specs):
+            raise InvalidArgumentError(
+                f"append() got arrays {sorted(arrays)}, but this writer holds {sorted(self._specs)}"
+            )
+        lengths = {n: (a.shape[0] if a.ndim else None) for n, a in arrays.items()}
+        if len(set(lengths.values())) != 1 or None in lengths.values():
+            raise InvalidArgumentError(f"append() arrays must have the same number of rows, got {lengths}")
+        for n, a in arrays.items():
+            dtype, shape, _, _ = self._specs[n]
+            if a.shape[1:] != shape:
+                raise InvalidArgumentError(
+                    f"append(): array {n!r} rows must have shape {shape}, got {a.shape[1:]}"
+                )
+            if a.dtype != dtype:
+                if not np.can_cast(a.dtype, dtype, casting="same_kind"):
+                    raise InvalidArgumentError(
+                        f"append(): array {n!r} must have dtype {dtype}, got {a.dtype}"
+                    )
+                arrays[n] = a.astype(dtype)
+        n = next(iter(lengths.values()))
+        pos = 0
+        while pos < n:
+            if not self._files:
+                self._open_shard()
+            take = min(n - pos, self._per_shard - self._rows_in_shard)
+            for name, a in arrays.items():
+                store = self._specs[name][2]
+                self._files[name].write(_npy.hash_array_rows(self._hashers[name], a[pos:pos + take].view(store)))
+            self._rows_in_shard += take
+            pos += take
+            if self._rows_in_shard == self._per_shard:
+                self._finish_shard()
+        self.rows += n
+
+    def close(self):
+        """Finish the last shard and write the manifest; return the dataset."""
+        if self._closed:
+            return self.dataset
+        if not self._specs:
+            self.abort()
+            raise InvalidArgumentError("ShardWriter closed before any append(); nothing to write")
+        if self._files:
+            self._finish_shard()
+        infos = {
+            n: ArrayInfo(dtype=store, shape=shape, shards=tuple(self._shards[n]), logical_dtype=logical)
+            for n, (_, shape, store, logical) in self._specs.items()
+        }
+        manifest = Manifest(rows=self.rows, shard_rows=tuple(self._shard_rows), arrays=infos)
+        for name in self._specs:
+            fsync_dir(os.path.join(self._root, name))
+        _remove_strays(self._root, manifest)
+        write_manifest(self._root, manifest)
+        self._closed = True
+        self._lock.__exit__(None, None, None)
+        root = self._root
+        if self._replaces is not None:
+            _swap_in(self._root, self._replaces)
+            root = self._replaces
+        from npyseq.reader import open_shards
+
+        self.dataset = open_shards(root)
+        return self.dataset
+
+    def abort(self) -> None:
+        """Stop without writing a manifest (complete shards stay on disk)."""
+        if self._closed:
+            return
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+        self._closed = True
+        self._lock.__exit__(None, None, None)
+
+    # -- internals
+
+    def _start(self, arrays: Mapping[str, np.ndarray]) -> None:
+        for n, a in arrays.items():
+            _check_name(n)
+            if a.ndim == 0:
+                raise InvalidArgumentError(f"append(): array {n!r} is a scalar; arrays need a first axis of rows")
+            store, logical = storage_dtype(a.dtype, n)
+            self._specs[n] = (a.dtype, tuple(a.shape[1:]), store, logical)
+            self._shards[n] = []
+            os.makedirs(os.path.join(self._root, n), exist_ok=True)
+        self._per_shard = _rows_per_shard(
+            self._shard_size, self._rows_arg,
+            {n: s[2] for n, s in self._specs.items()}, {n: s[1] for n, s in self._specs.items()},
+        )
+
+    def _open_shard(self) -> None:
+        k = len(self._shard_rows)
+        for name, (_, shape, store, _) in self._specs.items():
+            path = os.path.join(self._root, _shard_path(name, k)) + PARTIAL_SUFFIX
+            f = open(path, "wb")
+            header = _npy.header_bytes(store, (self._per_shard,) + shape)
+            f.write(header)
+            self._files[name], self._hashers[name] = f, xxhash.xxh3_64(header)
+        self._rows_in_shard = 0
+
+    def _finish_shard(self) -> None:
+        k, rows = len(self._shard_rows), self._rows_in_shard
+        for name, (_, shape, store, _) in self._specs.items():
+            f = self._files[name]
+            rel = _shard_path(name, k)
+            partial = os.path.join(self._root, rel) + PARTIAL_SUFFIX
+            if rows != self._per_shard:
+                f = self._fix_header(f, partial, store, shape, rows)
+                checksum = None
+            else:
+                checksum = _npy.checksum_string(self._hashers[name])
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            if checksum is None:
+                checksum = _npy.file_checksum(partial)
+            final = os.path.join(self._root, rel)
+            os.replace(partial, final)
+            _npy.drop_from_cache(final)
+            self._shards[name].append(ShardInfo(path=rel, bytes=os.path.getsize(final), checksum=checksum))
+        self._shard_rows.append(rows)
+        self._files.clear()
+        self._hashers.clear()
+        self._rows_in_shard = 0
+
+    def _fix_header(self, f, partial: str, store: np.dtype, shape, rows: int):
+        """The last shard holds fewer rows than its header says: rewrite the header."""
+        old = _npy.header_bytes(store, (self._per_shard,) + shape)
+        new = _npy.header_bytes(store, (rows,) + shape)
+        data_bytes = rows * store.itemsize * int(np.prod(shape, dtype=np.int64))
+        f.flush()
+        if len(new) == len(old):
+            f.seek(0)
+            f.write(new)
+            f.truncate(len(new) + data_bytes)
+            return f
+        # The header shrank across a 64-byte boundary: copy the data once.
+        f.close()
+        tmp = partial + ".tmp"
+        with open(partial, "rb") as src, open(tmp, "wb") as dst:
+            src.seek(len(old))
+            dst.write(new)
+            remaining = data_bytes
+            while remaining:
+                block = src.read(min(remaining, _npy.CHUNK_BYTES))
+                dst.write(block)
+                remaining -= len(block)
+        os.replace(tmp, partial)
+        return open(partial, "r+b")
