@@ -29,6 +29,17 @@ from npyseq.writer import NpzMember, RawSource, ShardWriter, parse_size, write_s
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # The Sequence classes import Keras (about 2 s); load them on first use so
+    # that `npyseq convert`, `info` and `verify` start at once.
+    if name == "ShardSequence":
+        from npyseq.sequence import ShardSequence
+
+        return ShardSequence
+    raise AttributeError(f"module 'npyseq' has no attribute {name!r}")
+
+
 __all__ = [
     "ChecksumMismatchError",
     "CorruptShardError",
@@ -46,6 +57,7 @@ __all__ = [
     "NpzMember",
     "RawSource",
     "ShardError",
+    "ShardSequence",
     "ShardWriter",
     "ShardedArray",
     "UnsupportedDtypeError",

@@ -1,0 +1,255 @@
+"""Row order: pure functions from ``(rows, batch_size, seed, epoch, batch)`` to row indices.
+
+Nothing here holds state, so any batch of any epoch can be computed in any
+process, in any order, and resuming mid-epoch is arithmetic. No function
+allocates memory proportional to the dataset: shuffles are keyed bijections
+(a Feistel network with cycle walking) evaluated only at the positions a batch
+needs, so shuffling a billion rows costs nothing up front.
+
+Shuffle modes (``shuffle=`` of :class:`npyseq.ShardSequence`):
+
+``False``
+    Rows in dataset order. Batch ``b`` is rows ``[b*B, (b+1)*B)``.
+``"batches"``
+    Contiguous batches, their order shuffled each epoch: the cheapest I/O
+    (one contiguous read per batch), the weakest mixing (the same rows always
+    share a batch).
+``"blocks"``
+    The rows are cut into contiguous blocks of ``block_size`` rows; the blocks
+    are shuffled and batches are drawn from the shuffled stream, so a batch
+    holds ``batch_size / block_size`` random blocks. Reads are short
+    contiguous runs.
+``"global"``
+    A full permutation of the rows: every batch is a uniform random sample.
+    Reads are random rows (sorted within the batch for locality).
+
+In every mode each row is used exactly once per epoch (unless
+``drop_remainder`` drops up to ``batch_size - 1`` rows, a different set each
+epoch when shuffling), and rows within a shuffled batch come sorted, since
+order inside a batch does not matter to SGD but sorted reads are faster.
+
+Example:
+
+>>> from npyseq import order
+>>> order.num_batches(10, 4)
+3
+>>> order.batch_indices(10, 4, 2)
+array([8, 9])
+>>> sorted(np.concatenate([order.batch_indices(10, 4, b, shuffle="global", seed=1)
+...                        for b in range(3)]).tolist())
+[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from npyseq.errors import InvalidArgumentError
+
+__all__ = [
+    "SHUFFLE_MODES",
+    "HostShard",
+    "num_batches",
+    "batch_indices",
+    "permute",
+    "unpermute",
+    "host_rows",
+]
+
+SHUFFLE_MODES = (False, "batches", "blocks", "global")
+_ROUNDS = 6
+_MODE_TAGS = {"batches": 1, "blocks": 2, "global": 3, "shift": 4}
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def check_shuffle(shuffle) -> str | bool:
+    """Normalize ``shuffle``: ``True`` means ``"global"``."""
+    if shuffle is True:
+        return "global"
+    if shuffle is None or shuffle is False:
+        return False
+    if shuffle not in SHUFFLE_MODES:
+        raise InvalidArgumentError(
+            f"shuffle must be False, 'batches', 'blocks' or 'global' (True means 'global'), got {shuffle!r}"
+        )
+    return shuffle
+
+
+def num_batches(rows: int, batch_size: int, drop_remainder: bool = False) -> int:
+    """Batches per epoch."""
+    if drop_remainder:
+        return rows // batch_size
+    return -(-rows // batch_size)
+
+
+# --- keyed bijections on [0, n) ------------------------------------------------
+
+
+def _keys(seed: int, epoch: int, tag: int) -> np.ndarray:
+    return np.random.SeedSequence([int(seed) & (2**64 - 1), int(epoch), tag]).generate_state(
+        _ROUNDS, dtype=np.uint64
+    )
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    # splitmix64's finalizer: a cheap, well-tested 64-bit mixer.
+    x = x ^ (x >> np.uint64(30))
+    x = x * _M1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def _half_bits(n: int) -> int:
+    bits = max(2, int(n - 1).bit_length())
+    return (bits + 1) // 2
+
+
+def _feistel(x: np.ndarray, keys: np.ndarray, half: int, inverse: bool) -> np.ndarray:
+    mask = np.uint64((1 << half) - 1)
+    shift = np.uint64(half)
+    left, right = x >> shift, x & mask
+    if not inverse:
+        for k in keys:
+            left, right = right, left ^ (_mix(right ^ k) & mask)
+    else:
+        for k in keys[::-1]:
+            left, right = right ^ (_mix(left ^ k) & mask), left
+    return (left << shift) | right
+
+
+def _walk(x: np.ndarray, n: int, keys: np.ndarray, inverse: bool) -> np.ndarray:
+    """Cycle walking: apply the Feistel permutation until every value is < n."""
+    half = _half_bits(n)
+    out = _feistel(x.astype(np.uint64), keys, half, inverse)
+    todo = np.flatnonzero(out >= n)
+    while len(todo):  # the domain is < 4n, so this ends after a few rounds
+        out[todo] = _feistel(out[todo], keys, half, inverse)
+        todo = todo[out[todo] >= n]
+    return out.astype(np.int64)
+
+
+def permute(positions: np.ndarray, n: int, seed: int, epoch: int, tag: int = 3) -> np.ndarray:
+    """Image of ``positions`` under the permutation of ``[0, n)`` keyed by ``(seed, epoch)``."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if n <= 1 or len(positions) == 0:
+        return positions.copy()
+    return _walk(positions, n, _keys(seed, epoch, tag), inverse=False)
+
+
+def unpermute(values: np.ndarray, n: int, seed: int, epoch: int, tag: int = 3) -> np.ndarray:
+    """Inverse of :func:`permute`: the positions that map to ``values``."""
+    values = np.asarray(values, dtype=np.int64)
+    if n <= 1 or len(values) == 0:
+        return values.copy()
+    return _walk(values, n, _keys(seed, epoch, tag), inverse=True)
+
+
+# --- batches -----------------------------------------------------------------------
+
+
+def _check(rows, batch_size, batch, drop_remainder) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
+    count = num_batches(rows, batch_size, drop_remainder)
+    if not isinstance(batch, (int, np.integer)) or not 0 <= batch < count:
+        raise IndexError(f"batch index {batch!r} is out of range: this epoch has {count} batches")
+    return count
+
+
+def batch_indices(
+    rows: int,
+    batch_size: int,
+    batch: int,
+    *,
+    shuffle: str | bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    block_size: int | None = None,
+    drop_remainder: bool = False,
+) -> np.ndarray:
+    """Row indices (int64, in ``[0, rows)``) of batch ``batch`` of epoch ``epoch``.
+
+    A pure function: the same arguments always give the same rows.
+    """
+    shuffle = check_shuffle(shuffle)
+    count = _check(rows, batch_size, batch, drop_remainder)
+    batch = int(batch)
+    if shuffle is False:
+        start = batch * batch_size
+        return np.arange(start, min(rows, start + batch_size), dtype=np.int64)
+    if shuffle == "batches":
+        if drop_remainder:
+            # Shift the grid by a per-epoch offset so a different remainder is dropped.
+            spare = rows - count * batch_size
+            shift = int(permute(np.array([0]), spare + 1, seed, epoch, _MODE_TAGS["shift"])[0])
+            b = int(permute(np.array([batch]), count, seed, epoch, _MODE_TAGS["batches"])[0])
+            start = shift + b * batch_size
+            return np.arange(start, start + batch_size, dtype=np.int64)
+        b = int(permute(np.array([batch]), count, seed, epoch, _MODE_TAGS["batches"])[0])
+        start = b * batch_size
+        return np.arange(start, min(rows, start + batch_size), dtype=np.int64)
+    positions = np.arange(batch * batch_size, min(rows, (batch + 1) * batch_size), dtype=np.int64)
+    if shuffle == "global":
+        out = permute(positions, rows, seed, epoch, _MODE_TAGS["global"])
+    else:
+        out = _blocks(positions, rows, block_size or default_block_size(batch_size), seed, epoch)
+    out.sort()
+    return out
+
+
+def default_block_size(batch_size: int) -> int:
+    """Rows per block in ``"blocks"`` mode: a batch draws from about 16 blocks."""
+    return max(1, batch_size // 16)
+
+
+def _blocks(positions: np.ndarray, rows: int, block: int, seed: int, epoch: int) -> np.ndarray:
+    """Map stream positions to rows when whole blocks of rows are shuffled."""
+    n_blocks = -(-rows // block)
+    last = n_blocks - 1
+    tail = rows - last * block  # rows of the last block, 1..block
+    tag = _MODE_TAGS["blocks"]
+    # Slot of the stream that holds the short last block; positions after it
+    # are shifted by the rows it lacks.
+    slot_last = int(unpermute(np.array([last]), n_blocks, seed, epoch, tag)[0])
+    boundary = slot_last * block
+    p = positions + np.where(positions >= boundary + tail, block - tail, 0)
+    slots, offsets = np.divmod(p, block)
+    return permute(slots, n_blocks, seed, epoch, tag) * block + offsets
+
+
+# --- multi-host --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class HostShard:
+    """Which part of the rows one of several hosts (or processes) reads.
+
+    Every host gets ``rows // num_shards`` contiguous rows, so all hosts run
+    the same number of batches; the last ``rows % num_shards`` rows (fewer
+    than ``num_shards``) are left out.
+    """
+
+    num_shards: int
+    index: int
+
+    def __post_init__(self):
+        for name in ("num_shards", "index"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise InvalidArgumentError(f"{name} must be an int, got {v!r}")
+        if self.num_shards < 1:
+            raise InvalidArgumentError(f"num_shards must be a positive int, got {self.num_shards}")
+        if not 0 <= self.index < self.num_shards:
+            raise InvalidArgumentError(
+                f"index must be in [0, {self.num_shards}) for num_shards={self.num_shards}, got {self.index}"
+            )
+
+
+def host_rows(rows: int, shard: HostShard) -> tuple[int, int]:
+    """``(start, stop)`` of the rows that host ``shard.index`` reads."""
+    per = rows // shard.num_shards
+    return shard.index * per, (shard.index + 1) * per
