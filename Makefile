@@ -13,6 +13,8 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# The other Keras backends, for the backend tests (torch 2.13.0: the CPU build).
+	$(BIN)/python -m pip install --quiet jax torch==2.13.0
 	touch $(STAMP)
 
 test: $(STAMP)

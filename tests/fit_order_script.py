@@ -1,7 +1,8 @@
 """Run ``fit`` through ShardSequence in a fresh process and print the rows each epoch consumed.
 
-Usage: python fit_order_script.py DATASET START_METHOD WORKERS PROCESSES SHUFFLE EPOCHS INITIAL_EPOCH
-Prints one JSON object: {"epochs": {epoch: [batch, ...]}, "final_epoch": seq.epoch},
+Usage: python fit_order_script.py DATASET START_METHOD WORKERS PROCESSES SHUFFLES EPOCHS INITIAL_EPOCH
+SHUFFLES is a comma-separated list of shuffle modes, each trained in turn.
+Prints one JSON object: {mode: {"epochs": {epoch: [batch, ...]}, "final_epoch": seq.epoch}},
 each batch the list of row indices the model consumed, in order.
 Run as a script so the multiprocessing start method and KERAS_BACKEND are set
 before Keras starts.
@@ -20,12 +21,14 @@ if __name__ == "__main__":
     import npyseq
     from _fit_helpers import PhaseCallback, recording_model, batches_by_epoch
 
-    shuffle = False if shuffle == "False" else shuffle
-    seq = npyseq.ShardSequence(path, x="x", y="y", batch_size=16, shuffle=shuffle, seed=7,
-                               workers=int(workers), use_multiprocessing=processes == "1")
-    seq.epoch = int(initial)
-    model, rec = recording_model(seq.dataset["x"].shape[1])
-    model.fit(seq, epochs=int(epochs), initial_epoch=int(initial), verbose=0,
-              callbacks=[PhaseCallback(rec)])
-    print(json.dumps({"epochs": batches_by_epoch(rec),
-                      "final_epoch": seq.epoch}))
+    results = {}
+    for mode in shuffle.split(","):
+        seq = npyseq.ShardSequence(path, x="x", y="y", batch_size=16,
+                                   shuffle=False if mode == "False" else mode, seed=7,
+                                   workers=int(workers), use_multiprocessing=processes == "1")
+        seq.epoch = int(initial)
+        model, rec = recording_model(seq.dataset["x"].shape[1])
+        model.fit(seq, epochs=int(epochs), initial_epoch=int(initial), verbose=0,
+                  callbacks=[PhaseCallback(rec)])
+        results[mode] = {"epochs": batches_by_epoch(rec), "final_epoch": seq.epoch}
+    print(json.dumps(results))
