@@ -38,6 +38,18 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _parse_dtype(text: str) -> np.dtype:
+    """A numpy dtype name, or an ml_dtypes one such as bfloat16."""
+    try:
+        return np.dtype(text)
+    except TypeError:
+        import ml_dtypes
+
+        if isinstance(getattr(ml_dtypes, text, None), type):
+            return np.dtype(getattr(ml_dtypes, text))
+        raise NpyseqError(f"--dtype {text!r} is not a numpy or ml_dtypes dtype (e.g. float32, bfloat16)") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="npyseq", description="Sharded .npy datasets for Keras.")
     p.add_argument("--version", action="version", version=f"npyseq {__version__}")
@@ -75,15 +87,18 @@ def _expand_sources(args) -> list[tuple[str, object]]:
         if not os.path.isfile(src):
             raise NpyseqError(f"{src}: no such file")
         if src.endswith(".npz"):
-            with zipfile.ZipFile(src) as z:
-                members = [m for m in z.namelist() if m.endswith(".npy")]
+            try:
+                with zipfile.ZipFile(src) as z:
+                    members = [m for m in z.namelist() if m.endswith(".npy")]
+            except zipfile.BadZipFile as e:
+                raise NpyseqError(f"{src}: not a valid .npz archive ({e})") from None
             if not members:
                 raise NpyseqError(f"{src}: the .npz archive holds no .npy members")
             out.extend((m[:-4], NpzMember(src, m)) for m in members)
         elif src.endswith(".npy"):
             out.append((stem, src))
         elif args.dtype is not None:
-            out.append((stem, RawSource(src, np.dtype(args.dtype), args.shape, args.offset)))
+            out.append((stem, RawSource(src, _parse_dtype(args.dtype), args.shape, args.offset)))
         else:
             raise NpyseqError(
                 f"{src}: not a .npy or .npz file; for raw binary data give --dtype "
@@ -140,7 +155,7 @@ def _info(args) -> int:
         a, info = ds[name], m.arrays[name]
         stored = "" if info.logical_dtype is None else f" (stored as {info.dtype})"
         size = sum(s.bytes for s in info.shards)
-        print(f"  {name:<{width}}  {str(a.dtype) + stored:<24} row shape {str(a.shape[1:]):<16} {_human(size)}")
+        print(f"  {name:<{width}}  {str(a.dtype) + stored:<30} row shape {str(a.shape[1:]):<16} {_human(size)}")
     return 0
 
 
@@ -179,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = {"convert": _convert, "info": _info, "verify": _verify}[args.command]
     try:
         return command(args)
-    except (NpyseqError, OSError, ValueError, TypeError) as e:
+    except (NpyseqError, OSError, ValueError, TypeError, zipfile.BadZipFile) as e:
         print(f"npyseq {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
