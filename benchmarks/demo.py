@@ -186,8 +186,8 @@ def main() -> int:
     for i, (sec, rps, acc) in enumerate(zip(res["epoch_seconds"], res["rows_per_second"], res["accuracy"])):
         log(f"epoch {i + 1}              {sec:.1f} s, {rps:,.0f} rows/s "
             f"({rps * row_bytes / 1e9:.2f} GB/s), accuracy {acc:.3f}")
-    log(f"peak anonymous mem   {res['peak_anon_bytes'] / 2**20:.0f} MiB "
-        f"(trainer RssAnon {res['peak_main_anon_bytes'] / 2**20:.0f} MiB + workers' USS "
+    log(f"peak anonymous mem   {res['peak_anon_bytes'] / 2**20:.0f} MiB, Pss_Anon of trainer + workers "
+        f"(trainer RssAnon {res['peak_main_anon_bytes'] / 2**20:.0f} MiB; workers' share "
         f"{res['peak_workers_uss_bytes'] / 2**20:.0f} MiB)")
     if cgroup_peak is not None:
         log(f"cgroup peak          {cgroup_peak / 2**20:.0f} MiB of a {args.cap_mb} MiB cap "

@@ -1,9 +1,11 @@
 """Peak anonymous memory of a process and its children, sampled in a thread.
 
-Memory-mapped pages count in RSS but are page cache the kernel can drop, so
-npyseq reports anonymous memory: ``RssAnon`` of the main process plus the
-USS (pages no other process shares) of every child, such as Keras' worker
-processes, which share most of their pages with the parent after a fork.
+Memory-mapped pages count in RSS (and in USS: a shard mapped by one process
+only is "private") but are page cache the kernel can drop, so npyseq reports
+anonymous memory. Worker processes forked by Keras share most of their
+anonymous pages with the parent, so the total is the sum of ``Pss_Anon``
+(anonymous pages, each shared page divided among its sharers) over the
+process and its children: every anonymous page is counted exactly once.
 
 >>> with PeakMemory() as peak:
 ...     model.fit(seq)
@@ -18,21 +20,35 @@ import threading
 
 import psutil
 
-__all__ = ["PeakMemory", "rss_anon"]
+__all__ = ["PeakMemory", "rss_anon", "pss_anon"]
 
 
-def rss_anon(pid: int | str = "self") -> int:
-    """``RssAnon`` of a process in bytes (0 if it is gone)."""
+def _field(path: str, name: str) -> int:
     try:
-        with open(f"/proc/{pid}/status") as f:
-            m = re.search(r"RssAnon:\s+(\d+) kB", f.read())
-    except (FileNotFoundError, ProcessLookupError):
+        with open(path) as f:
+            m = re.search(rf"^{name}:\s+(\d+) kB", f.read(), re.M)
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
         return 0
     return int(m.group(1)) * 1024 if m else 0
 
 
+def rss_anon(pid: int | str = "self") -> int:
+    """``RssAnon`` of a process in bytes (0 if it is gone)."""
+    return _field(f"/proc/{pid}/status", "RssAnon")
+
+
+def pss_anon(pid: int | str = "self") -> int:
+    """``Pss_Anon`` of a process in bytes: its share of the anonymous pages it maps."""
+    return _field(f"/proc/{pid}/smaps_rollup", "Pss_Anon")
+
+
 class PeakMemory:
-    """Sample anonymous memory every ``interval`` seconds while the block runs."""
+    """Sample anonymous memory every ``interval`` seconds while the block runs.
+
+    ``max_bytes``: peak of the tree's total (sum of ``Pss_Anon``);
+    ``main_bytes``: peak ``RssAnon`` of the process itself; ``children_bytes``:
+    peak of the children's summed ``Pss_Anon``.
+    """
 
     def __init__(self, interval: float = 0.1, pid: int | None = None):
         self.interval = interval
@@ -42,17 +58,17 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> int:
-        main = rss_anon(self.process.pid)
-        children = 0
-        for child in self.process.children(recursive=True):
-            try:
-                children += child.memory_full_info().uss
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                pass
-        self.main_bytes = max(self.main_bytes, main)
-        self.children_bytes = max(self.children_bytes, children)
-        self.max_bytes = max(self.max_bytes, main + children)
-        return main + children
+        """Sample now; return the total anonymous memory of the process tree."""
+        try:
+            children = self.process.children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        kids = sum(pss_anon(c.pid) for c in children)
+        total = pss_anon(self.process.pid) + kids
+        self.main_bytes = max(self.main_bytes, rss_anon(self.process.pid))
+        self.children_bytes = max(self.children_bytes, kids)
+        self.max_bytes = max(self.max_bytes, total)
+        return total
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -372,7 +372,7 @@ def _parse(doc: Any, source: str) -> Manifest:
     if doc.get("format") != FORMAT_NAME:
         raise _fail(source, f"format must be {FORMAT_NAME!r}, found {doc.get('format')!r:.80}")
     version = doc.get("version")
-    if version != FORMAT_VERSION or isinstance(version, bool):
+    if isinstance(version, bool) or not isinstance(version, int) or version != FORMAT_VERSION:
         raise _fail(
             source,
             f"unsupported format version {version!r:.80}; this npyseq reads version "

@@ -113,7 +113,12 @@ class Dataset:
         self._verify = verify
         self._max_open = max_open
         self._offsets = shard_offsets(manifest.shard_rows)
-        self._arrays = {n: ShardedArray(self, n, info) for n, info in manifest.arrays.items()}
+        self._arrays = {}
+        for n, info in manifest.arrays.items():
+            try:
+                self._arrays[n] = ShardedArray(self, n, info)
+            except ManifestError as e:  # a bad logical_dtype: say which file and array
+                raise ManifestError(f"{os.path.join(root, MANIFEST_NAME)}: array {n!r}: {e}") from None
         self._reset_cache()
 
     # -- public
@@ -310,9 +315,20 @@ class ShardedArray:
         if isinstance(key, tuple):
             if not key:
                 return self[:]
-            rows = self[key[0]]
-            rest = key[1:]
-            return rows[rest] if isinstance(key[0], (int, np.integer)) else rows[(slice(None),) + rest]
+            first, rest = key[0], key[1:]
+            if first is Ellipsis or first is None:  # the key does not start at the row axis
+                return self[:][key]
+            if isinstance(first, slice):
+                return self[first][(slice(None),) + rest]
+            if isinstance(first, (int, np.integer)) and not isinstance(first, bool):
+                return self[first][rest]
+            # An index array: read each row once, then let numpy combine the
+            # positions with the rest of the key (several index arrays broadcast).
+            first = np.asarray(first)
+            flat = _as_index_array(first, self.shape[0])
+            unique, inverse = np.unique(flat, return_inverse=True)
+            positions = inverse.reshape(flat.shape if first.dtype == bool else first.shape)
+            return self.take(unique)[(positions,) + rest]
         n = self.shape[0]
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
             i = int(key)
@@ -326,7 +342,13 @@ class ShardedArray:
             return self.take(np.arange(start, stop, step, dtype=np.int64))
         if key is Ellipsis:
             return self[:]
-        return self.take(_as_index_array(key, n))
+        key = np.asarray(key)
+        out = self.take(_as_index_array(key, n))
+        if key.dtype != bool and key.ndim != 1:  # as numpy: the index array's shape, then the row's
+            out = out.reshape(key.shape + self._info.shape)
+            if key.ndim == 0:
+                out = out[()]  # a scalar row is a numpy scalar, as for an int key
+        return out
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start`` to ``stop`` (contiguous, ``0 <= start <= stop <= len``), copied."""
