@@ -157,9 +157,9 @@ def main() -> int:
     else:
         log("[3/4] control skipped: no memory cap available")
 
-    kind = "threads" if args.threads else "processes"
+    kind = "worker threads" if args.threads else "worker processes"
     log(f"[4/4] training an MLP 3072-64-10 for {args.epochs} epochs, batch 256, "
-        f"shuffle='blocks', {args.workers} {kind} workers, cold page cache")
+        f"shuffle='blocks', {args.workers} {kind}, cold page cache")
     for root, _, files in os.walk(out):
         for f in files:
             drop_page_cache(os.path.join(root, f))
