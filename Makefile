@@ -20,5 +20,9 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
+# The main job: a dataset bigger than the training's memory cap, converted and trained on.
+demo: $(STAMP)
+	$(BIN)/python benchmarks/demo.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

@@ -43,6 +43,7 @@ array([8, 9])
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -88,6 +89,7 @@ def num_batches(rows: int, batch_size: int, drop_remainder: bool = False) -> int
 # --- keyed bijections on [0, n) ------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
 def _keys(seed: int, epoch: int, tag: int) -> np.ndarray:
     return np.random.SeedSequence([int(seed) & (2**64 - 1), int(epoch), tag]).generate_state(
         _ROUNDS, dtype=np.uint64
@@ -103,31 +105,40 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _half_bits(n: int) -> int:
-    bits = max(2, int(n - 1).bit_length())
-    return (bits + 1) // 2
+def _bits(n: int) -> int:
+    # The smallest power-of-two domain holding [0, n): fewer than half its
+    # values are out of range, so cycle walking stays short.
+    return max(2, int(n - 1).bit_length())
 
 
-def _feistel(x: np.ndarray, keys: np.ndarray, half: int, inverse: bool) -> np.ndarray:
-    mask = np.uint64((1 << half) - 1)
-    shift = np.uint64(half)
-    left, right = x >> shift, x & mask
+def _feistel(x: np.ndarray, keys: np.ndarray, bits: int, inverse: bool) -> np.ndarray:
+    """An unbalanced Feistel network: a keyed permutation of ``[0, 2**bits)``.
+
+    ``x`` is split into a high part of ``a`` bits and a low part of ``b``
+    bits; a round maps ``(hi, lo)`` to ``(lo, hi ^ F(lo))`` and the two widths
+    swap, so an even number of rounds ends with the split it began with.
+    """
+    a, b = bits // 2, bits - bits // 2
     if not inverse:
         for k in keys:
-            left, right = right, left ^ (_mix(right ^ k) & mask)
+            hi, lo = x >> np.uint64(b), x & np.uint64((1 << b) - 1)
+            x = (lo << np.uint64(a)) | (hi ^ (_mix(lo ^ k) & np.uint64((1 << a) - 1)))
+            a, b = b, a
     else:
         for k in keys[::-1]:
-            left, right = right ^ (_mix(left ^ k) & mask), left
-    return (left << shift) | right
+            a, b = b, a  # undo the swap of the round being inverted
+            lo, r = x >> np.uint64(a), x & np.uint64((1 << a) - 1)
+            x = ((r ^ (_mix(lo ^ k) & np.uint64((1 << a) - 1))) << np.uint64(b)) | lo
+    return x
 
 
 def _walk(x: np.ndarray, n: int, keys: np.ndarray, inverse: bool) -> np.ndarray:
     """Cycle walking: apply the Feistel permutation until every value is < n."""
-    half = _half_bits(n)
-    out = _feistel(x.astype(np.uint64), keys, half, inverse)
+    bits = _bits(n)
+    out = _feistel(x.astype(np.uint64), keys, bits, inverse)
     todo = np.flatnonzero(out >= n)
-    while len(todo):  # the domain is < 4n, so this ends after a few rounds
-        out[todo] = _feistel(out[todo], keys, half, inverse)
+    while len(todo):  # the domain is < 2n, so each value needs 2 steps on average
+        out[todo] = _feistel(out[todo], keys, bits, inverse)
         todo = todo[out[todo] >= n]
     return out.astype(np.int64)
 
@@ -146,6 +157,27 @@ def unpermute(values: np.ndarray, n: int, seed: int, epoch: int, tag: int = 3) -
     if n <= 1 or len(values) == 0:
         return values.copy()
     return _walk(values, n, _keys(seed, epoch, tag), inverse=True)
+
+
+# Permutations of at most this many items (batch orders, block orders of
+# small datasets) are computed whole, once per epoch and process, and cached.
+_TABLE_MAX = 1 << 16
+
+
+@functools.lru_cache(maxsize=16)
+def _table(n: int, seed: int, epoch: int, tag: int) -> np.ndarray:
+    return permute(np.arange(n), n, seed, epoch, tag)
+
+
+def _permute_one(i: int, n: int, seed: int, epoch: int, tag: int) -> int:
+    if n <= _TABLE_MAX:
+        return int(_table(n, seed, epoch, tag)[i])
+    return int(permute(np.array([i]), n, seed, epoch, tag)[0])
+
+
+@functools.lru_cache(maxsize=16)
+def _unpermute_one(value: int, n: int, seed: int, epoch: int, tag: int) -> int:
+    return int(unpermute(np.array([value]), n, seed, epoch, tag)[0])
 
 
 # --- batches -----------------------------------------------------------------------
@@ -185,11 +217,11 @@ def batch_indices(
         if drop_remainder:
             # Shift the grid by a per-epoch offset so a different remainder is dropped.
             spare = rows - count * batch_size
-            shift = int(permute(np.array([0]), spare + 1, seed, epoch, _MODE_TAGS["shift"])[0])
-            b = int(permute(np.array([batch]), count, seed, epoch, _MODE_TAGS["batches"])[0])
+            shift = _permute_one(0, spare + 1, seed, epoch, _MODE_TAGS["shift"])
+            b = _permute_one(batch, count, seed, epoch, _MODE_TAGS["batches"])
             start = shift + b * batch_size
             return np.arange(start, start + batch_size, dtype=np.int64)
-        b = int(permute(np.array([batch]), count, seed, epoch, _MODE_TAGS["batches"])[0])
+        b = _permute_one(batch, count, seed, epoch, _MODE_TAGS["batches"])
         start = b * batch_size
         return np.arange(start, min(rows, start + batch_size), dtype=np.int64)
     positions = np.arange(batch * batch_size, min(rows, (batch + 1) * batch_size), dtype=np.int64)
@@ -214,10 +246,12 @@ def _blocks(positions: np.ndarray, rows: int, block: int, seed: int, epoch: int)
     tag = _MODE_TAGS["blocks"]
     # Slot of the stream that holds the short last block; positions after it
     # are shifted by the rows it lacks.
-    slot_last = int(unpermute(np.array([last]), n_blocks, seed, epoch, tag)[0])
+    slot_last = _unpermute_one(last, n_blocks, seed, epoch, tag)
     boundary = slot_last * block
     p = positions + np.where(positions >= boundary + tail, block - tail, 0)
     slots, offsets = np.divmod(p, block)
+    if n_blocks <= _TABLE_MAX:
+        return _table(n_blocks, seed, epoch, tag)[slots] * block + offsets
     return permute(slots, n_blocks, seed, epoch, tag) * block + offsets
 
 
