@@ -403,14 +403,30 @@ class ShardedArray:
                 out = out[()]  # a scalar row is a numpy scalar, as for an int key
         return out
 
-    def _empty(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """A new array of ``n`` rows (stored dtype) and the flat bytes under it."""
-        raw = np.empty(n * self._info.row_bytes, np.uint8)
-        return raw.view(self._info.dtype).reshape((n,) + self._info.shape), raw
+    def _empty(self, n: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """An array of ``n`` rows (stored dtype) and the flat bytes under it.
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start`` to ``stop`` (contiguous, ``0 <= start <= stop <= len``), copied."""
-        out, raw = self._empty(stop - start)
+        ``out``, if given, is used instead of a new array: a C-contiguous
+        array of ``n`` rows of this array's dtype and row shape.
+        """
+        shape = (n,) + self._info.shape
+        if out is None:
+            raw = np.empty(n * self._info.row_bytes, np.uint8)
+            return raw.view(self._info.dtype).reshape(shape), raw
+        if out.shape != shape or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise InvalidArgumentError(
+                f"out must be a C-contiguous array of shape {shape} and dtype {self.dtype}, "
+                f"got shape {out.shape}, dtype {out.dtype}"
+            )
+        raw = out.reshape(-1).view(np.uint8) if out.size else np.empty(0, np.uint8)
+        return out.view(self._info.dtype), raw
+
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``start`` to ``stop`` (contiguous, ``0 <= start <= stop <= len``), copied.
+
+        ``out``: an optional C-contiguous array to read into (see :meth:`take`).
+        """
+        out, raw = self._empty(stop - start, out)
         row_bytes = self._info.row_bytes
         if row_bytes == 0:
             return out.view(self.dtype)
@@ -424,16 +440,20 @@ class ShardedArray:
             pos, k = hi, k + 1
         return out.view(self.dtype)
 
-    def take(self, indices: np.ndarray) -> np.ndarray:
+    def take(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Rows at ``indices`` (non-negative int64, in range), copied, in that order.
 
         Indices are sorted and grouped by shard; each run of consecutive rows
         is one ``pread`` (with a read-ahead hint for all the runs of a shard
         first), and scattered tiny rows are gathered through a memmap.
+
+        ``out``: an optional C-contiguous array of ``len(indices)`` rows of
+        this array's dtype and row shape to read into (and return), to reuse
+        buffers across batches.
         """
         indices = np.asarray(indices, dtype=np.int64)
         n, row_bytes = len(indices), self._info.row_bytes
-        out, raw = self._empty(n)
+        out, raw = self._empty(n, out)
         if n == 0 or row_bytes == 0:
             return out.view(self.dtype)
         offsets = self._ds._offsets

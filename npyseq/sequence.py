@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from npyseq import order
+from npyseq._pool import BufferPool
 from npyseq.errors import InvalidArgumentError
 from npyseq.reader import Dataset, ShardedArray, open_shards
 
@@ -157,6 +158,8 @@ class ShardSequence(keras.utils.PyDataset):
         )
         self.epoch = 0
         self._in_epoch = False
+        # Batch buffers are reused once Keras has let go of them (see _pool.py).
+        self._pool = BufferPool()
 
     # -- structure of a batch
 
@@ -265,10 +268,13 @@ class ShardSequence(keras.utils.PyDataset):
         def read(array: ShardedArray) -> np.ndarray:
             key = _key(array)
             if key not in cache:
+                shape = (len(rows),) + array.shape[1:]
+                out = self._pool.empty(int(np.prod(shape)) * array.dtype.itemsize)
+                out = out.view(array.dtype).reshape(shape)
                 if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
-                    data = array.read(int(rows[0]), int(rows[-1]) + 1)
+                    data = array.read(int(rows[0]), int(rows[-1]) + 1, out=out)
                 else:
-                    data = array.take(rows)
+                    data = array.take(rows, out=out)
                 target = self._dtypes.get(key)
                 if target is not None and data.dtype != target:
                     data = data.astype(target)
