@@ -64,6 +64,7 @@ _ROUNDS = 6
 _MODE_TAGS = {"batches": 1, "blocks": 2, "global": 3, "shift": 4}
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
+_MASK64 = (1 << 64) - 1
 
 
 def check_shuffle(shuffle) -> str | bool:
@@ -132,14 +133,48 @@ def _feistel(x: np.ndarray, keys: np.ndarray, bits: int, inverse: bool) -> np.nd
     return x
 
 
+def _mix_int(x: int) -> int:
+    """:func:`_mix` on one Python int (identical results, no numpy call overhead)."""
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & _MASK64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _feistel_int(x: int, keys: list[int], bits: int, inverse: bool) -> int:
+    """:func:`_feistel` on one Python int."""
+    a, b = bits // 2, bits - bits // 2
+    if not inverse:
+        for k in keys:
+            hi, lo = x >> b, x & ((1 << b) - 1)
+            x = (lo << a) | (hi ^ (_mix_int(lo ^ k) & ((1 << a) - 1)))
+            a, b = b, a
+    else:
+        for k in reversed(keys):
+            a, b = b, a
+            lo, r = x >> a, x & ((1 << a) - 1)
+            x = ((r ^ (_mix_int(lo ^ k) & ((1 << a) - 1))) << b) | lo
+    return x
+
+
 def _walk(x: np.ndarray, n: int, keys: np.ndarray, inverse: bool) -> np.ndarray:
     """Cycle walking: apply the Feistel permutation until every value is < n."""
     bits = _bits(n)
     out = _feistel(x.astype(np.uint64), keys, bits, inverse)
     todo = np.flatnonzero(out >= n)
-    while len(todo):  # the domain is < 2n, so each value needs 2 steps on average
+    # The domain is < 2n, so each value needs 2 steps on average; the few that
+    # need many are finished one by one, cheaper than more numpy passes.
+    while len(todo) > 8:
         out[todo] = _feistel(out[todo], keys, bits, inverse)
         todo = todo[out[todo] >= n]
+    if len(todo):
+        int_keys = [int(k) for k in keys]
+        for i in todo.tolist():
+            v = int(out[i])
+            while v >= n:
+                v = _feistel_int(v, int_keys, bits, inverse)
+            out[i] = v
     return out.astype(np.int64)
 
 

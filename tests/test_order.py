@@ -133,3 +133,13 @@ def test_bad_arguments():
         order.batch_indices(10, 4, 3)
     with pytest.raises(InvalidArgumentError, match="shuffle must be False, 'batches', 'blocks' or 'global'"):
         order.batch_indices(10, 4, 0, shuffle="rows")
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=st.integers(0, 2**40 - 1), bits=st.integers(2, 40), seed=st.integers(0, 2**32),
+       inverse=st.booleans())
+def test_scalar_and_vector_feistel_agree(x, bits, seed, inverse):
+    x %= 1 << bits
+    keys = order._keys(seed, 0, 3)
+    vector = int(order._feistel(np.array([x], dtype=np.uint64), keys, bits, inverse)[0])
+    assert order._feistel_int(x, [int(k) for k in keys], bits, inverse) == vector
