@@ -235,3 +235,21 @@ def test_pickling_a_sequence_over_gigabytes_costs_a_few_kilobytes(tmp_path):
     assert len(blob) < 4096, len(blob)
     copy = pickle.loads(blob)
     assert np.array_equal(copy[7][1], seq[7][1]) and copy[7][0].shape == (256, 256)
+
+
+def test_batch_buffers_are_reused_only_once_released(ds):
+    d, src = ds
+    seq = ShardSequence(d, x="x", y="y", batch_size=16, shuffle="global", seed=2)
+    held = [seq[i] for i in range(len(seq))]  # every batch alive at once: no reuse possible
+    view = seq[0][0][:, :2]  # a view keeps its batch's buffer alive too
+    for i, (x, y) in enumerate(held):
+        assert np.array_equal(x, src["x"][y]), i
+    assert np.array_equal(view, src["x"][seq.batch_rows(0)][:, :2])
+    del held, x, y
+    fresh = [seq[3][0] for _ in range(3)]
+    # Released buffers are handed out again instead of allocating new ones.
+    assert len({a.__array_interface__["data"][0] for a in fresh}) == 3
+    del fresh
+    reused = {seq[3][0].__array_interface__["data"][0] for _ in range(5)}
+    assert len(reused) == 1
+    assert np.array_equal(view, src["x"][seq.batch_rows(0)][:, :2])
