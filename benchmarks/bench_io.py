@@ -1,0 +1,167 @@
+"""Raw I/O figures of the suite: ``seq[i]`` against memcpy and ``dd``, ``npyseq convert`` against ``cp``.
+
+* :func:`read_loop` (run in a child: ``python bench_io.py read-loop JSON``):
+  a single-core memcpy, then ``seq[i]`` over one epoch per shuffle mode, warm
+  page cache (best of ``repeats``), and the cold contiguous read alternated
+  with ``dd`` of the same shard files (best of ``repeats`` each). Targets P1,
+  P1b and P5.
+* :func:`convert_vs_cp`: ``npyseq convert`` of the sources into the shards
+  against ``cp`` of the same bytes, cold source both times. ``cp`` is timed
+  alone and followed by ``sync`` of the copies, since the converter fsyncs
+  every shard (it is atomic and durable): the target P6 is on equal
+  durability. Run in the suite's process; both are subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from bench_data import ROW_BYTES, Data  # noqa: E402
+from memcap import drop_page_cache  # noqa: E402
+
+MODES = [False, "batches", "blocks", "global"]
+
+
+def drop(files) -> None:
+    for f in files:
+        drop_page_cache(f)
+
+
+def dd_seconds(files: list[str]) -> float:
+    """Seconds for ``dd`` to read ``files`` one after the other, cold."""
+    drop(files)
+    start = time.perf_counter()
+    for f in files:
+        subprocess.run(["dd", f"if={f}", "of=/dev/null", "bs=16M"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def memcpy_gb_per_s(nbytes: int = 512 * 2**20, repeat: int = 5) -> float:
+    """Single-core memcpy of a 512 MB float32 array (``np.copyto``), best of ``repeat``."""
+    import numpy as np
+
+    src = np.ones(nbytes // 4, np.float32)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return nbytes / best / 1e9
+
+
+def loop_seconds(seq, epoch: int) -> tuple[int, float]:
+    """Rows and seconds of ``seq[i]`` over one epoch."""
+    seq.epoch = epoch
+    rows = 0
+    start = time.perf_counter()
+    for i in range(len(seq)):
+        rows += len(seq[i][0])
+    return rows, time.perf_counter() - start
+
+
+def read_loop(data: Data, repeats: int = 3, batch_size: int = 256, min_seconds: float = 1.0) -> dict:
+    """The ``seq[i]`` figures (P1, P1b, P5); see the module docstring.
+
+    Warm epochs of each mode repeat until ``repeats`` and ``min_seconds``
+    are both reached; the best is kept (the machine is shared: the best run
+    is the least disturbed one).
+    """
+    import npyseq
+
+    ds = npyseq.open_shards(data.shards)
+    files = [f for f in data.shard_files() if f.endswith(".npy")]
+    shard_bytes = sum(os.path.getsize(f) for f in files)
+    memcpy = [memcpy_gb_per_s()]
+    cold, dd = [], []
+    seq = npyseq.ShardSequence(ds, x="x", y="y", batch_size=batch_size, shuffle=False)
+    for r in range(repeats):
+        dd.append(shard_bytes / dd_seconds(files) / 1e9)
+        drop(files)
+        rows, seconds = loop_seconds(seq, 0)
+        cold.append(rows * ROW_BYTES / seconds / 1e9)
+    warm = {}
+    for mode in MODES:
+        seq = npyseq.ShardSequence(ds, x="x", y="y", batch_size=batch_size, shuffle=mode, seed=0)
+        loop_seconds(seq, 0)  # the page cache holds the data from here on
+        runs, spent = [], 0.0
+        while len(runs) < repeats or spent < min_seconds:
+            rows, seconds = loop_seconds(seq, len(runs) + 1)
+            runs.append(rows * ROW_BYTES / seconds / 1e9)
+            spent += seconds
+        warm[str(mode)] = {"gb_per_s": max(runs), "runs": runs,
+                           "rows_per_s": max(runs) * 1e9 / ROW_BYTES}
+    memcpy.append(memcpy_gb_per_s())
+    return {
+        "rows": len(ds), "batch_size": batch_size, "memcpy_gb_per_s": max(memcpy), "memcpy_runs": memcpy,
+        "warm": warm,
+        "cold_sequential": {"gb_per_s": max(cold), "runs": cold, "rows_per_s": max(cold) * 1e9 / ROW_BYTES},
+        "dd": {"gb_per_s": max(dd), "runs": dd, "bytes": shard_bytes},
+    }
+
+
+def convert_vs_cp(data: Data, shard_size: str = "256MB", repeats: int = 1) -> dict:
+    """Time ``npyseq convert`` of the sources and ``cp`` (+ ``sync``) of the same files, alternated.
+
+    Cold source both times. With ``repeats > 1`` the two alternate and the
+    best time of each is kept (the disk is shared with other work).
+    """
+    sources = data.source_files()
+    nbytes = sum(os.path.getsize(f) for f in sources)
+    converts, cps, cp_syncs = [], [], []
+    for _ in range(repeats):
+        if os.path.exists(data.shards):
+            shutil.rmtree(data.shards)
+        drop(sources)
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "npyseq", "convert", *sources, "-o", data.shards,
+                        "--shard-size", shard_size, "--quiet"], check=True, stdout=subprocess.DEVNULL)
+        converts.append(time.perf_counter() - start)
+        cp, cp_sync = _cp_seconds(data, sources)
+        cps.append(cp)
+        cp_syncs.append(cp_sync)
+    convert, cp, cp_sync = min(converts), min(cps), min(cp_syncs)
+    return {"bytes": nbytes, "convert_seconds": convert, "cp_seconds": cp, "cp_sync_seconds": cp_sync,
+            "convert_gb_per_s": nbytes / convert / 1e9, "cp_gb_per_s": nbytes / cp / 1e9,
+            "cp_sync_gb_per_s": nbytes / cp_sync / 1e9, "shard_size": shard_size,
+            "runs": {"convert": converts, "cp": cps, "cp_sync": cp_syncs}}
+
+
+def _cp_seconds(data: Data, sources: list[str]) -> tuple[float, float]:
+    """Seconds of ``cp`` of ``sources`` (cold), and of ``cp`` then ``sync`` of the copies."""
+    copy_dir = os.path.join(data.folder, "cp-copy")
+    os.makedirs(copy_dir, exist_ok=True)
+    copies = [os.path.join(copy_dir, os.path.basename(f)) for f in sources]
+    drop(sources)
+    try:
+        start = time.perf_counter()
+        subprocess.run(["cp", "--reflink=never", *sources, copy_dir], check=True)
+        cp = time.perf_counter() - start
+        subprocess.run(["sync", *copies], check=True)
+        return cp, time.perf_counter() - start
+    finally:
+        shutil.rmtree(copy_dir)
+
+
+def main() -> int:
+    if len(sys.argv) != 3 or sys.argv[1] != "read-loop":
+        print(__doc__)
+        return 2
+    job = json.loads(sys.argv[2])
+    result = read_loop(Data.from_json(job["data"]), job.get("repeats", 3),
+                       min_seconds=job.get("min_seconds", 1.0))
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

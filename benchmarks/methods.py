@@ -1,0 +1,235 @@
+"""The input pipelines the suite compares, each built the way its users build it.
+
+A :class:`Spec` names a method, a worker setting and (for npyseq) a shuffle
+mode; :func:`build` turns it into a :class:`Pipeline`: the ``x`` (and the other
+arguments) that ``model.fit`` takes. The suite drives every pipeline through
+Keras' own ``EpochIterator``, exactly as ``fit`` does minus the model, so all
+methods are measured on what the training loop receives.
+
+| method | what it is | settings |
+| --- | --- | --- |
+| ``npyseq`` | ``npyseq.ShardSequence`` over the shards | sync, 2 threads, 2 processes |
+| ``minimal`` | hand-written ``PyDataset`` over ``np.memmap`` | sync, 2 threads, 2 processes |
+| ``numpy`` | ``np.load`` whole, ``fit(x, y, batch_size=B)`` | sync |
+| ``tf.data`` | ``from_tensor_slices(...).shuffle(10000).batch(B).prefetch(AUTOTUNE)`` | sync |
+| ``generator`` | Python generator over a memmap, ``steps_per_epoch`` | sync |
+| ``raw_bytes`` | generator reading the ``.npy`` bytes (``seek``/``read``) | sync |
+| ``torch`` | ``DataLoader(shuffle=True)`` over a map-style memmap dataset | sync (0 workers), 2 processes |
+| ``grain`` | ``grain.MapDataset.source(...).shuffle().batch()`` over memmaps | sync, 2 threads, 2 processes |
+
+Two references bound what any method can reach in ``fit`` (they do not read
+the dataset, so they are not compared): ``model_alone`` feeds one batch held
+as a TensorFlow tensor, repeated (``tf.data.Dataset.from_tensors(batch).repeat(n)``:
+the model's own cost); ``constant_pydataset`` returns one in-memory batch from
+a ``PyDataset`` (the model plus Keras' PyDataset path, with no reading).
+
+Every method yields each row of the dataset exactly once per epoch
+(``tests/test_benchmarks.py`` checks it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import os
+import sys
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+from bench_data import Data  # noqa: E402
+
+BATCH_SIZE = 256
+WORKERS = 2
+TF_SHUFFLE_BUFFER = 10_000
+SETTINGS = ("sync", "threads", "processes")
+
+# method -> worker settings it has
+METHODS = {
+    "npyseq": SETTINGS,
+    "minimal": SETTINGS,
+    "numpy": ("sync",),
+    "tf.data": ("sync",),
+    "generator": ("sync",),
+    "raw_bytes": ("sync",),
+    "torch": ("sync", "processes"),
+    "grain": SETTINGS,
+    "model_alone": ("sync",),
+    "constant_pydataset": ("sync",),
+}
+REFERENCES = ("model_alone", "constant_pydataset")
+OPTIONAL = {"torch": "torch", "grain": "grain"}  # method -> module it needs
+# Methods that hold the whole dataset in memory.
+IN_RAM = ("numpy", "tf.data")
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One pipeline: ``method`` with ``setting`` workers; ``shuffle`` is npyseq's."""
+
+    method: str
+    setting: str = "sync"
+    shuffle: Any = False
+    rows: int | None = None  # the first rows only (None: all of them)
+    batch_size: int = BATCH_SIZE
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
+        if self.setting not in METHODS[self.method]:
+            raise ValueError(f"{self.method} has settings {METHODS[self.method]}, got {self.setting!r}")
+        if self.method != "npyseq" and self.shuffle is not False:
+            raise ValueError(f"shuffle= is npyseq's; {self.method} shuffles its own way")
+
+    @property
+    def label(self) -> str:
+        if self.method in REFERENCES:
+            return {"model_alone": "reference: model alone",
+                    "constant_pydataset": "reference: PyDataset of one constant batch"}[self.method]
+        name = self.method
+        if self.method == "npyseq":
+            name += f" {self.shuffle}" if self.shuffle else " sequential"
+        if self.setting != "sync":
+            name += f", {WORKERS} {self.setting}"
+        return name
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "Spec":
+        return cls(**doc)
+
+
+def available(method: str) -> tuple[bool, str]:
+    """Whether ``method`` can run here, and if not, why."""
+    module = OPTIONAL.get(method)
+    if module and importlib.util.find_spec(module) is None:
+        return False, f"{module} is not installed (pip install {module})"
+    return True, ""
+
+
+@dataclasses.dataclass
+class Pipeline:
+    """What ``fit`` takes: ``fit(x, **fit_kwargs)``; ``files`` are those it reads."""
+
+    spec: Spec
+    x: Any
+    fit_kwargs: dict
+    rows: int
+    files: list[str]
+
+    def epoch_iterator(self):
+        """Keras' ``EpochIterator`` over this pipeline, as ``fit`` builds it (reset once)."""
+        from keras.src.trainers.epoch_iterator import EpochIterator
+
+        it = EpochIterator(x=self.x, **self.fit_kwargs)
+        it.reset()
+        return it
+
+
+def epoch_batches(iterator):
+    """The batches of one epoch of a Keras ``EpochIterator``, as ``fit`` pulls them."""
+    with iterator.catch_stop_iteration():
+        for _, _, batches in iterator:
+            yield from batches
+
+
+def _worker_kwargs(setting: str) -> dict:
+    return {"sync": dict(workers=1, use_multiprocessing=False),
+            "threads": dict(workers=WORKERS, use_multiprocessing=False),
+            "processes": dict(workers=WORKERS, use_multiprocessing=True)}[setting]
+
+
+def build(spec: Spec, data: Data) -> Pipeline:
+    """The pipeline ``spec`` over ``data`` (loading the data first for in-RAM methods)."""
+    rows = data.rows if spec.rows is None else min(spec.rows, data.rows)
+    B = spec.batch_size
+    sources = data.source_files()
+    if spec.method == "npyseq":
+        import npyseq
+
+        seq = npyseq.ShardSequence(data.shards, x="x", y="y", batch_size=B, shuffle=spec.shuffle,
+                                   seed=spec.seed, **_worker_kwargs(spec.setting))
+        if rows < data.rows:
+            seq = seq.subset(0, rows)
+        return Pipeline(spec, seq, {"shuffle": True}, rows, data.shard_files())
+    if spec.method == "minimal":
+        from minimal_pydataset import MinimalPyDataset
+
+        ds = MinimalPyDataset(data.x_npy, data.y_npy, B, rows, **_worker_kwargs(spec.setting))
+        return Pipeline(spec, ds, {"shuffle": True}, rows, sources)
+    if spec.method in IN_RAM:
+        x, y = _load(data, rows)
+        if spec.method == "numpy":
+            return Pipeline(spec, x, {"y": y, "batch_size": B, "shuffle": True}, rows, sources)
+        import tensorflow as tf
+
+        ds = (tf.data.Dataset.from_tensor_slices((x, y))
+              .shuffle(min(TF_SHUFFLE_BUFFER, rows), seed=spec.seed)
+              .batch(B).prefetch(tf.data.AUTOTUNE))
+        return Pipeline(spec, ds, {}, rows, sources)
+    if spec.method in ("generator", "raw_bytes"):
+        import readers
+
+        make = readers.memmap_batches if spec.method == "generator" else readers.raw_batches
+        gen = make(data.x_npy, data.y_npy, rows, B)
+        return Pipeline(spec, gen, {"steps_per_epoch": math.ceil(rows / B)}, rows, sources)
+    if spec.method == "torch":
+        import torch
+        from torch.utils.data import DataLoader
+
+        import readers
+
+        loader = DataLoader(readers.MemmapRows(data.x_npy, data.y_npy, rows), batch_size=B,
+                            shuffle=True, num_workers=0 if spec.setting == "sync" else WORKERS,
+                            generator=torch.Generator().manual_seed(spec.seed))
+        return Pipeline(spec, loader, {}, rows, sources)
+    if spec.method == "grain":
+        return Pipeline(spec, _grain(data, rows, spec), {}, rows, sources)
+    if spec.method in REFERENCES:
+        batch = _load(data, B)
+        steps = math.ceil(rows / B)
+        if spec.method == "model_alone":
+            import tensorflow as tf
+
+            ds = tf.data.Dataset.from_tensors(batch).repeat(steps)
+            return Pipeline(spec, ds, {}, steps * B, sources)
+        from minimal_pydataset import ConstantPyDataset
+
+        return Pipeline(spec, ConstantPyDataset(batch, steps), {"shuffle": True}, steps * B, sources)
+    raise AssertionError(spec.method)
+
+
+def _load(data: Data, rows: int):
+    """``x`` and ``y``, the first ``rows`` rows, in memory."""
+    import numpy as np
+
+    if rows == data.rows:  # what users do
+        return np.load(data.x_npy), np.load(data.y_npy)
+    return (np.array(np.load(data.x_npy, mmap_mode="r")[:rows]),
+            np.array(np.load(data.y_npy, mmap_mode="r")[:rows]))
+
+
+def _grain(data: Data, rows: int, spec: Spec):
+    import grain
+    from absl import flags
+
+    import readers
+
+    # Grain's process workers read absl flags, which a script that does not
+    # run absl.app.main never parses.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    ds = grain.MapDataset.source(readers.MemmapRows(data.x_npy, data.y_npy, rows))
+    ds = ds.shuffle(seed=spec.seed).batch(spec.batch_size)
+    if spec.setting == "threads":
+        return ds.to_iter_dataset(grain.ReadOptions(num_threads=WORKERS, prefetch_buffer_size=10))
+    if spec.setting == "processes":
+        return ds.to_iter_dataset(grain.ReadOptions(num_threads=0)).mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=WORKERS))
+    return ds

@@ -1,0 +1,198 @@
+"""Run one method of the suite in this process and print its figures as one JSON line.
+
+The suite (``bench_suite.py``) starts this script once per measurement, so
+that memory peaks of different methods never mix and every method starts from
+a fresh interpreter. The last line of stdout is ``RESULT {json}``.
+
+Jobs (a JSON object on the command line):
+
+``pipeline``
+    The input pipeline alone: Keras' ``EpochIterator`` over the method's
+    input, as ``fit`` builds it, pulling every batch of an epoch without a
+    model. ``epochs`` lists ``"cold"`` (page cache of the method's files
+    dropped first; only meaningful first, before the process maps any page),
+    ``"warm"`` (repeated until ``min_warm_seconds`` have passed, so that fast
+    methods are timed over more than a few milliseconds) and ``"any"`` (page
+    cache as the previous run left it). ``max_seconds`` ends an epoch early
+    (the capped runs), marking it incomplete.
+``fit``
+    ``model.fit`` of ``model`` (``"mlp"`` or ``"conv"``) for
+    ``len(epochs)`` epochs; ``"warmup"`` epochs include tracing, ``"cold"``
+    ones start with the page cache dropped.
+``check``
+    For the tests: for each of ``specs``, a digest of the multiset of rows
+    ``(x row bytes, y)`` that each epoch yields.
+
+    python benchmarks/run_method.py '{"job": "pipeline", "spec": {"method": "npyseq"},
+                                      "data": {"folder": "...", "rows": 81380},
+                                      "epochs": ["cold", "warm"]}'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from bench_data import ROW_BYTES, Data  # noqa: E402
+
+
+def drop_cache(files: list[str]) -> None:
+    from memcap import drop_page_cache
+
+    for f in files:
+        drop_page_cache(f)
+
+
+def time_epoch(iterator, *, max_seconds: float | None = None) -> dict:
+    """Pull the batches of one epoch; rows, seconds and rates."""
+    from methods import epoch_batches
+
+    rows = batches = 0
+    start = time.perf_counter()
+    complete = True
+    for batch in epoch_batches(iterator):
+        rows += len(batch[0])
+        batches += 1
+        if max_seconds and time.perf_counter() - start >= max_seconds:
+            complete = False
+            break
+    seconds = time.perf_counter() - start
+    return {"rows": rows, "batches": batches, "seconds": seconds, "complete": complete,
+            "rows_per_s": rows / seconds if seconds else 0.0,
+            "gb_per_s": rows * ROW_BYTES / seconds / 1e9 if seconds else 0.0}
+
+
+def run_pipeline(job: dict) -> dict:
+    from memwatch import PeakMemory
+    from methods import Spec, build
+
+    spec, data = Spec.from_json(job["spec"]), Data.from_json(job["data"])
+    epochs = []
+    with PeakMemory() as peak:
+        start = time.perf_counter()
+        pipe = build(spec, data)
+        iterator = pipe.epoch_iterator()
+        setup = time.perf_counter() - start
+        for kind in job.get("epochs", ["warm"]):
+            if kind == "cold":
+                drop_cache(pipe.files)
+            spent = 0.0
+            while True:
+                result = time_epoch(iterator, max_seconds=job.get("max_seconds"))
+                epochs.append({"cache": kind, **result})
+                spent += result["seconds"]
+                if (kind != "warm" or not result["complete"] or spent >= job.get("min_warm_seconds", 0)
+                        or len(epochs) >= job.get("max_epochs", 20)):
+                    break
+            if not result["complete"]:
+                break
+    return {"rows": pipe.rows, "setup_seconds": setup, "epochs": epochs, **_memory(peak),
+            "load_average": os.getloadavg()[0]}
+
+
+def _memory(peak) -> dict:
+    return {"peak_anon_bytes": peak.max_bytes, "main_anon_bytes": peak.main_bytes,
+            "children_anon_bytes": peak.children_bytes}
+
+
+def build_model(name: str):
+    import keras
+
+    from bench_data import CLASSES, ROW_SHAPE
+
+    inputs = keras.Input(ROW_SHAPE)
+    if name == "mlp":  # 3072-64-10: cheap, so the input pipeline shows
+        h = keras.layers.Dense(64, activation="relu")(keras.layers.Flatten()(inputs))
+    elif name == "conv":  # a small conv net: compute starts to dominate
+        h = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(inputs)
+        h = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(h)
+        h = keras.layers.GlobalAveragePooling2D()(h)
+    else:
+        raise ValueError(f"model must be 'mlp' or 'conv', got {name!r}")
+    model = keras.Model(inputs, keras.layers.Dense(CLASSES, activation="softmax")(h))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def run_fit(job: dict) -> dict:
+    import keras
+
+    from memwatch import PeakMemory
+    from methods import Spec, build
+
+    spec, data = Spec.from_json(job["spec"]), Data.from_json(job["data"])
+    kinds = job.get("epochs", ["warmup", "warm"])
+    times = []
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if kinds[epoch] == "cold":
+                drop_cache(files)
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    keras.utils.set_random_seed(0)
+    with PeakMemory() as peak:
+        start = time.perf_counter()
+        pipe = build(spec, data)
+        files = pipe.files
+        model = build_model(job["model"])
+        setup = time.perf_counter() - start
+        hist = model.fit(pipe.x, epochs=len(kinds), verbose=0, callbacks=[EpochTimer()], **pipe.fit_kwargs)
+    epochs = [{"cache": k, "seconds": t, "rows_per_s": pipe.rows / t,
+               "accuracy": float(a)} for k, t, a in zip(kinds, times, hist.history["accuracy"])]
+    return {"rows": pipe.rows, "model": job["model"], "setup_seconds": setup, "epochs": epochs,
+            "backend": keras.backend.backend(), **_memory(peak), "load_average": os.getloadavg()[0]}
+
+
+def run_check(job: dict) -> dict:
+    """Digest of the rows each spec yields per epoch (see tests/test_benchmarks.py)."""
+    from methods import Spec, build, epoch_batches
+
+    data = Data.from_json(job["data"])
+    out = {}
+    for doc in job["specs"]:
+        spec = Spec.from_json(doc)
+        pipe = build(spec, data)
+        iterator = pipe.epoch_iterator()
+        epochs = []
+        for _ in range(job.get("num_epochs", 2)):
+            batches = list(epoch_batches(iterator))
+            epochs.append({"digest": row_digest(batches), "rows": sum(len(b[0]) for b in batches),
+                           "max_batch": max(len(b[0]) for b in batches)})
+        out[spec.label] = epochs
+    return out
+
+
+def row_digest(batches) -> str:
+    """Order-independent digest of the rows ``(x row bytes, y)`` of ``batches``."""
+    import numpy as np
+    import xxhash
+
+    keys = []
+    for x, y in batches:
+        x, y = np.asarray(x), np.asarray(y)
+        for row, label in zip(x.reshape(len(x), -1), y.tolist()):
+            keys.append(f"{xxhash.xxh3_64_hexdigest(np.ascontiguousarray(row).tobytes())}:{label}")
+    return xxhash.xxh3_64_hexdigest("\n".join(sorted(keys)).encode())
+
+
+def main() -> int:
+    job = json.loads(sys.argv[1])
+    runner = {"pipeline": run_pipeline, "fit": run_fit, "check": run_check}[job["job"]]
+    result = runner(job)
+    print("RESULT " + json.dumps(result), flush=True)
+    # Worker pools, loaders and tf.data threads left behind must not delay the exit.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

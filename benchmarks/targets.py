@@ -1,0 +1,194 @@
+"""The targets P1–P7 of issue 4, each a ratio of two figures measured in the same suite run.
+
+:func:`evaluate` takes the suite's report (see ``bench_suite.py``) and returns
+one row per target: what was compared, the measured ratio, the bound and
+whether it is met. A target whose figures are missing (a method not installed,
+a run that failed) is reported as not measured, never as met.
+
+| # | what | target |
+| --- | --- | --- |
+| P1 | ``seq[i]`` loop, contiguous order, warm cache | >= 0.85x single-core memcpy GB/s |
+| P1b | same, ``"blocks"`` / ``"global"`` | >= 0.75x / >= 0.55x memcpy |
+| P2 | through Keras' adapter, npyseq's best worker setting | >= 1.0x the minimal PyDataset, same setting |
+| P3 | ``fit`` epoch, MLP, warm cache | <= 0.75x numpy in RAM; <= 0.6x tf.data; <= 0.6x the generator |
+| P4 | peak anonymous memory | 4x data: <= 1.1x; <= 0.1x numpy in RAM at 1x |
+| P5 | cold cache, contiguous order | >= 0.8x ``dd`` of the same files |
+| P6 | conversion | >= 0.8x ``cp`` of the same bytes |
+| P7 | vs PyTorch DataLoader and Grain, same workers, pipeline alone | >= 1.0x their rows/s |
+"""
+
+from __future__ import annotations
+
+SETTINGS = ("sync", "threads", "processes")
+# npyseq modes P3 may use: those that mix at least as well as fit's shuffle of
+# batch order (a fair match for numpy's and tf.data's shuffles).
+P3_MODES = ("blocks", "global")
+
+
+def _ok(runs: list[dict]) -> list[dict]:
+    return [r for r in runs if r.get("status") == "ok"]
+
+
+def find(report: dict, phase: str, size: str = "1x", model: str | None = None, **spec) -> dict | None:
+    """The successful run of ``phase`` at ``size`` whose spec has the fields ``spec``."""
+    for run in _ok(report.get("runs", [])):
+        if run["phase"] != phase or run["size"] != size:
+            continue
+        if model is not None and run.get("model") != model:
+            continue
+        if all(run["spec"].get(k) == v for k, v in spec.items()):
+            return run
+    return None
+
+
+def warm_rows_per_s(run: dict | None) -> float | None:
+    """Best warm epoch of a pipeline run, rows/s."""
+    if run is None:
+        return None
+    warm = [e["rows_per_s"] for e in run["result"]["epochs"] if e["cache"] == "warm" and e["complete"]]
+    return max(warm) if warm else None
+
+
+def warm_epoch_seconds(run: dict | None) -> float | None:
+    """Shortest warm epoch of a fit run, seconds."""
+    if run is None:
+        return None
+    warm = [e["seconds"] for e in run["result"]["epochs"] if e["cache"] == "warm"]
+    return min(warm) if warm else None
+
+
+def peak_anon(run: dict | None) -> int | None:
+    return None if run is None else run["result"]["peak_anon_bytes"]
+
+
+def _row(tid: str, what: str, measured: float | None, op: str, bound: float, detail: str) -> dict:
+    if measured is None:
+        return {"id": tid, "what": what, "measured": None, "target": f"{op} {bound}x", "met": False,
+                "detail": detail or "not measured"}
+    met = measured >= bound if op == ">=" else measured <= bound
+    return {"id": tid, "what": what, "measured": measured, "target": f"{op} {bound}x", "met": met,
+            "detail": detail}
+
+
+def _ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def evaluate(report: dict) -> list[dict]:
+    rows = []
+    loop = report.get("read_loop")
+    if loop:
+        memcpy = loop["memcpy_gb_per_s"]
+        for tid, mode, bound in (("P1", "False", 0.85), ("P1b", "blocks", 0.75), ("P1b", "global", 0.55)):
+            gbps = loop["warm"][mode]["gb_per_s"]
+            rows.append(_row(tid, f"seq[i] loop, shuffle={mode}, warm, vs memcpy", gbps / memcpy, ">=", bound,
+                             f"{gbps:.2f} GB/s vs memcpy {memcpy:.2f} GB/s"))
+        cold, dd = loop["cold_sequential"]["gb_per_s"], loop["dd"]["gb_per_s"]
+        p5 = _row("P5", "cold cache, contiguous seq[i] vs dd of the same files", cold / dd, ">=", 0.8,
+                  f"{cold:.2f} GB/s vs dd {dd:.2f} GB/s")
+    else:
+        rows += [_row("P1", "seq[i] loop vs memcpy", None, ">=", 0.85, "")]
+        p5 = _row("P5", "cold contiguous vs dd", None, ">=", 0.8, "")
+
+    # P2: npyseq (dataset order; fit shuffles the batch order, as for the
+    # minimal PyDataset) against the minimal PyDataset, through Keras' adapter.
+    per_setting = {s: (warm_rows_per_s(find(report, "pipeline", method="npyseq", shuffle=False, setting=s)),
+                       warm_rows_per_s(find(report, "pipeline", method="minimal", setting=s)))
+                   for s in SETTINGS}
+    measured = {s: v for s, v in per_setting.items() if v[0] is not None}
+    if measured:
+        best = max(measured, key=lambda s: measured[s][0])
+        n, m = measured[best]
+        others = ", ".join(f"{s} {_fmt(_ratio(*v))}" for s, v in per_setting.items() if s != best)
+        rows.append(_row("P2", f"Keras adapter, npyseq's best setting ({best}) vs minimal PyDataset",
+                         _ratio(n, m), ">=", 1.0,
+                         f"{n:,.0f} vs {m:,.0f} rows/s" if m else "minimal not measured")
+                    | {"others": others})
+    else:
+        rows.append(_row("P2", "Keras adapter vs minimal PyDataset", None, ">=", 1.0, ""))
+
+    # P3: fit epoch time, MLP, warm.
+    candidates = [(warm_epoch_seconds(r), r) for r in _ok(report.get("runs", []))
+                  if r["phase"] == "fit" and r["size"] == "1x" and r.get("model") == "mlp"
+                  and r["spec"]["method"] == "npyseq" and r["spec"]["shuffle"] in P3_MODES]
+    candidates = [c for c in candidates if c[0] is not None]
+    floors = {m: warm_epoch_seconds(find(report, "fit", model="mlp", method=m))
+              for m in ("model_alone", "constant_pydataset")}
+    if candidates:
+        t, best = min(candidates, key=lambda c: c[0])
+        for other, bound in (("numpy", 0.75), ("tf.data", 0.6), ("generator", 0.6)):
+            o = warm_epoch_seconds(find(report, "fit", model="mlp", method=other))
+            detail = f"{t:.2f} s vs {o:.2f} s" if o else f"{other} not measured"
+            if o and floors["model_alone"]:
+                detail += (f"; model alone {floors['model_alone']:.2f} s "
+                           f"({floors['model_alone'] / o:.2f}x {other})")
+            if o and floors["constant_pydataset"]:
+                detail += (f", PyDataset of a constant batch {floors['constant_pydataset']:.2f} s "
+                           f"({floors['constant_pydataset'] / o:.2f}x)")
+            rows.append(_row("P3", f"fit epoch (MLP), {best['label']} vs {other}", _ratio(t, o), "<=", bound,
+                             detail))
+    else:
+        rows.append(_row("P3", "fit epoch (MLP) vs numpy / tf.data / generator", None, "<=", 0.75, ""))
+
+    # P4: memory of npyseq's fit at 1x and 4x, and against numpy at 1x.
+    spec = report.get("config", {}).get("memory_spec", {})
+    one = find(report, "fit", "1x", model="mlp", **spec)
+    four = find(report, "fit", "4x", model="mlp", **spec)
+    numpy = find(report, "fit", "1x", model="mlp", method="numpy")
+    label = one["label"] if one else "npyseq"
+    a, b, c = peak_anon(one), peak_anon(four), peak_anon(numpy)
+    rows.append(_row("P4", f"peak anonymous memory, fit (MLP), {label}: 4x data vs 1x", _ratio(b, a), "<=", 1.1,
+                     f"{_mib(b)} vs {_mib(a)}"))
+    rows.append(_row("P4", f"peak anonymous memory, fit (MLP), {label} vs numpy in RAM, 1x", _ratio(a, c),
+                     "<=", 0.1, f"{_mib(a)} vs {_mib(c)}"))
+    rows.append(p5)
+
+    conv = report.get("conversion", {})
+    for size, r in conv.items():
+        rows.append(_row("P6", f"npyseq convert vs cp + sync of the same bytes ({size}, "
+                               f"{r['bytes'] / 1e9:.1f} GB, cold source)",
+                         r["convert_gb_per_s"] / r["cp_sync_gb_per_s"], ">=", 0.8,
+                         f"{r['convert_gb_per_s']:.2f} vs {r['cp_sync_gb_per_s']:.2f} GB/s "
+                         f"(cp without sync: {r['cp_gb_per_s']:.2f} GB/s, "
+                         f"{r['convert_gb_per_s'] / r['cp_gb_per_s']:.2f}x)"))
+    if not conv:
+        rows.append(_row("P6", "npyseq convert vs cp", None, ">=", 0.8, ""))
+
+    rows += _p7(report)
+    return rows
+
+
+def _p7(report: dict) -> list[dict]:
+    """npyseq "global" (a uniform shuffle, like DataLoader(shuffle=True) and Grain's) vs torch and Grain."""
+    out = []
+    npy = {s: warm_rows_per_s(find(report, "pipeline", method="npyseq", shuffle="global", setting=s))
+           for s in SETTINGS}
+    for other in ("torch", "grain"):
+        if report.get("skipped_methods", {}).get(other):
+            out.append(_row("P7", f"vs {other}", None, ">=", 1.0,
+                            f"skipped: {report['skipped_methods'][other]}"))
+            continue
+        theirs = {s: warm_rows_per_s(find(report, "pipeline", method=other, setting=s)) for s in SETTINGS}
+        n, t = npy["sync"], theirs["sync"]
+        out.append(_row("P7", f"pipeline, npyseq global vs {other}, no workers", _ratio(n, t), ">=", 1.0,
+                        f"{_fmt_rows(n)} vs {_fmt_rows(t)} rows/s"))
+        # 2 workers: each library's best kind of worker (torch has only processes).
+        nb = max(("threads", "processes"), key=lambda s: npy[s] or 0)
+        tb = max(("threads", "processes"), key=lambda s: theirs[s] or 0)
+        out.append(_row("P7", f"pipeline, npyseq global vs {other}, 2 workers "
+                              f"(npyseq {nb}, {other} {tb})", _ratio(npy[nb], theirs[tb]), ">=", 1.0,
+                        f"{_fmt_rows(npy[nb])} vs {_fmt_rows(theirs[tb])} rows/s; processes vs processes: "
+                        f"{_fmt(_ratio(npy['processes'], theirs['processes']))}"))
+    return out
+
+
+def _fmt(r) -> str:
+    return "n/a" if r is None else f"{r:.2f}x"
+
+
+def _fmt_rows(v) -> str:
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
+def _mib(b) -> str:
+    return "n/a" if b is None else f"{b / 2**20:,.0f} MiB"

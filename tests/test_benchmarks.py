@@ -1,0 +1,171 @@
+"""The benchmark suite's scripts, checked for correctness at a tiny size (not for speed).
+
+Every method of ``benchmarks/methods.py`` must feed ``fit`` the same rows:
+over each epoch, every method's pipeline (driven through Keras'
+``EpochIterator``, as the suite measures it) yields exactly the multiset of
+rows ``(x row, y)`` of the dataset. The runner, the I/O figures, the targets
+and the report are run end to end on the tiny dataset.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+sys.path.insert(0, BENCH)
+
+import bench_data  # noqa: E402
+import methods  # noqa: E402
+import run_method  # noqa: E402
+
+ROWS, BATCH = 1000, 64  # a partial last batch, several shards
+
+
+def start_job(job: dict, backend: str = "numpy") -> subprocess.Popen:
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
+    return subprocess.Popen([sys.executable, os.path.join(BENCH, "run_method.py"), json.dumps(job)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def job_result(proc: subprocess.Popen) -> dict:
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    result = run_method_result(stdout)
+    assert result is not None, stdout[-2000:]
+    return result
+
+
+def run_job(job: dict, backend: str = "numpy") -> dict:
+    return job_result(start_job(job, backend))
+
+
+def run_method_result(stdout: str):
+    lines = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
+    return json.loads(lines[-1][len("RESULT "):]) if lines else None
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from bench_io import convert_vs_cp
+
+    d = bench_data.Data(str(tmp_path_factory.mktemp("bench") / "tiny"), ROWS)
+    assert bench_data.make_sources(d, chunk=300)
+    assert not bench_data.make_sources(d)  # reused
+    conv = convert_vs_cp(d, shard_size="600KB", repeats=1)
+    assert conv["bytes"] == sum(os.path.getsize(f) for f in d.source_files())
+    assert conv["convert_seconds"] > 0 and conv["cp_sync_seconds"] >= conv["cp_seconds"] > 0
+    assert not os.path.exists(os.path.join(d.folder, "cp-copy"))
+    return d
+
+
+def all_specs() -> list[methods.Spec]:
+    specs = []
+    for method, settings in methods.METHODS.items():
+        if method in methods.REFERENCES or not methods.available(method)[0]:
+            continue
+        for setting in settings:
+            modes = [False, "batches", "blocks", "global"] if method == "npyseq" else [False]
+            specs += [methods.Spec(method, setting, mode, batch_size=BATCH) for mode in modes]
+    return specs
+
+
+def test_sources_and_shards_hold_the_same_rows(data):
+    import npyseq
+
+    x, y = bench_data.read_rows(data)
+    assert x.shape == (ROWS,) + bench_data.ROW_SHAPE and x.dtype == np.float32
+    assert y.shape == (ROWS,) and set(np.unique(y)) <= set(range(bench_data.CLASSES))
+    ds = npyseq.open_shards(data.shards)
+    assert ds.num_shards > 1
+    np.testing.assert_array_equal(ds["x"][:], x)
+    np.testing.assert_array_equal(ds["y"][:], y)
+    assert data.nbytes == ROWS * bench_data.ROW_BYTES
+
+
+def test_every_method_yields_every_row_exactly_once_per_epoch(data):
+    specs = all_specs()
+    assert {s.method for s in specs} >= {"npyseq", "minimal", "numpy", "tf.data", "generator", "raw_bytes"}
+    x, y = bench_data.read_rows(data)
+    expected = run_method.row_digest([(x, y)])
+    # A reader that loses or repeats a row, or pairs it with another row's label, changes the digest.
+    assert run_method.row_digest([(x[1:], y[1:]), (x[:1], y[:1])]) == expected
+    assert run_method.row_digest([(x, np.roll(y, 1))]) != expected
+    assert run_method.row_digest([(np.concatenate([x, x[:1]]), np.concatenate([y, y[:1]]))]) != expected
+
+    result = run_job({"job": "check", "data": data.to_json(), "specs": [s.to_json() for s in specs],
+                      "num_epochs": 2})
+    assert set(result) == {s.label for s in specs}
+    for label, epochs in result.items():
+        assert len(epochs) == 2, label
+        for e in epochs:
+            assert e["rows"] == ROWS, (label, e)
+            assert e["max_batch"] == BATCH, (label, e)
+            assert e["digest"] == expected, f"{label} does not yield the dataset's rows"
+
+
+def test_pipeline_and_fit_jobs_then_targets_and_report(data, tmp_path):
+    import report
+    import targets
+
+    spec = methods.Spec("npyseq", "sync", "blocks", batch_size=BATCH)
+    fit_job = start_job({"job": "fit", "model": "mlp", "data": data.to_json(), "epochs": ["warmup", "warm"],
+                         "spec": methods.Spec("model_alone", batch_size=BATCH).to_json()}, backend="tensorflow")
+    pipe = run_job({"job": "pipeline", "spec": spec.to_json(), "data": data.to_json(),
+                    "epochs": ["cold", "warm"], "min_warm_seconds": 0.05})
+    kinds = [e["cache"] for e in pipe["epochs"]]
+    assert kinds[0] == "cold" and set(kinds[1:]) == {"warm"}
+    assert all(e["rows"] == ROWS and e["complete"] for e in pipe["epochs"])
+    assert pipe["peak_anon_bytes"] > 0
+
+    fit = job_result(fit_job)
+    assert [e["cache"] for e in fit["epochs"]] == ["warmup", "warm"]
+    assert fit["backend"] == "tensorflow" and fit["rows"] == 16 * BATCH
+
+    from bench_io import read_loop
+
+    loop = read_loop(data, repeats=1, batch_size=BATCH, min_seconds=0.0)
+    assert set(loop["warm"]) == {"False", "batches", "blocks", "global"}
+    assert loop["memcpy_gb_per_s"] > 0 and loop["dd"]["gb_per_s"] > 0
+
+    rep = {"suite": "test", "command": "pytest", "started": "now", "seconds": 1.0,
+           "config": {"batch_size": BATCH, "memory_spec": spec.to_json()},
+           "machine": {"cpus": 2, "cpu_model": "x", "memory_bytes": 2**30, "load_average_start": [0.0]},
+           "versions": {}, "datasets": {"1x": {"rows": ROWS, "bytes": data.nbytes},
+                                        "4x": {"rows": ROWS, "bytes": data.nbytes}},
+           "read_loop": loop, "conversion": {}, "skipped_methods": {"grain": "not installed"},
+           "runs": [{"phase": "pipeline", "size": "1x", "spec": spec.to_json(), "label": spec.label,
+                     "model": None, "capped": False, "status": "ok", "result": pipe},
+                    {"phase": "pipeline", "size": "4x", "spec": spec.to_json(), "label": spec.label,
+                     "model": None, "capped": False, "status": "ok", "result": pipe},
+                    {"phase": "fit", "size": "1x", "spec": methods.Spec("model_alone").to_json(),
+                     "label": "reference: model alone", "model": "mlp", "capped": False, "status": "ok",
+                     "result": fit},
+                    {"phase": "pipeline", "size": "4x", "spec": methods.Spec("numpy").to_json(),
+                     "label": "numpy", "model": None, "capped": True, "status": "killed",
+                     "cgroup_max_usage_bytes": 2**20}]}
+    rows = targets.evaluate(rep)
+    ids = {r["id"] for r in rows}
+    assert ids == {"P1", "P1b", "P2", "P3", "P4", "P5", "P6", "P7"}
+    # What was not measured is never reported as met.
+    assert all(not r["met"] for r in rows if r["measured"] is None)
+    p7 = [r for r in rows if r["id"] == "P7" and "grain" in r["what"]]
+    assert p7 and "skipped" in p7[0]["detail"]
+    rep["targets"] = rows
+    rep["capped"] = {"available": True, "reason": "", "cap_bytes": 2**20, "dataset_bytes": data.nbytes,
+                     "data_over_cap": data.nbytes / 2**20}
+    text = report.markdown(rep)
+    assert "| P1 |" in text and "| numpy | pipeline | **killed** (out of memory) |" in text
+    assert f"| {spec.label} | pipeline |" in text  # memory at 1x and 4x
+    paths = report.plots(rep, str(tmp_path / "suite-test"))
+    if importlib.util.find_spec("matplotlib") is None:  # the bench extra; make test does not install it
+        assert paths == ["(matplotlib is not installed: no plots)"]
+    else:
+        assert {os.path.basename(p) for p in paths} == {"suite-test-rows.png", "suite-test-memory.png",
+                                                         "suite-test-fit.png"}
+        assert all(os.path.getsize(p) > 1000 for p in paths)
