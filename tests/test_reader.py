@@ -177,7 +177,9 @@ def test_indexing_property(data):
     source = random_array(rng, dtype, (n,) + shape)
     with tempfile.TemporaryDirectory() as tmp, no_fsync():
         npyseq.write_shards(os.path.join(tmp, "ds"), {"a": source}, rows=rows, progress=False)
-        a = npyseq.open_shards(os.path.join(tmp, "ds"), max_open=data.draw(st.integers(1, 3)))["a"]
+        read = data.draw(st.sampled_from(["pread", "mmap", "auto"]), label="read")
+        a = npyseq.open_shards(os.path.join(tmp, "ds"), max_open=data.draw(st.integers(1, 3)),
+                               read=read)["a"]
         assert a.dtype == source.dtype and a.shape == source.shape
         for key in data.draw(st.lists(index_keys(n), min_size=1, max_size=8), label="keys"):
             assert_same_array(a[key], source[key])
@@ -317,3 +319,24 @@ def test_workers_read_the_same_rows(big, method):
     for key, (pid, got) in zip(WORKER_KEYS, sent):
         assert pid != os.getpid()
         assert_same_array(got, y[key])
+
+
+def test_read_modes_give_identical_rows(many_shards, monkeypatch):
+    root, x = many_shards
+    rng = np.random.default_rng(1)
+    keys = [slice(None), slice(5, 597), rng.permutation(600), np.sort(rng.choice(600, 100)),
+            np.repeat(np.arange(0, 600, 7), 2)]
+    views = {mode: npyseq.open_shards(root, read=mode)["x"] for mode in ("pread", "mmap")}
+    assert views["pread"].dataset._map_reads is False and views["mmap"].dataset._map_reads is True
+    for key in keys:
+        assert_same_array(views["pread"][key], x[key])
+        assert_same_array(views["mmap"][key], x[key])
+    # "auto" maps when the data takes at most half the memory budget, else preads.
+    import npyseq.reader as reader
+
+    monkeypatch.setattr(reader, "memory_budget", lambda: 2 * x.nbytes * 10)
+    assert npyseq.open_shards(root)._map_reads is True
+    monkeypatch.setattr(reader, "memory_budget", lambda: x.nbytes)
+    assert npyseq.open_shards(root)._map_reads is False
+    with pytest.raises(npyseq.InvalidArgumentError, match="read must be one of .*got 'fast'"):
+        npyseq.open_shards(root, read="fast")
