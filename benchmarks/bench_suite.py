@@ -204,6 +204,17 @@ class Suite:
         modes = ", ".join(f"{m} {v['gb_per_s']:.2f}" for m, v in loop["warm"].items())
         log(f"[read] memcpy {loop['memcpy_gb_per_s']:.2f} GB/s; seq[i] warm GB/s: {modes}; cold "
             f"{loop['cold_sequential']['gb_per_s']:.2f} vs dd {loop['dd']['gb_per_s']:.2f} GB/s")
+        out = os.path.join(self.out_dir, "page_cache.json")
+        r = subprocess.run([sys.executable, os.path.join(HERE, "bench_page_cache.py"), "--data",
+                            self.data["1x"].folder, "--repeats", str(self.plan["repeats"]), "--out", out],
+                           capture_output=True, text=True, env=_env("numpy"), timeout=self.plan["child_timeout"])
+        if r.returncode == 0:
+            with open(out) as f:
+                self.report["page_cache"] = pc = json.load(f)
+            log("[read] warm pread / memcpy-from-memmap GB/s, page cache filled by: " + "; ".join(
+                f"{x['filled_by']} {x['npyseq_pread']:.2f} / {x['memmap_copy']:.2f}" for x in pc["results"]))
+        else:
+            log(f"[read] page-cache check failed: {r.stderr.strip().splitlines()[-1:]}")
 
     def measure(self, phase: str, size: str, spec: Spec, *, model: str | None = None,
                 epochs: list[str] | None = None, cap: int | None = None, **job_extra) -> None:

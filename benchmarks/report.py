@@ -12,7 +12,8 @@ from bench_data import ROW_BYTES
 from targets import peak_anon, warm_epoch_seconds, warm_rows_per_s
 
 FAMILY_COLORS = {"npyseq": "#1f77b4", "minimal": "#ff7f0e", "numpy": "#2ca02c", "tf.data": "#d62728",
-                 "generator": "#9467bd", "raw_bytes": "#8c564b", "torch": "#e377c2", "grain": "#7f7f7f"}
+                 "generator": "#9467bd", "raw_bytes": "#8c564b", "torch": "#e377c2", "grain": "#17becf",
+                 "model_alone": "#c7c7c7", "constant_pydataset": "#c7c7c7"}
 
 
 def _mib(b) -> str:
@@ -85,6 +86,14 @@ def _io(report: dict) -> list[str]:
         out += ["", f"Cold cache, dataset order: {c['gb_per_s']:.2f} GB/s ({c['rows_per_s']:,.0f} rows/s); "
                     f"`dd bs=16M` of the same shard files {dd['gb_per_s']:.2f} GB/s (best of "
                     f"{len(dd['runs'])}, alternated).", ""]
+    pc = report.get("page_cache")
+    if pc:
+        out += ["Warm reads in shuffled batch order depend on how the page cache was filled "
+                "(`benchmarks/bench_page_cache.py`):", "",
+                "| page cache filled by | npyseq `seq[i]` (`pread`) GB/s | copy out of a mapped memmap GB/s |",
+                "| --- | ---: | ---: |"]
+        out += [f"| {r['filled_by']} | {r['npyseq_pread']:.2f} | {r['memmap_copy']:.2f} |" for r in pc["results"]]
+        out.append("")
     conv = report.get("conversion", {})
     if conv:
         out += ["| size | bytes | `npyseq convert` GB/s | `cp` GB/s | `cp` + `sync` GB/s |",
@@ -136,21 +145,25 @@ def _fit(report: dict) -> list[str]:
     return out
 
 
-def memory_points(report: dict) -> dict[str, dict[str, int]]:
-    """label -> {size: peak anonymous bytes} of the pipeline runs (uncapped)."""
-    out: dict[str, dict[str, int]] = {}
+def memory_points(report: dict) -> dict[str, dict]:
+    """label -> {size: peak anonymous bytes, "partial": bool} of the pipeline runs (uncapped)."""
+    out: dict[str, dict] = {}
     for size in ("1x", "4x"):
         for r in _runs(report, "pipeline", size):
             if r["status"] == "ok":
-                out.setdefault(r["label"], {})[size] = peak_anon(r)
+                v = out.setdefault(r["label"], {"partial": False})
+                v[size] = peak_anon(r)
+                v["partial"] |= not all(e["complete"] for e in r["result"]["epochs"])
     return {k: v for k, v in out.items() if "4x" in v and "1x" in v}
 
 
 def _memory(report: dict) -> list[str]:
     out = ["### Peak anonymous memory against dataset size (Pss_Anon of the process tree)", "",
            "| method | what | 1x MiB | 4x MiB | 4x / 1x |", "| --- | --- | ---: | ---: | ---: |"]
-    for label, v in memory_points(report).items():
-        out.append(f"| {label} | pipeline | {_mib(v['1x'])} | {_mib(v['4x'])} | {v['4x'] / v['1x']:.2f}x |")
+    points = memory_points(report)
+    for label, v in points.items():
+        mark = "*" if v["partial"] else ""
+        out.append(f"| {label} | pipeline | {_mib(v['1x'])} | {_mib(v['4x'])}{mark} | {v['4x'] / v['1x']:.2f}x |")
     for r4 in _runs(report, "fit", "4x", model="mlp"):
         r1 = next((r for r in _runs(report, "fit", "1x", model="mlp") if r["spec"] == r4["spec"]), None)
         if r4["status"] == "ok" and r1 and r1["status"] == "ok":
@@ -159,6 +172,10 @@ def _memory(report: dict) -> list[str]:
     skipped = [r for r in _runs(report, "pipeline", "4x") if r["status"] != "ok"]
     for r in skipped:
         out.append(f"| {r['label']} | pipeline | – | – | {_status(r)} |")
+    if any(v["partial"] for v in points.values()):
+        seconds = report["config"].get("memory_seconds")
+        out += ["", f"\\* loading plus the first {seconds} s of the epoch (the {report['suite']} plan); "
+                    "in-RAM methods hold all their data from the start."]
     return out
 
 
