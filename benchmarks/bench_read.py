@@ -59,6 +59,11 @@ def _timed(fn) -> float:
 
 
 def drop(ds: npyseq.Dataset) -> None:
+    """Cold page cache: unmap the shards (mapped pages cannot be dropped), then drop them."""
+    import gc
+
+    ds.close()
+    gc.collect()
     for info in ds.manifest.arrays.values():
         for s in info.shards:
             drop_page_cache(os.path.join(ds.path, s.path))
