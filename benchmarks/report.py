@@ -90,7 +90,7 @@ def _io(report: dict) -> list[str]:
     if pc:
         out += ["Warm reads in shuffled batch order depend on how the page cache was filled "
                 "(`benchmarks/bench_page_cache.py`):", "",
-                "| page cache filled by | npyseq `seq[i]` (`pread`) GB/s | copy out of a mapped memmap GB/s |",
+                "| page cache filled by | npyseq `seq[i]`, `read=\"pread\"`, GB/s | copy out of a mapped memmap GB/s |",
                 "| --- | ---: | ---: |"]
         out += [f"| {r['filled_by']} | {r['npyseq_pread']:.2f} | {r['memmap_copy']:.2f} |" for r in pc["results"]]
         out.append("")
