@@ -44,8 +44,8 @@ MEMORY_SPEC = {"method": "npyseq", "setting": "threads", "shuffle": "blocks"}
 
 PLANS = {
     "quick": dict(size_gb=1.0, scale=4, cap_mb=1024, repeats=2, conv_fraction=0.25,
-                  pipeline_epochs=["cold", "warm"], min_warm_seconds=1.0,
-                  fit_epochs=["warmup", "warm", "warm"], capped_seconds=8, memory_seconds=4,
+                  pipeline_epochs=["cold", "warm"], min_warm_seconds=0.75,
+                  fit_epochs=["warmup", "warm", "warm"], capped_seconds=6, memory_seconds=4,
                   convert_repeats=3, child_timeout=300, full=False),
     "full": dict(size_gb=2.0, scale=4, cap_mb=2048, repeats=3, conv_fraction=1.0,
                  pipeline_epochs=["cold", "warm"], min_warm_seconds=3.0,
@@ -94,10 +94,10 @@ def memory_specs(full: bool) -> list[Spec]:
 def fit_specs(full: bool) -> list[Spec]:
     out = [Spec("model_alone"), Spec("constant_pydataset"), Spec("numpy"), Spec("tf.data"),
            Spec("generator"), Spec("minimal", "threads"), Spec("npyseq", "sync", "blocks"),
-           Spec(**MEMORY_SPEC), Spec("npyseq", "threads", "global"), Spec("torch", "processes"),
-           Spec("grain", "threads")]
+           Spec(**MEMORY_SPEC), Spec("torch", "processes"), Spec("grain", "threads")]
     if full:
-        out += [Spec("raw_bytes"), Spec("minimal", "sync"), Spec("minimal", "processes"),
+        out += [Spec("npyseq", "threads", "global"), Spec("raw_bytes"), Spec("minimal", "sync"),
+                Spec("minimal", "processes"),
                 Spec("npyseq", "threads", False), Spec("npyseq", "sync", "global"),
                 Spec("npyseq", "processes", "blocks"), Spec("torch", "sync"), Spec("grain", "processes")]
     return out

@@ -103,7 +103,7 @@ def evaluate(report: dict) -> list[dict]:
         rows.append(_row("P2", f"Keras adapter (EpochIterator), dataset order, npyseq's best setting "
                                f"({best}) vs minimal PyDataset",
                          _ratio(n, m), ">=", 1.0,
-                         (f"{n:,.0f} vs {m:,.0f} rows/s" if m else "minimal not measured") + _page_cache(report))
+                         f"{n:,.0f} vs {m:,.0f} rows/s" if m else "minimal not measured")
                     | {"others": others})
     else:
         rows.append(_row("P2", "Keras adapter vs minimal PyDataset", None, ">=", 1.0, ""))
@@ -181,16 +181,6 @@ def _p7(report: dict) -> list[dict]:
                         f"{_fmt_rows(npy[nb])} vs {_fmt_rows(theirs[tb])} rows/s; processes vs processes: "
                         f"{_fmt(_ratio(npy['processes'], theirs['processes']))}"))
     return out
-
-
-def _page_cache(report: dict) -> str:
-    pc = {r["filled_by"]: r for r in report.get("page_cache", {}).get("results", [])}
-    if len(pc) < 2:
-        return ""
-    seq, shuf = pc["sequential"], pc["shuffled batches"]
-    return (f"; warm pread {shuf['npyseq_pread']:.1f} GB/s from a page cache filled by shuffled batches "
-            f"(as by the cold first epoch) vs {seq['npyseq_pread']:.1f} GB/s filled sequentially; "
-            f"memmap copies {shuf['memmap_copy']:.1f} / {seq['memmap_copy']:.1f} GB/s")
 
 
 def _fmt(r) -> str:
