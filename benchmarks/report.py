@@ -2,6 +2,8 @@
 
 >>> text = markdown(json.load(open("benchmarks/results/suite-quick.json")))
 >>> plots(report, "benchmarks/results/suite-quick")   # -> ["...-rows.png", "...-memory.png", "...-fit.png"]
+
+or from the command line: ``python benchmarks/report.py benchmarks/results/suite-quick.json``.
 """
 
 from __future__ import annotations
@@ -276,3 +278,22 @@ def _save(fig, path: str) -> str:
 
     plt.close(fig)
     return path
+
+
+def main() -> int:
+    """Render the tables and plots of a suite JSON again: ``python benchmarks/report.py JSON``."""
+    import json
+    import sys
+
+    if len(sys.argv) != 2:
+        print(main.__doc__)
+        return 2
+    with open(sys.argv[1]) as f:
+        report = json.load(f)
+    print(markdown(report))
+    print("\n".join(plots(report, sys.argv[1].removesuffix(".json"))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
