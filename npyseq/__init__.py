@@ -15,6 +15,7 @@ from npyseq.errors import (
     DatasetChangedError,
     DatasetExistsError,
     DatasetNotFoundError,
+    DiskFullError,
     IncompleteDatasetError,
     InvalidArgumentError,
     ManifestError,
@@ -22,6 +23,7 @@ from npyseq.errors import (
     NpyseqError,
     ShardError,
     UnsupportedDtypeError,
+    WorkerDiedError,
 )
 from npyseq.manifest import FORMAT_VERSION, Manifest
 from npyseq.reader import Dataset, ShardedArray, open_shards
@@ -47,6 +49,7 @@ __all__ = [
     "DatasetChangedError",
     "DatasetExistsError",
     "DatasetNotFoundError",
+    "DiskFullError",
     "FORMAT_VERSION",
     "IncompleteDatasetError",
     "InvalidArgumentError",
@@ -61,6 +64,7 @@ __all__ = [
     "ShardWriter",
     "ShardedArray",
     "UnsupportedDtypeError",
+    "WorkerDiedError",
     "open_shards",
     "parse_size",
     "write_shards",

@@ -32,6 +32,8 @@ __all__ = [
     "CorruptShardError",
     "ChecksumMismatchError",
     "UnsupportedDtypeError",
+    "WorkerDiedError",
+    "DiskFullError",
 ]
 
 
@@ -81,3 +83,19 @@ class CorruptShardError(ShardError):
 
 class ChecksumMismatchError(ShardError):
     """A shard's bytes do not hash to the checksum in the manifest."""
+
+
+class WorkerDiedError(NpyseqError, RuntimeError):
+    """A Keras worker process died during ``fit`` (a signal such as the OOM killer's SIGKILL).
+
+    Keras itself would wait forever for the batches the process held; npyseq
+    detects the death and ends ``fit`` with this error instead.
+    """
+
+
+class DiskFullError(NpyseqError, OSError):
+    """Writing a dataset ran out of disk space (``ENOSPC``) or quota (``EDQUOT``).
+
+    Nothing was published: no manifest points at the partial data, and the
+    temporary ``.partial`` files were removed.
+    """

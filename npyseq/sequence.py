@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 import keras
 import numpy as np
 
-from npyseq import order
+from npyseq import _watchdog, order
 from npyseq._pool import BufferPool
 from npyseq.errors import InvalidArgumentError
 from npyseq.reader import Dataset, ShardedArray, open_shards
@@ -158,6 +158,9 @@ class ShardSequence(keras.utils.PyDataset):
         )
         self.epoch = 0
         self._in_epoch = False
+        self._pid = os.getpid()
+        if self.use_multiprocessing and self.workers > 0:
+            _watchdog.install()  # before Keras starts a pool (it may start before on_epoch_begin)
         # Batch buffers are reused once Keras has let go of them (see _pool.py).
         self._pool = BufferPool()
 
@@ -259,6 +262,9 @@ class ShardSequence(keras.utils.PyDataset):
         return rows + self._start
 
     def __getitem__(self, index: int):
+        if self._pid != os.getpid():  # first batch in a worker process of Keras' pool
+            _watchdog.prepare_worker()
+            self._pid = os.getpid()
         if isinstance(index, (int, np.integer)) and not isinstance(index, bool) and index < 0:
             index += self.num_batches
         epoch = self.epoch
@@ -293,8 +299,13 @@ class ShardSequence(keras.utils.PyDataset):
 
     def on_epoch_begin(self) -> None:
         self._in_epoch = True
+        if self.use_multiprocessing and self.workers > 0:
+            # Keras waits forever for a batch of a worker process that died;
+            # the watchdog turns that into a WorkerDiedError (see _watchdog).
+            _watchdog.watch(self)
 
     def on_epoch_end(self) -> None:
+        _watchdog.unwatch(self)
         # Keras also calls on_epoch_end before the first epoch (and twice per
         # validation pass); only the end of an epoch that began advances it.
         if self._in_epoch:
