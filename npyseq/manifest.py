@@ -116,6 +116,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from typing import Any, Mapping, Sequence
@@ -172,8 +173,8 @@ class ArrayInfo:
 
     @property
     def row_bytes(self) -> int:
-        """Bytes of one row on disk."""
-        return int(self.dtype.itemsize * np.prod(self.shape, dtype=np.int64))
+        """Bytes of one row on disk (exact: a hostile shape cannot overflow it)."""
+        return self.dtype.itemsize * math.prod(self.shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,7 +231,9 @@ def read_manifest(root: str | os.PathLike) -> tuple[Manifest, bytes]:
     """Read ``root/manifest.json``; return the manifest and its raw bytes."""
     path = os.path.join(os.fspath(root), MANIFEST_NAME)
     with open(path, "rb") as f:
-        raw = f.read(MAX_MANIFEST_BYTES + 1)
+        # read(n) allocates n bytes up front: size the buffer by the file, not the limit.
+        size = os.fstat(f.fileno()).st_size
+        raw = f.read(min(size, MAX_MANIFEST_BYTES) + 1)
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ManifestError(
             f"{path}: manifest is larger than {MAX_MANIFEST_BYTES} bytes; refusing to parse it"
@@ -275,6 +278,11 @@ def storage_dtype(dtype: np.dtype, name: str = "array") -> tuple[np.dtype, str |
             f"array {name!r} has dtype {dtype}, which holds Python objects; npyseq stores "
             "only plain data (numbers, bool, fixed-size strings, structs of those). "
             "Convert it first, e.g. to a numeric or fixed-width string dtype."
+        )
+    if dtype.itemsize == 0:
+        raise UnsupportedDtypeError(
+            f"array {name!r} has dtype {dtype!r}, whose elements are 0 bytes wide; npyseq stores "
+            "only dtypes with a size (e.g. 'S5', not 'S0'; a struct with at least one field)"
         )
     if _is_ml_dtype(dtype):
         if dtype.itemsize not in (1, 2, 4, 8):
@@ -355,6 +363,8 @@ def _parse_dtype(value: Any, what: str, source: str) -> np.dtype:
         raise _fail(source, f"{what} is not a valid .npy dtype description: {value!r:.80}") from None
     if dtype.hasobject:
         raise _fail(source, f"{what} {value!r:.80} holds Python objects, which npyseq refuses")
+    if dtype.itemsize == 0:
+        raise _fail(source, f"{what} {value!r:.80} has elements of 0 bytes, which npyseq refuses")
     return dtype
 
 

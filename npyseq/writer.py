@@ -5,16 +5,26 @@ array), never by the data, and follow the writing protocol of
 :mod:`npyseq.manifest`: shards under temporary names, fsync, rename, the
 manifest last. A rerun of an interrupted :func:`write_shards` keeps the shards
 already complete and correct.
+
+When the disk fills up (``ENOSPC``, or ``EDQUOT`` for a quota), writing stops
+everywhere, every ``.partial`` file of the run is removed, no manifest is
+written, and :class:`~npyseq.errors.DiskFullError` says how much space was
+free. Complete shards stay, so the same conversion run again after freeing
+space finishes the dataset (an existing dataset being replaced with
+``overwrite=True`` is left untouched).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import os
 import re
 import shutil
+import sys
+import threading
 import zipfile
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -22,7 +32,7 @@ import numpy as np
 import xxhash
 
 from npyseq import _npy
-from npyseq.errors import DatasetExistsError, InvalidArgumentError, NpyseqError
+from npyseq.errors import DatasetExistsError, DiskFullError, InvalidArgumentError, NpyseqError
 from npyseq.manifest import (
     MANIFEST_NAME,
     PARTIAL_SUFFIX,
@@ -297,11 +307,58 @@ def _locked(root: str) -> Iterator[None]:
             raise NpyseqError(
                 f"{root}: another npyseq process is writing this dataset (lock {path} is held)"
             ) from None
-        yield
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
     finally:
         os.close(fd)
+
+
+# --- disk full ------------------------------------------------------------------
+
+
+class _Cancelled(Exception):
+    """Another shard of the same run failed: stop writing this one."""
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _remove_partials(root: str) -> None:
+    """Delete every temporary file of a run: ``.partial`` shards, manifest, header copies."""
+    folders = [root] + [os.path.join(root, e) for e in _listdir(root)
+                        if os.path.isdir(os.path.join(root, e))]
+    for folder in folders:
+        for entry in _listdir(folder):
+            if entry.endswith((PARTIAL_SUFFIX, PARTIAL_SUFFIX + ".tmp")):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, entry))
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def _disk_full_error(root: str, e: OSError, replaces: str | None,
+                     again: str = "run the same conversion again to finish it") -> DiskFullError:
+    try:
+        free = f"{shutil.disk_usage(root).free} bytes are free"
+    except OSError:
+        free = "the free space is unknown"
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    kept = (f"{replaces} still holds the dataset it had; " if replaces is not None else "")
+    return DiskFullError(
+        f"{root}: the disk is full ({errno.errorcode.get(e.errno, e.errno)}: {e.strerror}){where}; "
+        f"{free}. Nothing was published: no manifest was written and the temporary .partial "
+        f"files were removed; {kept}complete shards were kept. Free some space (or write "
+        f"elsewhere) and {again}."
+    )
 
 
 def _prepare_output(out_dir: str, overwrite: bool) -> tuple[str, str | None]:
@@ -324,6 +381,18 @@ def _prepare_output(out_dir: str, overwrite: bool) -> tuple[str, str | None]:
 
 
 def _swap_in(staging: str, target: str) -> None:
+    """Put the new dataset at ``target``; the old one is deleted.
+
+    On Linux the two folders are exchanged in one atomic step
+    (``renameat2(RENAME_EXCHANGE)``), so ``target`` always holds a complete
+    dataset, old or new. Elsewhere (or on a file system without it) two
+    renames leave ``target`` missing for an instant, and a reader opening it
+    then gets DatasetNotFoundError.
+    """
+    if _exchange(staging, target):
+        fsync_dir(os.path.dirname(target) or ".")
+        shutil.rmtree(staging)  # now the old dataset
+        return
     old = target.rstrip("/") + ".npyseq-old"
     if os.path.exists(old):
         shutil.rmtree(old)
@@ -331,6 +400,30 @@ def _swap_in(staging: str, target: str) -> None:
     os.rename(staging, target)
     fsync_dir(os.path.dirname(target) or ".")
     shutil.rmtree(old)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically exchange two paths (Linux renameat2); False where not supported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # no glibc 2.28+ symbol
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.ENOTSUP):  # fs or kernel without it
+        return False
+    raise OSError(err, os.strerror(err), a, None, b)
 
 
 def _remove_strays(root: str, manifest: Manifest) -> None:
@@ -347,8 +440,13 @@ def _remove_strays(root: str, manifest: Manifest) -> None:
 
 
 def _write_shard(root: str, path: str, source: _Source, start: int, stop: int,
-                 store: np.dtype, chunk_rows: int, progress) -> ShardInfo:
-    """Write rows [start, stop) of ``source`` as the shard ``path``; reuse it if correct."""
+                 store: np.dtype, chunk_rows: int, progress,
+                 cancel: threading.Event | None = None) -> ShardInfo:
+    """Write rows [start, stop) of ``source`` as the shard ``path``; reuse it if correct.
+
+    On any error (or once ``cancel`` is set by a failing sibling) the shard's
+    ``.partial`` file is removed before the error propagates.
+    """
     final = os.path.join(root, path)
     header = _npy.header_bytes(store, (stop - start,) + source.shape[1:])
     nbytes = len(header) + (stop - start) * store.itemsize * int(
@@ -363,15 +461,22 @@ def _write_shard(root: str, path: str, source: _Source, start: int, stop: int,
             return ShardInfo(path=path, bytes=nbytes, checksum=_npy.checksum_string(expected))
     partial = final + PARTIAL_SUFFIX
     h = xxhash.xxh3_64(header)
-    with open(partial, "wb") as f:
-        f.write(header)
-        for chunk in source.chunks(start, stop, chunk_rows):
-            f.write(_npy.hash_array_rows(h, chunk.view(store)))
-            if progress is not None:
-                progress.update(chunk.nbytes)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, final)
+    try:
+        with open(partial, "wb") as f:
+            f.write(header)
+            for chunk in source.chunks(start, stop, chunk_rows):
+                if cancel is not None and cancel.is_set():
+                    raise _Cancelled()
+                f.write(_npy.hash_array_rows(h, chunk.view(store)))
+                if progress is not None:
+                    progress.update(chunk.nbytes)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
     _npy.drop_from_cache(final)
     return ShardInfo(path=path, bytes=nbytes, checksum=_npy.checksum_string(h))
 
@@ -435,6 +540,23 @@ def write_shards(
     bounds = [(a, min(total, a + per_shard)) for a in range(0, total, per_shard)]
 
     root, replaces = _prepare_output(os.fspath(out_dir), overwrite)
+    try:
+        _write_locked(root, sources, stores, bounds, jobs, progress, total)
+    except OSError as e:
+        if not _is_disk_full(e):
+            raise
+        _remove_partials(root)
+        raise _disk_full_error(root, e, replaces) from None
+    if replaces is not None:
+        _swap_in(root, replaces)
+        root = replaces
+    from npyseq.reader import open_shards
+
+    return open_shards(root)
+
+
+def _write_locked(root, sources, stores, bounds, jobs, progress, total) -> None:
+    """Write every shard, then the manifest, holding the folder's lock."""
     with _locked(root):
         for name in sources:
             os.makedirs(os.path.join(root, name), exist_ok=True)
@@ -464,12 +586,6 @@ def write_shards(
             fsync_dir(os.path.join(root, name))
         _remove_strays(root, manifest)
         write_manifest(root, manifest)
-    if replaces is not None:
-        _swap_in(root, replaces)
-        root = replaces
-    from npyseq.reader import open_shards
-
-    return open_shards(root)
 
 
 def _run_tasks(root, tasks, jobs, progress, sources, stores, total) -> dict:
@@ -483,13 +599,32 @@ def _run_tasks(root, tasks, jobs, progress, sources, stores, total) -> dict:
     bar = tqdm(total=nbytes, unit="B", unit_scale=True, desc="npyseq write",
                disable=not progress, dynamic_ncols=True)
 
+    # A failing shard (a full disk) cancels the others, and no task raises:
+    # joblib would return at the first error while the other threads still
+    # write, leaving .partial files behind after the caller cleaned up.
+    cancel = threading.Event()
+
     def run(task):
-        return [((name, k), _write_shard(root, path, src, a, b, store, chunk_rows, bar))
-                for name, k, path, src, a, b, store, chunk_rows in task]
+        out = []
+        for name, k, path, src, a, b, store, chunk_rows in task:
+            if cancel.is_set():
+                return None, out
+            try:
+                out.append(((name, k), _write_shard(root, path, src, a, b, store, chunk_rows, bar,
+                                                    cancel)))
+            except _Cancelled:
+                return None, out
+            except BaseException as e:  # noqa: BLE001 - re-raised below, in the caller's thread
+                cancel.set()
+                return e, out
+        return None, out
 
     with bar:
         done = Parallel(n_jobs=jobs, backend="threading")(delayed(run)(t) for t in tasks)
-    return dict(pair for batch in done for pair in batch)
+    failures = [e for e, _ in done if e is not None]
+    if failures:
+        raise next((e for e in failures if _is_disk_full(e)), failures[0])
+    return dict(pair for _, batch in done for pair in batch)
 
 
 # --- ShardWriter -----------------------------------------------------------------
@@ -570,17 +705,18 @@ class ShardWriter:
                 arrays[n] = a.astype(dtype)
         n = next(iter(lengths.values()))
         pos = 0
-        while pos < n:
-            if not self._files:
-                self._open_shard()
-            take = min(n - pos, self._per_shard - self._rows_in_shard)
-            for name, a in arrays.items():
-                store = self._specs[name][2]
-                self._files[name].write(_npy.hash_array_rows(self._hashers[name], a[pos:pos + take].view(store)))
-            self._rows_in_shard += take
-            pos += take
-            if self._rows_in_shard == self._per_shard:
-                self._finish_shard()
+        with self._disk_full_guard():
+            while pos < n:
+                if not self._files:
+                    self._open_shard()
+                take = min(n - pos, self._per_shard - self._rows_in_shard)
+                for name, a in arrays.items():
+                    store = self._specs[name][2]
+                    self._files[name].write(_npy.hash_array_rows(self._hashers[name], a[pos:pos + take].view(store)))
+                self._rows_in_shard += take
+                pos += take
+                if self._rows_in_shard == self._per_shard:
+                    self._finish_shard()
         self.rows += n
 
     def close(self):
@@ -590,17 +726,18 @@ class ShardWriter:
         if not self._specs:
             self.abort()
             raise InvalidArgumentError("ShardWriter closed before any append(); nothing to write")
-        if self._files:
-            self._finish_shard()
-        infos = {
-            n: ArrayInfo(dtype=store, shape=shape, shards=tuple(self._shards[n]), logical_dtype=logical)
-            for n, (_, shape, store, logical) in self._specs.items()
-        }
-        manifest = Manifest(rows=self.rows, shard_rows=tuple(self._shard_rows), arrays=infos)
-        for name in self._specs:
-            fsync_dir(os.path.join(self._root, name))
-        _remove_strays(self._root, manifest)
-        write_manifest(self._root, manifest)
+        with self._disk_full_guard():
+            if self._files:
+                self._finish_shard()
+            infos = {
+                n: ArrayInfo(dtype=store, shape=shape, shards=tuple(self._shards[n]), logical_dtype=logical)
+                for n, (_, shape, store, logical) in self._specs.items()
+            }
+            manifest = Manifest(rows=self.rows, shard_rows=tuple(self._shard_rows), arrays=infos)
+            for name in self._specs:
+                fsync_dir(os.path.join(self._root, name))
+            _remove_strays(self._root, manifest)
+            write_manifest(self._root, manifest)
         self._closed = True
         self._lock.__exit__(None, None, None)
         root = self._root
@@ -613,14 +750,33 @@ class ShardWriter:
         return self.dataset
 
     def abort(self) -> None:
-        """Stop without writing a manifest (complete shards stay on disk)."""
+        """Stop without writing a manifest.
+
+        The shard being written (its ``.partial`` files) is deleted; complete
+        shards stay on disk, and the folder is an incomplete dataset that
+        :func:`npyseq.open_shards` refuses.
+        """
         if self._closed:
             return
         for f in self._files.values():
-            f.close()
+            with contextlib.suppress(OSError):  # flushing may fail again on a full disk
+                f.close()
         self._files.clear()
+        _remove_partials(self._root)
         self._closed = True
         self._lock.__exit__(None, None, None)
+
+    @contextlib.contextmanager
+    def _disk_full_guard(self) -> Iterator[None]:
+        """Turn ENOSPC/EDQUOT into DiskFullError, after aborting (no .partial left)."""
+        try:
+            yield
+        except OSError as e:
+            if not _is_disk_full(e):
+                raise
+            self.abort()
+            raise _disk_full_error(self._root, e, self._replaces,
+                                   again="write the dataset again") from None
 
     # -- internals
 
