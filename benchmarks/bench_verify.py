@@ -29,27 +29,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import npyseq  # noqa: E402
+from bench_read import ROW_SHAPE, make_dataset  # noqa: E402
 from memcap import drop_page_cache  # noqa: E402
 from npyseq import _npy  # noqa: E402
 
-ROW_SHAPE = (32, 32, 3)
-
-
-def make_dataset(path: str, size_gb: float) -> npyseq.Dataset:
-    row_bytes = 4 * int(np.prod(ROW_SHAPE))
-    rows = int(size_gb * 1e9) // row_bytes
-    try:
-        ds = npyseq.open_shards(path)
-        if len(ds) == rows:
-            return ds
-    except npyseq.NpyseqError:
-        pass
-    rng = np.random.default_rng(0)
-    with npyseq.ShardWriter(path, shard_size="256MB", overwrite=True) as w:
-        for a in range(0, rows, 8192):
-            n = min(rows, a + 8192) - a
-            w.append(x=rng.random((n,) + ROW_SHAPE, dtype=np.float32), y=np.arange(a, a + n))
-    return w.dataset
 
 
 def shard_paths(ds: npyseq.Dataset) -> list[str]:
