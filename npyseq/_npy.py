@@ -26,14 +26,17 @@ def header_bytes(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     return buf.getvalue()
 
 
-def read_header(path: str) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+def read_header(path: str, fd: int | None = None) -> tuple[np.dtype, tuple[int, ...], bool, int]:
     """Return ``(dtype, shape, fortran_order, data_offset)`` of a ``.npy`` file.
+
+    ``fd``: an open descriptor of the file to read instead of opening
+    ``path`` (which then only names it in errors); it is left open.
 
     Raises :class:`MissingShardError` or :class:`CorruptShardError` naming the
     file. Pickled object arrays are refused: their dtype holds objects.
     """
     try:
-        f = open(path, "rb")
+        f = open(path if fd is None else fd, "rb", closefd=fd is None)
     except FileNotFoundError:
         raise MissingShardError(f"{path}: shard file is missing") from None
     with f:
@@ -68,10 +71,12 @@ def checksum_string(hasher: "xxhash.xxh3_64") -> str:
     return f"xxh3_64:{hasher.hexdigest()}"
 
 
-def file_checksum(path: str, progress=None) -> str:
-    """``xxh3_64:<hex>`` of a whole file, read in chunks."""
+def file_checksum(path: str, progress=None, fd: int | None = None) -> str:
+    """``xxh3_64:<hex>`` of a whole file, read in chunks (from ``fd`` if given)."""
     h = xxhash.xxh3_64()
-    with open(path, "rb", buffering=0) as f:
+    with open(path if fd is None else fd, "rb", buffering=0, closefd=fd is None) as f:
+        if fd is not None:
+            f.seek(0)
         buf = bytearray(CHUNK_BYTES)
         view = memoryview(buf)
         while True:

@@ -172,8 +172,11 @@ def _verify(args) -> int:
             for k, shard in enumerate(info.shards):
                 path = os.path.join(ds.path, shard.path)
                 try:
-                    ds._check_shard(name, info, k)
-                    found = _npy.file_checksum(path, progress=bar)
+                    path, fd, _ = ds._check_shard(name, info, k)
+                    try:
+                        found = _npy.file_checksum(path, progress=bar, fd=fd)
+                    finally:
+                        os.close(fd)
                 except ShardError as e:
                     bad.append(str(e))
                     continue

@@ -1,4 +1,4 @@
-"""The npyseq on-disk format, version 1.
+"""The npyseq on-disk format, versions 1 and 2.
 
 Datasets often live longer than the programs that created them, so this
 docstring is the complete specification: anyone can write a reader from it
@@ -50,8 +50,8 @@ UTF-8 JSON, one object::
 ``format``
     Always the string ``"npyseq"``.
 ``version``
-    The format version, an integer. This document describes version 1. A
-    reader must refuse a version it does not know.
+    The format version, an integer: 1, or 2 when the dataset holds a ragged
+    array (see below). A reader must refuse a version it does not know.
 ``rows``
     Total number of rows, a non-negative integer; equal to ``sum(shard_rows)``.
 ``shard_rows``
@@ -93,6 +93,35 @@ Each shard file's ``.npy`` header must say: ``descr`` equal to ``dtype``,
 ``fortran_order`` false, and ``shape`` equal to ``[shard_rows[k]] + shape``.
 Its size must be ``bytes``.
 
+Ragged arrays (version 2)
+-------------------------
+An array whose rows have different lengths (token ids of texts, time series
+of different durations) is *ragged*: row ``i`` has shape
+``[length_i] + shape``, ``length_i >= 0``. Its description adds
+``"ragged": true``, and each shard is two ``.npy`` files::
+
+    "tokens": {
+      "ragged": true, "dtype": "<i4", "logical_dtype": null, "shape": [],
+      "shards": [
+        {"path": "tokens/000000.npy", "bytes": 4128, "checksum": "xxh3_64:...",
+         "values": 1000,
+         "offsets": {"path": "tokens/000000.offsets.npy", "bytes": 3336,
+                     "checksum": "xxh3_64:..."}},
+        ...
+      ]
+    }
+
+``path`` (the *values* file) holds the rows of the shard one after another:
+its header's shape is ``[values] + shape``, where ``values`` is the sum of the
+shard's row lengths. ``offsets.path`` holds ``shard_rows[k] + 1`` integers of
+dtype ``"<i8"``: row ``j`` of the shard is ``values_file[offsets[j]:offsets[j + 1]]``;
+the offsets start at 0, never decrease, and end at ``values``. Fixed and
+ragged arrays share ``rows`` and ``shard_rows``, so rows stay aligned.
+
+A manifest holding at least one ragged array has ``"version": 2``; one with
+none is written as version 1, byte-identical to what earlier writers wrote,
+so datasets of fixed arrays stay readable by every npyseq version.
+
 Writing protocol
 ----------------
 Writers make datasets atomic and resumable:
@@ -108,8 +137,9 @@ Writers make datasets atomic and resumable:
 
 Versioning
 ----------
-Version 1 is the first version. A change a version 1 reader could misread
-gets a new version number; readers refuse versions they do not know.
+Version 1 is the first version; version 2 adds ragged arrays. A change an
+older reader could misread gets a new version number; readers refuse versions
+they do not know.
 """
 
 from __future__ import annotations
@@ -140,7 +170,10 @@ __all__ = [
 ]
 
 FORMAT_NAME = "npyseq"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this npyseq reads and writes
+READABLE_VERSIONS = (1, 2)
+RAGGED_VERSION = 2  # the first version with ragged arrays
+OFFSETS_DTYPE = np.dtype("<i8")
 MANIFEST_NAME = "manifest.json"
 CHECKSUM_ALGORITHM = "xxh3_64"
 PARTIAL_SUFFIX = ".partial"
@@ -164,17 +197,31 @@ class ShardInfo:
 
 @dataclasses.dataclass(frozen=True)
 class ArrayInfo:
-    """One array of a dataset: its dtypes, row shape and shards."""
+    """One array of a dataset: its dtypes, row shape and shards.
+
+    For a ragged array, ``shape`` is the shape of one element of a row (a row
+    is ``[length] + shape``), ``shards`` are the values files, and ``values``
+    and ``offsets`` give each shard's element count and offsets file.
+    """
 
     dtype: np.dtype
     shape: tuple[int, ...]
     shards: tuple[ShardInfo, ...]
     logical_dtype: str | None = None
+    ragged: bool = False
+    values: tuple[int, ...] = ()
+    offsets: tuple[ShardInfo, ...] = ()
 
     @property
     def row_bytes(self) -> int:
-        """Bytes of one row on disk (exact: a hostile shape cannot overflow it)."""
+        """Bytes of one row on disk, of one element for a ragged array
+        (exact: a hostile shape cannot overflow it)."""
         return self.dtype.itemsize * math.prod(self.shape)
+
+    @property
+    def files(self) -> tuple[ShardInfo, ...]:
+        """Every file of the array: the shards, then a ragged array's offsets files."""
+        return self.shards + self.offsets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +231,11 @@ class Manifest:
     rows: int
     shard_rows: tuple[int, ...]
     arrays: Mapping[str, ArrayInfo]
-    version: int = FORMAT_VERSION
+
+    @property
+    def version(self) -> int:
+        """2 if an array is ragged, else 1 (readable by every npyseq)."""
+        return RAGGED_VERSION if any(a.ragged for a in self.arrays.values()) else 1
 
     @property
     def names(self) -> list[str]:
@@ -197,17 +248,25 @@ class Manifest:
     @property
     def nbytes(self) -> int:
         """Total bytes of all shard files."""
-        return sum(s.bytes for a in self.arrays.values() for s in a.shards)
+        return sum(s.bytes for a in self.arrays.values() for s in a.files)
 
     def to_json(self) -> str:
         arrays = {}
         for name, info in self.arrays.items():
-            arrays[name] = {
+            shards = [dataclasses.asdict(s) for s in info.shards]
+            spec = {}
+            if info.ragged:
+                spec["ragged"] = True
+                for shard, n, offsets in zip(shards, info.values, info.offsets):
+                    shard["values"] = n
+                    shard["offsets"] = dataclasses.asdict(offsets)
+            spec.update({
                 "dtype": npy_format.dtype_to_descr(info.dtype),
                 "logical_dtype": info.logical_dtype,
                 "shape": list(info.shape),
-                "shards": [dataclasses.asdict(s) for s in info.shards],
-            }
+                "shards": shards,
+            })
+            arrays[name] = spec
         doc = {
             "format": FORMAT_NAME,
             "version": self.version,
@@ -227,10 +286,13 @@ class Manifest:
         return _parse(doc, source)
 
 
-def read_manifest(root: str | os.PathLike) -> tuple[Manifest, bytes]:
-    """Read ``root/manifest.json``; return the manifest and its raw bytes."""
+def read_manifest(root: str | os.PathLike, fd: int | None = None) -> tuple[Manifest, bytes]:
+    """Read ``root/manifest.json``; return the manifest and its raw bytes.
+
+    ``fd``: an open descriptor of the manifest to read instead (left open).
+    """
     path = os.path.join(os.fspath(root), MANIFEST_NAME)
-    with open(path, "rb") as f:
+    with open(path if fd is None else fd, "rb", closefd=fd is None) as f:
         # read(n) allocates n bytes up front: size the buffer by the file, not the limit.
         size = os.fstat(f.fileno()).st_size
         raw = f.read(min(size, MAX_MANIFEST_BYTES) + 1)
@@ -382,11 +444,11 @@ def _parse(doc: Any, source: str) -> Manifest:
     if doc.get("format") != FORMAT_NAME:
         raise _fail(source, f"format must be {FORMAT_NAME!r}, found {doc.get('format')!r:.80}")
     version = doc.get("version")
-    if isinstance(version, bool) or not isinstance(version, int) or version != FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version not in READABLE_VERSIONS:
         raise _fail(
             source,
-            f"unsupported format version {version!r:.80}; this npyseq reads version "
-            f"{FORMAT_VERSION}. Upgrade npyseq or rebuild the dataset.",
+            f"unsupported format version {version!r:.80}; this npyseq reads versions "
+            f"{' and '.join(map(str, READABLE_VERSIONS))}. Upgrade npyseq or rebuild the dataset.",
         )
     rows = _int(doc.get("rows"), "rows", source)
     shard_rows = doc.get("shard_rows")
@@ -418,30 +480,55 @@ def _parse(doc: Any, source: str) -> Manifest:
         if not isinstance(shards_doc, list) or len(shards_doc) != len(shard_rows):
             found = len(shards_doc) if isinstance(shards_doc, list) else repr(shards_doc)[:80]
             raise _fail(source, f"{where} must list {len(shard_rows)} shards, found {found}")
-        info = ArrayInfo(dtype=dtype, shape=shape, shards=(), logical_dtype=logical)
+        ragged = spec.get("ragged", False)
+        if not isinstance(ragged, bool):
+            raise _fail(source, f"{where} ragged must be true or false, found {ragged!r:.80}")
+        if ragged and version < RAGGED_VERSION:
+            raise _fail(source, f"{where} is ragged, which needs format version {RAGGED_VERSION}, "
+                                f"but the manifest says version {version}")
+        info = ArrayInfo(dtype=dtype, shape=shape, shards=(), logical_dtype=logical, ragged=ragged)
         if info.row_bytes > 2**62:
             raise _fail(source, f"{where} rows of shape {shape} are impossibly large")
-        shards = []
+        shards, values, offsets = [], [], []
         for k, s in enumerate(shards_doc):
             if not isinstance(s, dict):
                 raise _fail(source, f"{where} shard {k} must be an object, found {s!r:.80}")
-            path = check_relative_path(s.get("path"), source)
-            if path in seen_paths:
-                raise _fail(source, f"shard path {path!r} is listed twice")
-            seen_paths.add(path)
-            nbytes = _int(s.get("bytes"), f"{where} shard {k} bytes", source)
-            if nbytes < shard_rows[k] * info.row_bytes:
-                raise _fail(
-                    source,
-                    f"{where} shard {path!r} is said to be {nbytes} bytes, less than the "
-                    f"{shard_rows[k] * info.row_bytes} bytes its {shard_rows[k]} rows need",
-                )
-            checksum = s.get("checksum")
-            if not isinstance(checksum, str) or not _CHECKSUM_RE.match(checksum):
-                raise _fail(source, f"{where} shard {path!r} checksum is malformed: {checksum!r:.80}")
-            shards.append(ShardInfo(path=path, bytes=nbytes, checksum=checksum))
-        arrays[name] = dataclasses.replace(info, shards=tuple(shards))
-    return Manifest(rows=rows, shard_rows=shard_rows, arrays=arrays, version=version)
+            if ragged:
+                n = _int(s.get("values"), f"{where} shard {k} values", source)
+                if n * info.row_bytes > 2**62:
+                    raise _fail(source, f"{where} shard {k} values ({n}) are impossibly many")
+                values.append(n)
+                off = s.get("offsets")
+                if not isinstance(off, dict):
+                    raise _fail(source, f"{where} shard {k} offsets must be an object, found {off!r:.80}")
+                offsets.append(_file_info(off, f"{where} shard {k} offsets", shard_rows[k] + 1,
+                                          "offsets", OFFSETS_DTYPE.itemsize, where, seen_paths, source))
+            count, unit = (n, "values") if ragged else (shard_rows[k], "rows")
+            shards.append(_file_info(s, f"{where} shard {k}", count, unit, info.row_bytes, where,
+                                     seen_paths, source))
+        arrays[name] = dataclasses.replace(info, shards=tuple(shards), values=tuple(values),
+                                           offsets=tuple(offsets))
+    return Manifest(rows=rows, shard_rows=shard_rows, arrays=arrays)
+
+
+def _file_info(s: dict, label: str, count: int, unit: str, unit_bytes: int, where: str,
+               seen_paths: set, source: str) -> ShardInfo:
+    """Validate one file entry: its path, its size (at least ``count`` units of data), its checksum."""
+    path = check_relative_path(s.get("path"), source)
+    if path in seen_paths:
+        raise _fail(source, f"shard path {path!r} is listed twice")
+    seen_paths.add(path)
+    nbytes = _int(s.get("bytes"), f"{label} bytes", source)
+    if nbytes < count * unit_bytes:
+        raise _fail(
+            source,
+            f"{where} shard {path!r} is said to be {nbytes} bytes, less than the "
+            f"{count * unit_bytes} bytes its {count} {unit} need",
+        )
+    checksum = s.get("checksum")
+    if not isinstance(checksum, str) or not _CHECKSUM_RE.match(checksum):
+        raise _fail(source, f"{where} shard {path!r} checksum is malformed: {checksum!r:.80}")
+    return ShardInfo(path=path, bytes=nbytes, checksum=checksum)
 
 
 def shard_offsets(shard_rows: Sequence[int]) -> np.ndarray:

@@ -16,6 +16,7 @@ forkserver workers.
 from __future__ import annotations
 
 import collections
+import math
 import os
 import threading
 from typing import Any, Iterator
@@ -32,6 +33,8 @@ from npyseq.errors import (
     IncompleteDatasetError,
     InvalidArgumentError,
     ManifestError,
+    MissingShardError,
+    NpyseqError,
 )
 from npyseq.manifest import MANIFEST_NAME, ArrayInfo, Manifest, logical_dtype, read_manifest, shard_offsets
 
@@ -115,37 +118,103 @@ def open_shards(path: str | os.PathLike, *, verify: str = "headers", max_open: i
     if read not in _READ_MODES:
         raise InvalidArgumentError(f"read must be one of {_READ_MODES}, got {read!r}")
     root = os.path.abspath(os.fspath(path))
-    manifest, raw = _load_manifest(root)
-    ds = Dataset(root, manifest, xxhash.xxh3_64_hexdigest(raw), os.stat(root).st_ino, verify, max_open,
-                 read)
-    if verify != "none":
-        ds.check_headers()
-    return ds
+    for attempt in range(3):
+        folder = _Folder(root)
+        try:
+            manifest, raw = _load_manifest(folder)
+            ds = Dataset(folder, manifest, xxhash.xxh3_64_hexdigest(raw), verify, max_open, read)
+            if verify != "none":
+                ds.check_headers()
+            return ds
+        except NpyseqError:
+            # The folder was swapped out (overwrite=True) and deleted while we
+            # read it: open the dataset now at the path.
+            if attempt == 2 or not folder.replaced():
+                raise
+    raise AssertionError("unreachable")
 
 
-def _load_manifest(root: str) -> tuple[Manifest, bytes]:
-    if not os.path.isdir(root):
-        raise DatasetNotFoundError(f"{root}: no such dataset folder")
-    if not os.path.exists(os.path.join(root, MANIFEST_NAME)):
-        if any(os.path.isdir(os.path.join(root, e)) for e in os.listdir(root)):
+class _Folder:
+    """A dataset folder pinned by a directory descriptor.
+
+    The manifest and every shard are opened relative to this descriptor, so
+    they all come from the same folder even if another process swaps a new
+    dataset in at the same path (``overwrite=True``) meanwhile: a reader sees
+    the old dataset or the new one, never a mix.
+    """
+
+    def __init__(self, root: str):
+        self.root = root
+        try:
+            self.fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+        except (FileNotFoundError, NotADirectoryError):
+            raise DatasetNotFoundError(f"{root}: no such dataset folder") from None
+        self.inode = os.fstat(self.fd).st_ino
+
+    def __del__(self):
+        fd, self.fd = getattr(self, "fd", None), None
+        if fd is not None:
+            os.close(fd)
+
+    def open(self, relative: str) -> int:
+        """Open a file of the folder read-only; return its descriptor."""
+        return os.open(relative, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0), dir_fd=self.fd)
+
+    def replaced(self) -> bool:
+        """Whether the path now names another folder than the one pinned."""
+        try:
+            return os.stat(self.root).st_ino != self.inode
+        except OSError:
+            return True
+
+    def real_path(self, fd: int, path: str) -> str:
+        """Where the open file ``fd`` (opened as ``path``) really lives."""
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # no /proc: resolve the path instead
+            return os.path.realpath(path)
+
+    def real_root(self) -> str:
+        try:
+            return os.readlink(f"/proc/self/fd/{self.fd}")
+        except OSError:
+            return os.path.realpath(self.root)
+
+
+def _load_manifest(folder: _Folder) -> tuple[Manifest, bytes]:
+    root = folder.root
+    try:
+        fd = folder.open(MANIFEST_NAME)
+    except FileNotFoundError:
+        if any(e.is_dir() for e in os.scandir(folder.fd)):
             raise IncompleteDatasetError(
                 f"{root}: incomplete dataset: shard folders exist but {MANIFEST_NAME} does not. "
                 "A conversion was interrupted; run it again to finish it (complete shards are kept)."
-            )
-        raise DatasetNotFoundError(f"{root}: not an npyseq dataset ({MANIFEST_NAME} not found)")
-    return read_manifest(root)
+            ) from None
+        raise DatasetNotFoundError(f"{root}: not an npyseq dataset ({MANIFEST_NAME} not found)") from None
+    try:
+        return read_manifest(root, fd=fd)
+    finally:
+        os.close(fd)
 
 
-def _reopen(root: str, checksum: str, inode: int, verify: str, max_open: int,
-            read: str = "auto") -> "Dataset":
-    manifest, raw = _load_manifest(root)
+def _reopen(root: str, checksum: str, verify: str, max_open: int, read: str = "auto") -> "Dataset":
+    folder = _Folder(root)
+    try:
+        manifest, raw = _load_manifest(folder)
+    except NpyseqError:
+        if folder.replaced():
+            raise DatasetChangedError(
+                f"{root}: the dataset folder was replaced since the dataset was opened; reopen it"
+            ) from None
+        raise
     found = xxhash.xxh3_64_hexdigest(raw)
     if found != checksum:
         raise DatasetChangedError(
             f"{root}: {MANIFEST_NAME} changed since the dataset was opened "
             f"(manifest checksum {checksum} expected, {found} found); reopen the dataset"
         )
-    return Dataset(root, manifest, checksum, inode, verify, max_open, read)
+    return Dataset(folder, manifest, checksum, verify, max_open, read)
 
 
 class Dataset:
@@ -155,12 +224,13 @@ class Dataset:
     ``ds["x"]`` a :class:`ShardedArray`.
     """
 
-    def __init__(self, root: str, manifest: Manifest, checksum: str, inode: int,
+    def __init__(self, folder: _Folder, manifest: Manifest, checksum: str,
                  verify: str = "headers", max_open: int = 128, read: str = "auto"):
+        root = folder.root
         self.path = root
         self.manifest = manifest
         self.checksum = checksum
-        self._inode = inode
+        self._folder = folder
         self._verify = verify
         self._max_open = max_open
         self._read = read
@@ -211,14 +281,13 @@ class Dataset:
                 f"manifest=xxh3_64:{self.checksum} {{{arrays}}}>")
 
     def __reduce__(self):
-        return (_reopen, (self.path, self.checksum, self._inode, self._verify, self._max_open,
-                          self._read))
+        return (_reopen, (self.path, self.checksum, self._verify, self._max_open, self._read))
 
     def check_headers(self) -> None:
         """Check every shard's size and ``.npy`` header against the manifest."""
         for name, info in self.manifest.arrays.items():
             for k in range(len(info.shards)):
-                self._check_shard(name, info, k)
+                os.close(self._check_shard(name, info, k)[1])
 
     def close(self) -> None:
         """Unmap every open shard (they reopen on the next read)."""
@@ -231,35 +300,68 @@ class Dataset:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._hashed: set = set()
+        self._checked: set = set()
 
-    def _check_shard(self, name: str, info: ArrayInfo, k: int) -> tuple[str, int]:
-        """Check shard ``k`` of ``name`` against the manifest; return (file, data offset)."""
+    def _check_shard(self, name: str, info: ArrayInfo, k: int) -> tuple[str, int, int]:
+        """Open shard ``k`` of ``name`` and check it against the manifest.
+
+        Returns ``(file path, open descriptor, data offset)``; the caller
+        closes the descriptor.
+        """
         shard = info.shards[k]
-        path = os.path.join(self.path, *shard.path.split("/"))
-        real = os.path.realpath(path)
-        if os.path.commonpath([real, os.path.realpath(self.path)]) != os.path.realpath(self.path):
-            raise ManifestError(
-                f"{os.path.join(self.path, MANIFEST_NAME)}: shard path {shard.path!r} resolves to "
-                f"{real}, outside the dataset folder; refusing to read it"
-            )
-        dtype, shape, fortran, offset = _npy.read_header(path)
         expected_shape = (self.manifest.shard_rows[k],) + info.shape
-        if dtype != info.dtype:
-            raise CorruptShardError(f"{path}: dtype {dtype} found, the manifest says {info.dtype}")
-        if shape != expected_shape:
-            raise CorruptShardError(f"{path}: shape {shape} found, the manifest says {expected_shape}")
-        if fortran and len(shape) > 1:
-            raise CorruptShardError(f"{path}: stored in Fortran order; npyseq shards are C order")
-        size = os.path.getsize(path)
-        if size != shard.bytes:
-            raise CorruptShardError(f"{path}: {size} bytes found, the manifest says {shard.bytes}")
-        if offset + self.manifest.shard_rows[k] * info.row_bytes != size:
-            raise CorruptShardError(
-                f"{path}: header ({offset} bytes) plus data "
-                f"({self.manifest.shard_rows[k] * info.row_bytes} bytes) does not equal the "
-                f"file size {size}"
-            )
-        return path, offset
+        path, fd, offset = self._check_file(shard.path, shard.bytes, info.dtype, expected_shape)
+        self._checked.add((name, k))
+        return path, fd, offset
+
+    def _check_file(self, relative: str, nbytes: int, dtype: np.dtype,
+                    shape: tuple[int, ...]) -> tuple[str, int, int]:
+        """Open a ``.npy`` file of the folder; check size, header and place."""
+        path = os.path.join(self.path, *relative.split("/"))
+        try:
+            fd = self._folder.open(relative)
+        except FileNotFoundError:
+            if self._folder.replaced():
+                raise self._changed() from None
+            raise MissingShardError(f"{path}: shard file is missing") from None
+        except OSError as e:
+            raise CorruptShardError(f"{path}: cannot be opened ({e.strerror})") from None
+        try:
+            root = self._folder.real_root()
+            real = self._folder.real_path(fd, path)
+            if root != self._folder.real_root() or real.endswith(" (deleted)"):
+                raise self._changed()  # moved or deleted while we looked: swapped out
+            if os.path.commonpath([real, root]) != root:
+                raise ManifestError(
+                    f"{os.path.join(self.path, MANIFEST_NAME)}: shard path {relative!r} resolves to "
+                    f"{real}, outside the dataset folder; refusing to read it"
+                )
+            found_dtype, found_shape, fortran, offset = _npy.read_header(path, fd=fd)
+            if found_dtype != dtype:
+                raise CorruptShardError(f"{path}: dtype {found_dtype} found, the manifest says {dtype}")
+            if found_shape != shape:
+                raise CorruptShardError(f"{path}: shape {found_shape} found, the manifest says {shape}")
+            if fortran and len(shape) > 1:
+                raise CorruptShardError(f"{path}: stored in Fortran order; npyseq shards are C order")
+            size = os.fstat(fd).st_size
+            if size != nbytes:
+                raise CorruptShardError(f"{path}: {size} bytes found, the manifest says {nbytes}")
+            data = dtype.itemsize * math.prod(shape)
+            if offset + data != size:
+                raise CorruptShardError(
+                    f"{path}: header ({offset} bytes) plus data ({data} bytes) does not equal the "
+                    f"file size {size}"
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        return path, fd, offset
+
+    def _changed(self) -> DatasetChangedError:
+        return DatasetChangedError(
+            f"{self.path}: the dataset folder was replaced after it was opened "
+            "(e.g. converted again with --overwrite); reopen it with npyseq.open_shards"
+        )
 
     def _shard(self, name: str, k: int) -> "_OpenShard":
         """Shard ``k`` of array ``name``, opened (and checked) on first use."""
@@ -281,27 +383,39 @@ class Dataset:
         return shard
 
     def _open_shard(self, name: str, k: int) -> "_OpenShard":
-        try:
-            inode = os.stat(self.path).st_ino
-        except FileNotFoundError:
-            inode = None
-        if inode != self._inode:
-            raise DatasetChangedError(
-                f"{self.path}: the dataset folder was replaced after it was opened "
-                "(e.g. converted again with --overwrite); reopen it with npyseq.open_shards"
-            )
+        # Shards are read from the folder pinned at open, so they always match
+        # the manifest; still, say so early when the path now holds another one.
+        if self._folder.replaced():
+            raise self._changed()
         info = self.manifest.arrays[name]
-        path, offset = self._check_shard(name, info, k)
-        if self._verify == "checksums" and (name, k) not in self._hashed:
-            found = _npy.file_checksum(path)
-            if found != info.shards[k].checksum:
-                raise ChecksumMismatchError(
-                    f"{path}: checksum {found} found, the manifest says {info.shards[k].checksum}; "
-                    "the shard is corrupt"
-                )
-            self._hashed.add((name, k))
-        shape = (self.manifest.shard_rows[k],) + info.shape
-        return _OpenShard(path, offset, shape, info.dtype, mapped=self._map_reads)
+        path, fd, offset = self._check_shard(name, info, k)
+        try:
+            if self._verify == "checksums" and (name, k) not in self._hashed:
+                found = _npy.file_checksum(path, fd=fd)
+                if found != info.shards[k].checksum:
+                    raise ChecksumMismatchError(
+                        f"{path}: checksum {found} found, the manifest says {info.shards[k].checksum}; "
+                        "the shard is corrupt"
+                    )
+                self._hashed.add((name, k))
+            shape = (self.manifest.shard_rows[k],) + info.shape
+            return _OpenShard(path, fd, offset, shape, info.dtype, mapped=self._map_reads)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _check_touched(self, name: str, shards) -> None:
+        """With ``verify="none"``: check the headers of these shards before a read
+        allocates memory for them, so a lying manifest fails as a corrupt shard
+        rather than with a huge allocation."""
+        if self._verify != "none":
+            return
+        if self._pid != os.getpid():
+            self._reset_cache()
+        info = self.manifest.arrays[name]
+        for k in shards:
+            if (name, k) not in self._checked:
+                os.close(self._check_shard(name, info, k)[1])
 
 
 class _OpenShard:
@@ -314,14 +428,15 @@ class _OpenShard:
     fault (measured 20x slower; see README, "Design").
     """
 
-    def __init__(self, path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype, mapped: bool):
-        self.path, self.offset, self.shape, self.dtype = path, offset, shape, dtype
+    def __init__(self, path: str, fd: int, offset: int, shape: tuple[int, ...], dtype: np.dtype,
+                 mapped: bool):
+        """Takes ownership of ``fd``, the open, checked file."""
+        self.path, self.fd, self.offset, self.shape, self.dtype = path, fd, offset, shape, dtype
         self._memmap = None
-        if mapped:  # reads copy out of the map; it holds the only descriptor
+        if mapped:  # reads copy out of the map, which holds a descriptor of its own
+            self.memmap  # noqa: B018 - map it now, from the file that was checked
             self.fd = None
-            self.memmap  # noqa: B018 - open it now, while the file is known to be valid
-        else:
-            self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            os.close(fd)
 
     def __del__(self):
         fd, self.fd = getattr(self, "fd", None), None
@@ -331,8 +446,9 @@ class _OpenShard:
     @property
     def memmap(self) -> np.ndarray:
         if self._memmap is None:
-            self._memmap = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset,
-                                     shape=self.shape)
+            with open(self.fd, "rb", closefd=False) as f:
+                self._memmap = np.memmap(f, dtype=self.dtype, mode="r", offset=self.offset,
+                                         shape=self.shape)
         return self._memmap
 
     def pread(self, dest: np.ndarray, row: int, row_bytes: int) -> None:
@@ -447,6 +563,9 @@ class ShardedArray:
             start, stop, step = key.indices(n)
             if step == 1:
                 return self.read(start, max(start, stop))
+            rows = range(start, stop, step)
+            if rows:  # before the index array is made: the manifest may lie about rows
+                self._check_rows(min(rows[0], rows[-1]), max(rows[0], rows[-1]) + 1)
             return self.take(np.arange(start, stop, step, dtype=np.int64))
         if key is Ellipsis:
             return self[:]
@@ -476,17 +595,25 @@ class ShardedArray:
         raw = out.reshape(-1).view(np.uint8) if out.size else np.empty(0, np.uint8)
         return out.view(self._info.dtype), raw
 
+    def _check_rows(self, start: int, stop: int) -> None:
+        """With ``verify="none"``, check the shards of rows [start, stop) (see Dataset)."""
+        if self._ds._verify == "none" and stop > start:
+            offsets = self._ds._offsets
+            first = int(np.searchsorted(offsets, start, side="right")) - 1
+            self._ds._check_touched(self.name, range(first, int(np.searchsorted(offsets, stop, side="left"))))
+
     def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """Rows ``start`` to ``stop`` (contiguous, ``0 <= start <= stop <= len``), copied.
 
         ``out``: an optional C-contiguous array to read into (see :meth:`take`).
         """
+        self._check_rows(start, stop)
+        offsets = self._ds._offsets
+        k = int(np.searchsorted(offsets, start, side="right")) - 1
         out, raw = self._empty(stop - start, out)
         row_bytes = self._info.row_bytes
         if row_bytes == 0:
             return out.view(self.dtype)
-        offsets = self._ds._offsets
-        k = int(np.searchsorted(offsets, start, side="right")) - 1
         pos = start
         while pos < stop:
             hi, first = min(stop, int(offsets[k + 1])), int(offsets[k])
@@ -511,17 +638,19 @@ class ShardedArray:
         """
         indices = np.asarray(indices, dtype=np.int64)
         n, row_bytes = len(indices), self._info.row_bytes
-        out, raw = self._empty(n, out)
-        if n == 0 or row_bytes == 0:
-            return out.view(self.dtype)
         offsets = self._ds._offsets
         is_sorted = bool(np.all(indices[1:] >= indices[:-1]))
         order = None if is_sorted else np.argsort(indices, kind="stable")
         sorted_idx = indices if order is None else indices[order]
-        target, buf = (out, raw) if order is None else self._empty(n)
         # Position in sorted_idx where each shard's rows start.
         cuts = np.searchsorted(sorted_idx, offsets)
-        for k in np.flatnonzero(cuts[1:] > cuts[:-1]).tolist():
+        touched = np.flatnonzero(cuts[1:] > cuts[:-1]).tolist()
+        self._ds._check_touched(self.name, touched)
+        out, raw = self._empty(n, out)
+        if n == 0 or row_bytes == 0:
+            return out.view(self.dtype)
+        target, buf = (out, raw) if order is None else self._empty(n)
+        for k in touched:
             lo, hi = int(cuts[k]), int(cuts[k + 1])
             local = sorted_idx[lo:hi] - offsets[k]
             shard = self._ds._shard(self.name, k)

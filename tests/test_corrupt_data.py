@@ -172,7 +172,7 @@ MISMATCHES = {
     "dtype": (_dtype, CorruptShardError, "{root}/x/000000.npy: dtype float32 found, the manifest says int32"),
     "shape": (_shape, CorruptShardError, "{root}/x/000000.npy: shape (4, 3) found, the manifest says (4, 1, 3)"),
     "version": (_version, ManifestError, "{root}/manifest.json: unsupported format version 7; this npyseq reads "
-                "version 1. Upgrade npyseq or rebuild the dataset."),
+                "versions 1 and 2. Upgrade npyseq or rebuild the dataset."),
 }
 
 

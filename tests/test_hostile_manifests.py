@@ -232,6 +232,31 @@ def test_shape_whose_bytes_exceed_the_file_is_refused_before_mapping(root, rows)
         tracemalloc.stop()
 
 
+@pytest.mark.parametrize("rows", [5_000, 2**40])
+def test_lying_shape_is_refused_before_a_read_allocates_even_unverified(root, rows):
+    """With verify="none" nothing is checked at open; a read still checks each shard it
+    touches before allocating its output, so the lie is a CorruptShardError, not a
+    MemoryError or a huge allocation."""
+    doc = load_manifest_json(root)
+    doc["rows"] += rows - 4
+    doc["shard_rows"][0] = rows
+    for name, row_bytes in (("x", 12), ("y", 8)):
+        doc["arrays"][name]["shards"][0]["bytes"] = 128 + rows * row_bytes
+    write_manifest_json(root, doc)
+    ds = npyseq.open_shards(root, verify="none")
+    assert len(ds) == rows + len(X) - 4
+    lie = re.escape(f"{root / 'x' / '000000.npy'}: shape (4, 3) found, the manifest says ({rows}, 3)")
+    tracemalloc.start()
+    try:
+        for key in (slice(None), np.array([0, rows - 1]), rows - 1, slice(0, rows, 2)):
+            with pytest.raises(CorruptShardError, match=lie):
+                ds["x"][key]
+        assert tracemalloc.get_traced_memory()[1] < MAX_PEAK_BYTES
+    finally:
+        tracemalloc.stop()
+    assert_same_array(ds["y"][rows:], Y[4:])  # shards the lie does not touch still read
+
+
 def test_row_shape_that_overflows_int64_is_refused(root):
     """2**31 x 2**31 x 2**31 float32 wraps to 0 bytes in int64 arithmetic."""
     doc = load_manifest_json(root)

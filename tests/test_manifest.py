@@ -130,7 +130,7 @@ X_SHARD0 = ("arrays", "x", "shards", 0)
 BAD_MANIFESTS = {
     "format name": (_set(("format",), "npyseq2"), "format must be 'npyseq', found 'npyseq2'"),
     "format missing": (_delete("format"), "format must be 'npyseq', found None"),
-    "future version": (_set(("version",), 2), "unsupported format version 2; this npyseq reads version 1"),
+    "future version": (_set(("version",), 3), "unsupported format version 3; this npyseq reads versions 1 and 2"),
     "version 0": (_set(("version",), 0), "unsupported format version 0"),
     "version string": (_set(("version",), "1"), "unsupported format version '1'"),
     "version float": (_set(("version",), 1.0), "unsupported format version 1.0"),
@@ -190,10 +190,10 @@ def test_bad_manifest_is_refused_by_open_shards(tmp_path):
     x = np.arange(10, dtype=np.int32)
     npyseq.write_shards(tmp_path / "ds", {"x": x}, rows=4, progress=False)
     doc = load_manifest_json(tmp_path / "ds")
-    doc["version"] = 2
+    doc["version"] = 3
     write_manifest_json(tmp_path / "ds", doc)
     path = os.path.join(tmp_path, "ds", "manifest.json")
-    with pytest.raises(ManifestError, match=re.escape(path) + ": unsupported format version 2"):
+    with pytest.raises(ManifestError, match=re.escape(path) + ": unsupported format version 3"):
         npyseq.open_shards(tmp_path / "ds")
 
 
