@@ -3,7 +3,8 @@
 Arrays are split into standard ``.npy`` shards plus a JSON manifest
 (:func:`write_shards`, :class:`ShardWriter`, ``npyseq convert``), read back
 lazily through memory maps (:func:`open_shards`), and fed to ``model.fit``
-by ``keras.utils.PyDataset`` classes (:class:`ShardSequence`).
+by ``keras.utils.PyDataset`` classes (:class:`ShardSequence`, and
+:class:`RaggedSequence` for rows of different lengths).
 
 Importing npyseq does not import Keras; the Sequence classes load it on
 first use.
@@ -26,8 +27,10 @@ from npyseq.errors import (
     WorkerDiedError,
 )
 from npyseq.manifest import FORMAT_VERSION, Manifest
+from npyseq.ragged import RaggedArray, RaggedSource
 from npyseq.reader import Dataset, ShardedArray, open_shards
-from npyseq.writer import NpzMember, RawSource, ShardWriter, parse_size, write_shards
+from npyseq.shard_writer import ShardWriter
+from npyseq.writer import NpzMember, RawSource, parse_size, write_shards
 
 __version__ = "0.1.0"
 
@@ -39,6 +42,10 @@ def __getattr__(name: str):
         from npyseq.sequence import ShardSequence
 
         return ShardSequence
+    if name == "RaggedSequence":
+        from npyseq.ragged_sequence import RaggedSequence
+
+        return RaggedSequence
     raise AttributeError(f"module 'npyseq' has no attribute {name!r}")
 
 
@@ -58,6 +65,9 @@ __all__ = [
     "MissingShardError",
     "NpyseqError",
     "NpzMember",
+    "RaggedArray",
+    "RaggedSequence",
+    "RaggedSource",
     "RawSource",
     "ShardError",
     "ShardSequence",

@@ -5,6 +5,7 @@ A thin layer over the library; it never imports Keras, so it starts at once.
     npyseq convert x.npy y.npy -o data/train --shard-size 256MB
     npyseq convert arrays.npz -o data/train
     npyseq convert images.bin --dtype uint8 --shape 32,32,3 --offset 16 -o data/img
+    npyseq convert labels.npy --ragged tokens values.npy offsets.npy -o data/text
     npyseq info data/train
     npyseq verify data/train
 """
@@ -22,6 +23,7 @@ import numpy as np
 from npyseq import __version__
 from npyseq.errors import NpyseqError, ShardError
 from npyseq.reader import open_shards
+from npyseq.ragged import RaggedSource
 from npyseq.writer import DEFAULT_SHARD_SIZE, NpzMember, RawSource, write_shards
 
 
@@ -56,8 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("convert", help="convert .npy, .npz or raw binary files into a sharded dataset")
-    c.add_argument("sources", nargs="+", metavar="SRC",
+    c.add_argument("sources", nargs="*", metavar="SRC",
                    help=".npy files, .npz archives, or raw binary files (with --dtype)")
+    c.add_argument("--ragged", nargs=3, action="append", default=[], metavar=("NAME", "VALUES", "OFFSETS"),
+                   help="a ragged array (rows of different lengths) from two .npy files: all rows' "
+                        "values one after another, and rows + 1 offsets (0, ..., len(values)); repeatable")
+    c.add_argument("--ragged-lengths", nargs=3, action="append", default=[],
+                   metavar=("NAME", "VALUES", "LENGTHS"),
+                   help="like --ragged, with one length per row instead of offsets")
     c.add_argument("-o", "--output", required=True, metavar="OUT", help="dataset folder to write")
     c.add_argument("--name", action="append", default=[], metavar="NAME",
                    help="array name, once per array in order (default: file stem / npz member)")
@@ -119,6 +127,16 @@ def _expand_sources(args) -> list[tuple[str, object]]:
 
 def _convert(args) -> int:
     arrays = dict(_expand_sources(args))
+    for option, kind in (("--ragged", "offsets"), ("--ragged-lengths", "lengths")):
+        for name, values, bounds in getattr(args, option[2:].replace("-", "_")):
+            if name in arrays:
+                raise NpyseqError(f"{option} {name}: array names must be unique; {name!r} is given twice")
+            for path in (values, bounds):
+                if not os.path.isfile(path):
+                    raise NpyseqError(f"{option} {name}: {path}: no such file")
+            arrays[name] = RaggedSource(values, **{kind: bounds})
+    if not arrays:
+        raise NpyseqError("nothing to convert: give source files and/or --ragged NAME VALUES OFFSETS")
     ds = write_shards(
         args.output, arrays, args.shard_size, rows=args.rows_per_shard, jobs=args.jobs,
         progress=not args.quiet, overwrite=args.overwrite,
@@ -154,8 +172,10 @@ def _info(args) -> int:
     for name in ds.names:
         a, info = ds[name], m.arrays[name]
         stored = "" if info.logical_dtype is None else f" (stored as {info.dtype})"
-        size = sum(s.bytes for s in info.shards)
-        print(f"  {name:<{width}}  {str(a.dtype) + stored:<30} row shape {str(a.shape[1:]):<16} {_human(size)}")
+        size = sum(s.bytes for s in info.files)
+        shape = (f"ragged, rows of (n,) + {info.shape}, {a.num_values} values" if info.ragged
+                 else f"row shape {a.shape[1:]}")
+        print(f"  {name:<{width}}  {str(a.dtype) + stored:<30} {shape:<26} {_human(size)}")
     return 0
 
 
@@ -169,20 +189,23 @@ def _verify(args) -> int:
     total = ds.nbytes
     with tqdm(total=total, unit="B", unit_scale=True, desc="npyseq verify", disable=args.quiet) as bar:
         for name, info in ds.manifest.arrays.items():
-            for k, shard in enumerate(info.shards):
-                path = os.path.join(ds.path, shard.path)
-                try:
-                    path, fd, _ = ds._check_shard(name, info, k)
+            for k in range(len(info.shards)):
+                files = [(info.shards[k], lambda: ds._check_shard(name, info, k))]
+                if info.ragged:
+                    files.append((info.offsets[k], lambda: ds._check_offsets(info, k)))
+                for shard, check in files:
                     try:
-                        found = _npy.file_checksum(path, progress=bar, fd=fd)
-                    finally:
-                        os.close(fd)
-                except ShardError as e:
-                    bad.append(str(e))
-                    continue
-                if found != shard.checksum:
-                    bad.append(f"{path}: checksum {found} found, the manifest says {shard.checksum}")
-    n = sum(len(a.shards) for a in ds.manifest.arrays.values())
+                        path, fd, _ = check()
+                        try:
+                            found = _npy.file_checksum(path, progress=bar, fd=fd)
+                        finally:
+                            os.close(fd)
+                    except ShardError as e:
+                        bad.append(str(e))
+                        continue
+                    if found != shard.checksum:
+                        bad.append(f"{path}: checksum {found} found, the manifest says {shard.checksum}")
+    n = sum(len(a.files) for a in ds.manifest.arrays.values())
     if bad:
         for line in bad:
             print(f"BAD {line}")

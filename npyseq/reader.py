@@ -36,7 +36,15 @@ from npyseq.errors import (
     MissingShardError,
     NpyseqError,
 )
-from npyseq.manifest import MANIFEST_NAME, ArrayInfo, Manifest, logical_dtype, read_manifest, shard_offsets
+from npyseq.manifest import (
+    MANIFEST_NAME,
+    OFFSETS_DTYPE,
+    ArrayInfo,
+    Manifest,
+    logical_dtype,
+    read_manifest,
+    shard_offsets,
+)
 
 __all__ = ["open_shards", "Dataset", "ShardedArray"]
 
@@ -241,7 +249,12 @@ class Dataset:
         self._arrays = {}
         for n, info in manifest.arrays.items():
             try:
-                self._arrays[n] = ShardedArray(self, n, info)
+                if info.ragged:
+                    from npyseq.ragged import RaggedArray
+
+                    self._arrays[n] = RaggedArray(self, n, info)
+                else:
+                    self._arrays[n] = ShardedArray(self, n, info)
             except ManifestError as e:  # a bad logical_dtype: say which file and array
                 raise ManifestError(f"{os.path.join(root, MANIFEST_NAME)}: array {n!r}: {e}") from None
         self._reset_cache()
@@ -263,7 +276,7 @@ class Dataset:
     def __len__(self) -> int:
         return self.manifest.rows
 
-    def __getitem__(self, name: str) -> "ShardedArray":
+    def __getitem__(self, name: str) -> "ShardedArray | RaggedArray":
         try:
             return self._arrays[name]
         except KeyError:
@@ -276,7 +289,9 @@ class Dataset:
         return iter(self._arrays)
 
     def __repr__(self) -> str:
-        arrays = ", ".join(f"{n}: {a.dtype} {a.shape[1:]}" for n, a in self._arrays.items())
+        arrays = ", ".join(
+            f"{n}: {a.dtype} " + (f"ragged (n,) + {a.element_shape}" if a.ragged else f"{a.shape[1:]}")
+            for n, a in self._arrays.items())
         return (f"<npyseq.Dataset {self.path!r} rows={len(self)} shards={self.num_shards} "
                 f"manifest=xxh3_64:{self.checksum} {{{arrays}}}>")
 
@@ -288,6 +303,8 @@ class Dataset:
         for name, info in self.manifest.arrays.items():
             for k in range(len(info.shards)):
                 os.close(self._check_shard(name, info, k)[1])
+                if info.ragged:
+                    os.close(self._check_offsets(info, k)[1])
 
     def close(self) -> None:
         """Unmap every open shard (they reopen on the next read)."""
@@ -309,10 +326,15 @@ class Dataset:
         closes the descriptor.
         """
         shard = info.shards[k]
-        expected_shape = (self.manifest.shard_rows[k],) + info.shape
-        path, fd, offset = self._check_file(shard.path, shard.bytes, info.dtype, expected_shape)
+        rows = info.values[k] if info.ragged else self.manifest.shard_rows[k]
+        path, fd, offset = self._check_file(shard.path, shard.bytes, info.dtype, (rows,) + info.shape)
         self._checked.add((name, k))
         return path, fd, offset
+
+    def _check_offsets(self, info: ArrayInfo, k: int) -> tuple[str, int, int]:
+        """Open a ragged array's offsets file of shard ``k`` and check its header."""
+        entry = info.offsets[k]
+        return self._check_file(entry.path, entry.bytes, OFFSETS_DTYPE, (self.manifest.shard_rows[k] + 1,))
 
     def _check_file(self, relative: str, nbytes: int, dtype: np.dtype,
                     shape: tuple[int, ...]) -> tuple[str, int, int]:
@@ -388,21 +410,43 @@ class Dataset:
         if self._folder.replaced():
             raise self._changed()
         info = self.manifest.arrays[name]
+        offsets = self._read_offsets(name, info, k) if info.ragged else None
         path, fd, offset = self._check_shard(name, info, k)
         try:
-            if self._verify == "checksums" and (name, k) not in self._hashed:
-                found = _npy.file_checksum(path, fd=fd)
-                if found != info.shards[k].checksum:
-                    raise ChecksumMismatchError(
-                        f"{path}: checksum {found} found, the manifest says {info.shards[k].checksum}; "
-                        "the shard is corrupt"
-                    )
-                self._hashed.add((name, k))
-            shape = (self.manifest.shard_rows[k],) + info.shape
-            return _OpenShard(path, fd, offset, shape, info.dtype, mapped=self._map_reads)
+            self._verify_checksum(name, k, path, fd, info.shards[k].checksum)
+            rows = info.values[k] if info.ragged else self.manifest.shard_rows[k]
+            shard = _OpenShard(path, fd, offset, (rows,) + info.shape, info.dtype, mapped=self._map_reads)
         except BaseException:
             os.close(fd)
             raise
+        if info.ragged:
+            from npyseq.ragged import OpenRagged
+
+            return OpenRagged(shard, offsets)
+        return shard
+
+    def _verify_checksum(self, name: str, k: Any, path: str, fd: int, expected: str) -> None:
+        if self._verify == "checksums" and (name, k) not in self._hashed:
+            found = _npy.file_checksum(path, fd=fd)
+            if found != expected:
+                raise ChecksumMismatchError(
+                    f"{path}: checksum {found} found, the manifest says {expected}; the shard is corrupt"
+                )
+            self._hashed.add((name, k))
+
+    def _read_offsets(self, name: str, info: ArrayInfo, k: int) -> np.ndarray:
+        """A ragged array's offsets of shard ``k``, read whole and checked."""
+        from npyseq.ragged import check_offsets_data
+
+        path, fd, offset = self._check_offsets(info, k)
+        try:
+            self._verify_checksum(name, (k, "offsets"), path, fd, info.offsets[k].checksum)
+            offsets = np.empty(self.manifest.shard_rows[k] + 1, OFFSETS_DTYPE)
+            _OpenShard.pread_fd(fd, path, offset, offsets.view(np.uint8))
+        finally:
+            os.close(fd)
+        check_offsets_data(offsets, self.manifest.shard_rows[k], info.values[k], path)
+        return offsets
 
     def _check_touched(self, name: str, shards) -> None:
         """With ``verify="none"``: check the headers of these shards before a read
@@ -453,13 +497,18 @@ class _OpenShard:
 
     def pread(self, dest: np.ndarray, row: int, row_bytes: int) -> None:
         """Fill ``dest`` (contiguous uint8) with the bytes of rows from ``row`` on."""
+        self.pread_fd(self.fd, self.path, self.offset + row * row_bytes, dest)
+
+    @staticmethod
+    def pread_fd(fd: int, path: str, start: int, dest: np.ndarray) -> None:
+        """Fill ``dest`` (contiguous uint8) with the bytes of file ``fd`` from ``start`` on."""
         view = memoryview(dest)
-        want, done, start = dest.nbytes, 0, self.offset + row * row_bytes
+        want, done = dest.nbytes, 0
         while done < want:
-            n = os.preadv(self.fd, [view[done:]], start + done)
+            n = os.preadv(fd, [view[done:]], start + done)
             if n <= 0:
                 raise CorruptShardError(
-                    f"{self.path}: ended {want - done} bytes early at byte {start + done}; "
+                    f"{path}: ended {want - done} bytes early at byte {start + done}; "
                     "the shard was truncated after it was opened"
                 )
             done += n
@@ -504,6 +553,8 @@ class ShardedArray:
     >>> x[10:20].shape, x[[3, 1, 3]].shape
     ((10, 8), (3, 8))
     """
+
+    ragged = False
 
     def __init__(self, dataset: Dataset, name: str, info: ArrayInfo):
         self._ds, self.name, self._info = dataset, name, info

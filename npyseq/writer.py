@@ -20,6 +20,8 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import functools
+import itertools
 import os
 import re
 import shutil
@@ -35,6 +37,7 @@ from npyseq import _npy
 from npyseq.errors import DatasetExistsError, DiskFullError, InvalidArgumentError, NpyseqError
 from npyseq.manifest import (
     MANIFEST_NAME,
+    OFFSETS_DTYPE,
     PARTIAL_SUFFIX,
     ArrayInfo,
     Manifest,
@@ -43,12 +46,13 @@ from npyseq.manifest import (
     storage_dtype,
     write_manifest,
 )
+from npyseq.ragged import RaggedInput, RaggedSource, is_row_list, open_ragged, shard_bounds
 
-__all__ = ["write_shards", "ShardWriter", "parse_size", "RawSource", "NpzMember"]
+__all__ = ["write_shards", "ShardWriter", "parse_size", "RawSource", "NpzMember", "RaggedSource"]
 
 DEFAULT_SHARD_SIZE = "256MB"
 _LOCK_NAME = ".npyseq.lock"
-_SHARD_FILE_RE = re.compile(r"^\d{6,}\.npy(\.partial)?$")
+_SHARD_FILE_RE = re.compile(r"^\d{6,}(\.offsets)?\.npy(\.partial)?$")
 _UNITS = {
     "": 1, "b": 1,
     "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -164,7 +168,10 @@ def _read_exact(f, nbytes: int, path: str) -> bytes:
     return data
 
 
-def _open_source(name: str, value: Any) -> _Source:
+def _open_source(name: str, value: Any) -> _Source | RaggedInput:
+    ragged = open_ragged(name, value)
+    if ragged is not None:
+        return ragged
     if isinstance(value, (str, os.PathLike)):
         path = os.fspath(value)
         if not os.path.exists(path):
@@ -280,6 +287,11 @@ def _rows_per_shard(
 
 def _shard_path(name: str, k: int) -> str:
     return f"{name}/{k:06d}.npy"
+
+
+def _offsets_path(name: str, k: int) -> str:
+    """The offsets file of shard ``k`` of a ragged array."""
+    return f"{name}/{k:06d}.offsets.npy"
 
 
 def _check_name(name: Any) -> str:
@@ -428,7 +440,7 @@ def _exchange(a: str, b: str) -> bool:
 
 def _remove_strays(root: str, manifest: Manifest) -> None:
     """Delete shard files of earlier, different runs that the manifest does not list."""
-    listed = {s.path for a in manifest.arrays.values() for s in a.shards}
+    listed = {s.path for a in manifest.arrays.values() for s in a.files}
     for name in manifest.arrays:
         folder = os.path.join(root, name)
         if not os.path.isdir(folder):
@@ -439,22 +451,21 @@ def _remove_strays(root: str, manifest: Manifest) -> None:
                 os.unlink(os.path.join(folder, entry))
 
 
-def _write_shard(root: str, path: str, source: _Source, start: int, stop: int,
-                 store: np.dtype, chunk_rows: int, progress,
-                 cancel: threading.Event | None = None) -> ShardInfo:
-    """Write rows [start, stop) of ``source`` as the shard ``path``; reuse it if correct.
+def _write_file(root: str, path: str, header: bytes, data_bytes: int, chunks, reuse: bool,
+                progress, cancel: threading.Event | None = None) -> ShardInfo:
+    """Write ``header`` and the arrays ``chunks()`` yields as the file ``path``; reuse it if equal.
 
-    On any error (or once ``cancel`` is set by a failing sibling) the shard's
-    ``.partial`` file is removed before the error propagates.
+    With ``reuse``, an existing file at ``path`` of the right size whose
+    checksum equals that of the bytes to write is kept (a rerun after an
+    interruption). On any error (or once ``cancel`` is set by a failing
+    sibling) the ``.partial`` file is removed before the error propagates.
     """
     final = os.path.join(root, path)
-    header = _npy.header_bytes(store, (stop - start,) + source.shape[1:])
-    nbytes = len(header) + (stop - start) * store.itemsize * int(
-        np.prod(source.shape[1:], dtype=np.int64))
-    if source.seekable and os.path.isfile(final) and os.path.getsize(final) == nbytes:
+    nbytes = len(header) + data_bytes
+    if reuse and os.path.isfile(final) and os.path.getsize(final) == nbytes:
         expected = xxhash.xxh3_64(header)
-        for chunk in source.chunks(start, stop, chunk_rows):
-            _npy.hash_array_rows(expected, chunk.view(store))
+        for chunk in chunks():
+            _npy.hash_array_rows(expected, chunk)
         if _npy.checksum_string(expected) == _npy.file_checksum(final):
             if progress is not None:
                 progress.update(nbytes)
@@ -464,10 +475,10 @@ def _write_shard(root: str, path: str, source: _Source, start: int, stop: int,
     try:
         with open(partial, "wb") as f:
             f.write(header)
-            for chunk in source.chunks(start, stop, chunk_rows):
+            for chunk in chunks():
                 if cancel is not None and cancel.is_set():
                     raise _Cancelled()
-                f.write(_npy.hash_array_rows(h, chunk.view(store)))
+                f.write(_npy.hash_array_rows(h, chunk))
                 if progress is not None:
                     progress.update(chunk.nbytes)
             f.flush()
@@ -479,6 +490,38 @@ def _write_shard(root: str, path: str, source: _Source, start: int, stop: int,
         raise
     _npy.drop_from_cache(final)
     return ShardInfo(path=path, bytes=nbytes, checksum=_npy.checksum_string(h))
+
+
+def _write_shard(root: str, path: str, source: _Source, start: int, stop: int,
+                 store: np.dtype, chunk_rows: int, progress,
+                 cancel: threading.Event | None = None) -> ShardInfo:
+    """Write rows [start, stop) of ``source`` as the shard ``path``; reuse it if correct."""
+    header = _npy.header_bytes(store, (stop - start,) + source.shape[1:])
+    data_bytes = (stop - start) * store.itemsize * int(np.prod(source.shape[1:], dtype=np.int64))
+    return _write_file(root, path, header, data_bytes,
+                       lambda: (c.view(store) for c in source.chunks(start, stop, chunk_rows)),
+                       source.seekable, progress, cancel)
+
+
+def _write_ragged_shard(root: str, name: str, k: int, source: RaggedInput, start: int, stop: int,
+                        store: np.dtype, progress,
+                        cancel: threading.Event | None = None) -> tuple[ShardInfo, int, ShardInfo]:
+    """Write rows [start, stop) of a ragged source: values file, then offsets file.
+
+    Returns ``(values file, number of values, offsets file)``.
+    """
+    first = int(source.offsets[start])
+    offsets = np.asarray(source.offsets[start:stop + 1], dtype=OFFSETS_DTYPE) - first
+    n_values = int(offsets[-1])
+    values = _write_file(
+        root, _shard_path(name, k), _npy.header_bytes(store, (n_values,) + source.element_shape),
+        n_values * store.itemsize * int(np.prod(source.element_shape, dtype=np.int64)),
+        lambda: (c.view(store) for c in source.chunks(start, stop, _npy.CHUNK_BYTES)),
+        True, progress, cancel)
+    index = _write_file(
+        root, _offsets_path(name, k), _npy.header_bytes(OFFSETS_DTYPE, offsets.shape), offsets.nbytes,
+        lambda: iter([offsets]), True, progress, cancel)
+    return values, n_values, index
 
 
 def write_shards(
@@ -499,6 +542,12 @@ def write_shards(
             memmap (``np.load(..., mmap_mode="r")``), a path to a ``.npy``
             file, a :class:`RawSource` or an :class:`NpzMember`. All must have
             the same number of rows. Sources are read in chunks, never whole.
+            A *ragged* array (rows of different lengths) is a list of
+            arrays, one per row (``[np.array([3, 1, 4]), np.array([1, 5])]``),
+            a :class:`RaggedSource` (flat values plus offsets or lengths), or
+            any other iterable of row arrays, such as a generator; an
+            iterable is consumed once, in order, by one thread, and cannot be
+            resumed after an interruption.
         shard_size: the largest shard file of any array, in bytes or as
             ``"256MB"`` / ``"1GiB"``.
         rows: rows per shard instead of ``shard_size``.
@@ -524,7 +573,11 @@ def write_shards(
         jobs = max(1, min(4, os.cpu_count() or 1))
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise InvalidArgumentError(f"jobs must be a positive int or None, got {jobs!r}")
-    sources = {_check_name(n): _open_source(n, v) for n, v in arrays.items()}
+    for n in arrays:
+        _check_name(n)
+    if any(_is_row_iterable(v) for v in arrays.values()):
+        return _write_streamed(out_dir, arrays, shard_size, rows, progress, overwrite)
+    sources = {n: _open_source(n, v) for n, v in arrays.items()}
     for src in sources.values():
         if len(src.shape) == 0:
             raise InvalidArgumentError(f"array {src.name!r} is a scalar; arrays need a first axis of rows")
@@ -533,11 +586,18 @@ def write_shards(
         raise InvalidArgumentError(f"all arrays must have the same number of rows, got {n_rows}")
     total = next(iter(n_rows.values()))
     stores = {n: storage_dtype(s.dtype, n) for n, s in sources.items()}
-    per_shard = _rows_per_shard(
-        shard_size, rows, {n: st[0] for n, st in stores.items()},
-        {n: s.shape[1:] for n, s in sources.items()},
-    )
-    bounds = [(a, min(total, a + per_shard)) for a in range(0, total, per_shard)]
+    ragged = [s for s in sources.values() if isinstance(s, RaggedInput)]
+    # Fixed arrays bound the rows of a shard by their row size; a ragged
+    # array by its offsets (8 bytes a row) and, below, by its values.
+    row_dtypes = {n: st[0] for n, st in stores.items()}
+    row_shapes = {n: s.shape[1:] for n, s in sources.items()}
+    for src in ragged:
+        row_dtypes[src.name], row_shapes[src.name] = OFFSETS_DTYPE, ()
+    per_shard = _rows_per_shard(shard_size, rows, row_dtypes, row_shapes)
+    limit = None if rows is not None else parse_size(shard_size)
+    header = max((len(_npy.header_bytes(stores[s.name][0], (2**40,) + s.element_shape)) for s in ragged),
+                 default=0)
+    bounds = shard_bounds(total, per_shard, ragged, limit, header)
 
     root, replaces = _prepare_output(os.fspath(out_dir), overwrite)
     try:
@@ -560,27 +620,39 @@ def _write_locked(root, sources, stores, bounds, jobs, progress, total) -> None:
     with _locked(root):
         for name in sources:
             os.makedirs(os.path.join(root, name), exist_ok=True)
-        tasks = []
+        tasks, nbytes = [], 0
         for name, src in sources.items():
             store = stores[name][0]
-            row_bytes = max(1, store.itemsize * int(np.prod(src.shape[1:], dtype=np.int64)))
-            chunk_rows = max(1, _npy.CHUNK_BYTES // row_bytes)
+            if isinstance(src, RaggedInput):
+                nbytes += src.shape[0] * src.element_bytes + (total + len(bounds)) * OFFSETS_DTYPE.itemsize
+                tasks.extend([((name, k), functools.partial(_write_ragged_shard, root, name, k, src, a, b, store))]
+                             for k, (a, b) in enumerate(bounds))
+                continue
+            row_bytes = store.itemsize * int(np.prod(src.shape[1:], dtype=np.int64))
+            nbytes += total * row_bytes
+            chunk_rows = max(1, _npy.CHUNK_BYTES // max(1, row_bytes))
             jobs_of_source = [
-                (name, k, _shard_path(name, k), src, a, b, store, chunk_rows)
+                ((name, k), functools.partial(_write_shard, root, _shard_path(name, k), src, a, b, store,
+                                              chunk_rows))
                 for k, (a, b) in enumerate(bounds)
             ]
             if src.seekable:
                 tasks.extend([j] for j in jobs_of_source)
             else:
                 tasks.append(jobs_of_source)  # one sequential stream
-        results = _run_tasks(root, tasks, jobs, progress, sources, stores, total)
+        results = _run_tasks(tasks, jobs, progress, nbytes)
         infos = {}
         for name, src in sources.items():
-            infos[name] = ArrayInfo(
-                dtype=stores[name][0], shape=src.shape[1:],
-                shards=tuple(results[(name, k)] for k in range(len(bounds))),
-                logical_dtype=stores[name][1],
-            )
+            done = [results[(name, k)] for k in range(len(bounds))]
+            if isinstance(src, RaggedInput):
+                infos[name] = ArrayInfo(
+                    dtype=stores[name][0], shape=src.element_shape, logical_dtype=stores[name][1],
+                    ragged=True, shards=tuple(d[0] for d in done), values=tuple(d[1] for d in done),
+                    offsets=tuple(d[2] for d in done),
+                )
+            else:
+                infos[name] = ArrayInfo(dtype=stores[name][0], shape=src.shape[1:], shards=tuple(done),
+                                        logical_dtype=stores[name][1])
         manifest = Manifest(rows=total, shard_rows=tuple(b - a for a, b in bounds), arrays=infos)
         for name in sources:
             fsync_dir(os.path.join(root, name))
@@ -588,14 +660,11 @@ def _write_locked(root, sources, stores, bounds, jobs, progress, total) -> None:
         write_manifest(root, manifest)
 
 
-def _run_tasks(root, tasks, jobs, progress, sources, stores, total) -> dict:
+def _run_tasks(tasks, jobs, progress, nbytes) -> dict:
+    """Run tasks (lists of ``(key, fn(progress, cancel))`` run in order) on threads."""
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
-    nbytes = sum(
-        total * stores[n][0].itemsize * int(np.prod(s.shape[1:], dtype=np.int64))
-        for n, s in sources.items()
-    )
     bar = tqdm(total=nbytes, unit="B", unit_scale=True, desc="npyseq write",
                disable=not progress, dynamic_ncols=True)
 
@@ -606,12 +675,11 @@ def _run_tasks(root, tasks, jobs, progress, sources, stores, total) -> dict:
 
     def run(task):
         out = []
-        for name, k, path, src, a, b, store, chunk_rows in task:
+        for key, fn in task:
             if cancel.is_set():
                 return None, out
             try:
-                out.append(((name, k), _write_shard(root, path, src, a, b, store, chunk_rows, bar,
-                                                    cancel)))
+                out.append((key, fn(bar, cancel)))
             except _Cancelled:
                 return None, out
             except BaseException as e:  # noqa: BLE001 - re-raised below, in the caller's thread
@@ -627,229 +695,56 @@ def _run_tasks(root, tasks, jobs, progress, sources, stores, total) -> dict:
     return dict(pair for _, batch in done for pair in batch)
 
 
-# --- ShardWriter -----------------------------------------------------------------
+def _is_row_iterable(value: Any) -> bool:
+    """An iterable of row arrays that is not an array, a path, a list or a source object."""
+    if isinstance(value, (np.ndarray, str, bytes, os.PathLike, list, tuple, RawSource, NpzMember,
+                          RaggedSource)) or hasattr(value, "__array__"):
+        return False
+    return hasattr(value, "__iter__")
 
 
-class ShardWriter:
-    """Write a dataset batch by batch, e.g. from a preprocessing loop.
+def _write_streamed(out_dir, arrays, shard_size, rows, progress, overwrite):
+    """write_shards with an iterable of ragged rows: stream everything through a ShardWriter."""
+    from npyseq.shard_writer import ShardWriter
 
-    Rows are streamed to disk as they are appended; memory stays bounded by
-    the batch being appended. The manifest is written when the ``with`` block
-    ends without an exception; until then the folder is an incomplete
-    dataset that :func:`npyseq.open_shards` refuses.
-
-    Example:
-
-    >>> with npyseq.ShardWriter(tmp / "features", shard_size="64MB") as writer:
-    ...     for i in range(10):
-    ...         writer.append(x=np.full((100, 4), i, "float32"), y=np.full(100, i))
-    >>> len(writer.dataset)
-    1000
-    """
-
-    def __init__(self, out_dir: str | os.PathLike, shard_size: int | str = DEFAULT_SHARD_SIZE,
-                 *, rows: int | None = None, overwrite: bool = False):
-        if rows is None:
-            parse_size(shard_size)  # validate now, not at the first append
-        self._shard_size, self._rows_arg = shard_size, rows
-        self._root, self._replaces = _prepare_output(os.fspath(out_dir), overwrite)
-        self._lock = _locked(self._root)
-        self._lock.__enter__()
-        self._closed = False
-        self._per_shard = 0
-        self._specs: dict[str, tuple[np.dtype, tuple[int, ...], np.dtype, str | None]] = {}
-        self._files: dict[str, Any] = {}
-        self._hashers: dict[str, Any] = {}
-        self._shards: dict[str, list[ShardInfo]] = {}
-        self._shard_rows: list[int] = []
-        self._rows_in_shard = 0
-        self.rows = 0
-        self.dataset = None
-
-    def __enter__(self) -> "ShardWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-    def append(self, **arrays: np.ndarray) -> None:
-        """Append rows: one keyword per array, each with the same number of rows."""
-        if self._closed:
-            raise InvalidArgumentError("append() called on a closed ShardWriter")
-        if not arrays:
-            raise InvalidArgumentError("append() needs at least one array, e.g. append(x=..., y=...)")
-        arrays = {n: np.asarray(v) for n, v in arrays.items()}
-        if not self._specs:
-            self._start(arrays)
-        if set(arrays) != set(self._specs):
-            raise InvalidArgumentError(
-                f"append() got arrays {sorted(arrays)}, but this writer holds {sorted(self._specs)}"
-            )
-        lengths = {n: (a.shape[0] if a.ndim else None) for n, a in arrays.items()}
-        if len(set(lengths.values())) != 1 or None in lengths.values():
-            raise InvalidArgumentError(f"append() arrays must have the same number of rows, got {lengths}")
-        for n, a in arrays.items():
-            dtype, shape, _, _ = self._specs[n]
-            if a.shape[1:] != shape:
+    iterators = {n: iter(v) for n, v in arrays.items() if _is_row_iterable(v)}
+    fixed = {}
+    for n, v in arrays.items():
+        if n not in iterators:
+            src = _open_source(n, v)
+            if isinstance(src, RaggedInput) or not src.seekable:
                 raise InvalidArgumentError(
-                    f"append(): array {n!r} rows must have shape {shape}, got {a.shape[1:]}"
-                )
-            if a.dtype != dtype:
-                if not np.can_cast(a.dtype, dtype, casting="same_kind"):
-                    raise InvalidArgumentError(
-                        f"append(): array {n!r} must have dtype {dtype}, got {a.dtype}"
-                    )
-                arrays[n] = a.astype(dtype)
-        n = next(iter(lengths.values()))
-        pos = 0
-        with self._disk_full_guard():
-            while pos < n:
-                if not self._files:
-                    self._open_shard()
-                take = min(n - pos, self._per_shard - self._rows_in_shard)
-                for name, a in arrays.items():
-                    store = self._specs[name][2]
-                    self._files[name].write(_npy.hash_array_rows(self._hashers[name], a[pos:pos + take].view(store)))
-                self._rows_in_shard += take
-                pos += take
-                if self._rows_in_shard == self._per_shard:
-                    self._finish_shard()
-        self.rows += n
+                    f"array {n!r}: when another array is an iterable of rows, the others must be arrays, "
+                    ".npy paths or RawSources (a ragged list or a compressed .npz member cannot be "
+                    "streamed alongside it)")
+            fixed[n] = src
+    fixed_rows = {src.shape[0] for src in fixed.values()}
+    if len(fixed_rows) > 1:
+        raise InvalidArgumentError(
+            f"all arrays must have the same number of rows, got { {n: s.shape[0] for n, s in fixed.items()} }")
+    from tqdm.auto import tqdm
 
-    def close(self):
-        """Finish the last shard and write the manifest; return the dataset."""
-        if self._closed:
-            return self.dataset
-        if not self._specs:
-            self.abort()
-            raise InvalidArgumentError("ShardWriter closed before any append(); nothing to write")
-        with self._disk_full_guard():
-            if self._files:
-                self._finish_shard()
-            infos = {
-                n: ArrayInfo(dtype=store, shape=shape, shards=tuple(self._shards[n]), logical_dtype=logical)
-                for n, (_, shape, store, logical) in self._specs.items()
-            }
-            manifest = Manifest(rows=self.rows, shard_rows=tuple(self._shard_rows), arrays=infos)
-            for name in self._specs:
-                fsync_dir(os.path.join(self._root, name))
-            _remove_strays(self._root, manifest)
-            write_manifest(self._root, manifest)
-        self._closed = True
-        self._lock.__exit__(None, None, None)
-        root = self._root
-        if self._replaces is not None:
-            _swap_in(self._root, self._replaces)
-            root = self._replaces
-        from npyseq.reader import open_shards
-
-        self.dataset = open_shards(root)
-        return self.dataset
-
-    def abort(self) -> None:
-        """Stop without writing a manifest.
-
-        The shard being written (its ``.partial`` files) is deleted; complete
-        shards stay on disk, and the folder is an incomplete dataset that
-        :func:`npyseq.open_shards` refuses.
-        """
-        if self._closed:
-            return
-        for f in self._files.values():
-            with contextlib.suppress(OSError):  # flushing may fail again on a full disk
-                f.close()
-        self._files.clear()
-        _remove_partials(self._root)
-        self._closed = True
-        self._lock.__exit__(None, None, None)
-
-    @contextlib.contextmanager
-    def _disk_full_guard(self) -> Iterator[None]:
-        """Turn ENOSPC/EDQUOT into DiskFullError, after aborting (no .partial left)."""
-        try:
-            yield
-        except OSError as e:
-            if not _is_disk_full(e):
-                raise
-            self.abort()
-            raise _disk_full_error(self._root, e, self._replaces,
-                                   again="write the dataset again") from None
-
-    # -- internals
-
-    def _start(self, arrays: Mapping[str, np.ndarray]) -> None:
-        for n, a in arrays.items():
-            _check_name(n)
-            if a.ndim == 0:
-                raise InvalidArgumentError(f"append(): array {n!r} is a scalar; arrays need a first axis of rows")
-            store, logical = storage_dtype(a.dtype, n)
-            self._specs[n] = (a.dtype, tuple(a.shape[1:]), store, logical)
-            self._shards[n] = []
-            os.makedirs(os.path.join(self._root, n), exist_ok=True)
-        self._per_shard = _rows_per_shard(
-            self._shard_size, self._rows_arg,
-            {n: s[2] for n, s in self._specs.items()}, {n: s[1] for n, s in self._specs.items()},
-        )
-
-    def _open_shard(self) -> None:
-        k = len(self._shard_rows)
-        for name, (_, shape, store, _) in self._specs.items():
-            path = os.path.join(self._root, _shard_path(name, k)) + PARTIAL_SUFFIX
-            f = open(path, "wb")
-            header = _npy.header_bytes(store, (self._per_shard,) + shape)
-            f.write(header)
-            self._files[name], self._hashers[name] = f, xxhash.xxh3_64(header)
-        self._rows_in_shard = 0
-
-    def _finish_shard(self) -> None:
-        k, rows = len(self._shard_rows), self._rows_in_shard
-        for name, (_, shape, store, _) in self._specs.items():
-            f = self._files[name]
-            rel = _shard_path(name, k)
-            partial = os.path.join(self._root, rel) + PARTIAL_SUFFIX
-            if rows != self._per_shard:
-                f = self._fix_header(f, partial, store, shape, rows)
-                checksum = None
-            else:
-                checksum = _npy.checksum_string(self._hashers[name])
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-            if checksum is None:
-                checksum = _npy.file_checksum(partial)
-            final = os.path.join(self._root, rel)
-            os.replace(partial, final)
-            _npy.drop_from_cache(final)
-            self._shards[name].append(ShardInfo(path=rel, bytes=os.path.getsize(final), checksum=checksum))
-        self._shard_rows.append(rows)
-        self._files.clear()
-        self._hashers.clear()
-        self._rows_in_shard = 0
-
-    def _fix_header(self, f, partial: str, store: np.dtype, shape, rows: int):
-        """The last shard holds fewer rows than its header says: rewrite the header."""
-        old = _npy.header_bytes(store, (self._per_shard,) + shape)
-        new = _npy.header_bytes(store, (rows,) + shape)
-        data_bytes = rows * store.itemsize * int(np.prod(shape, dtype=np.int64))
-        f.flush()
-        if len(new) == len(old):
-            f.seek(0)
-            f.write(new)
-            f.truncate(len(new) + data_bytes)
-            return f
-        # The header shrank across a 64-byte boundary: copy the data once.
-        f.close()
-        tmp = partial + ".tmp"
-        with open(partial, "rb") as src, open(tmp, "wb") as dst:
-            src.seek(len(old))
-            dst.write(new)
-            remaining = data_bytes
-            while remaining:
-                block = src.read(min(remaining, _npy.CHUNK_BYTES))
-                dst.write(block)
-                remaining -= len(block)
-        os.replace(tmp, partial)
-        return open(partial, "r+b")
+    total = next(iter(fixed_rows), None)
+    pos, chunk = 0, 1024
+    with ShardWriter(out_dir, shard_size, rows=rows, overwrite=overwrite) as writer, \
+            tqdm(unit=" rows", desc="npyseq write", disable=not progress) as bar:
+        while True:
+            batch = {n: list(itertools.islice(it, chunk)) for n, it in iterators.items()}
+            counts = {n: len(b) for n, b in batch.items()}
+            n = max(counts.values())
+            if len(set(counts.values())) > 1 or (total is not None and n > total - pos):
+                given = dict(counts, **{name: total - pos for name in fixed})
+                raise InvalidArgumentError(
+                    f"all arrays must have the same number of rows; after row {pos} the next rows "
+                    f"were {given} (at most {chunk} read at a time)")
+            if n == 0:
+                break
+            batch.update({name: src.rows(pos, pos + n) for name, src in fixed.items()})
+            writer.append(**batch)
+            pos += n
+            bar.update(n)
+        if total is not None and pos != total:
+            raise InvalidArgumentError(
+                f"all arrays must have the same number of rows: the iterables ended after {pos} rows, "
+                f"the arrays have {total}")
+    return writer.dataset

@@ -1,0 +1,357 @@
+"""Writing a dataset batch by batch: :class:`ShardWriter`.
+
+Rows are streamed into shards as they are appended, following the writing
+protocol of :mod:`npyseq.manifest` (temporary names, fsync, rename, the
+manifest last), with memory bounded by the batch being appended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import xxhash
+
+from npyseq import _npy
+from npyseq.errors import InvalidArgumentError
+from npyseq.manifest import (
+    OFFSETS_DTYPE,
+    PARTIAL_SUFFIX,
+    ArrayInfo,
+    Manifest,
+    ShardInfo,
+    fsync_dir,
+    storage_dtype,
+    write_manifest,
+)
+from npyseq.ragged import check_rows, is_row_list
+from npyseq.writer import (
+    DEFAULT_SHARD_SIZE,
+    _check_name,
+    _disk_full_error,
+    _is_disk_full,
+    _locked,
+    _offsets_path,
+    _prepare_output,
+    _remove_partials,
+    _remove_strays,
+    _rows_per_shard,
+    _shard_path,
+    _swap_in,
+    _write_file,
+    parse_size,
+)
+
+__all__ = ["ShardWriter"]
+
+
+class _Spec:
+    """What one array of a ShardWriter holds: dtypes, row (or element) shape, raggedness."""
+
+    def __init__(self, dtype: np.dtype, shape: tuple[int, ...], ragged: bool, name: str):
+        self.dtype, self.shape, self.ragged = dtype, shape, ragged
+        self.store, self.logical = storage_dtype(dtype, name)
+        self.item_bytes = self.store.itemsize * int(np.prod(shape, dtype=np.int64))
+
+
+class ShardWriter:
+    """Write a dataset batch by batch, e.g. from a preprocessing loop.
+
+    Rows are streamed to disk as they are appended; memory stays bounded by
+    the batch being appended. The manifest is written when the ``with`` block
+    ends without an exception; until then the folder is an incomplete
+    dataset that :func:`npyseq.open_shards` refuses.
+
+    A ragged array (rows of different lengths) is appended as a list of
+    arrays, one per row; its values files stay under ``shard_size`` (a row
+    bigger than that gets a shard of its own).
+
+    Example:
+
+    >>> with npyseq.ShardWriter(tmp / "features", shard_size="64MB") as writer:
+    ...     for i in range(10):
+    ...         writer.append(x=np.full((100, 4), i, "float32"), y=np.full(100, i))
+    >>> len(writer.dataset)
+    1000
+    >>> with npyseq.ShardWriter(tmp / "text") as writer:
+    ...     writer.append(tokens=[np.array([5, 3, 9]), np.array([7])], label=np.array([0, 1]))
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, shard_size: int | str = DEFAULT_SHARD_SIZE,
+                 *, rows: int | None = None, overwrite: bool = False):
+        self._limit = parse_size(shard_size) if rows is None else None  # validated now, not at append
+        self._shard_size, self._rows_arg = shard_size, rows
+        self._root, self._replaces = _prepare_output(os.fspath(out_dir), overwrite)
+        self._lock = _locked(self._root)
+        self._lock.__enter__()
+        self._closed = False
+        self._per_shard = 0
+        self._specs: dict[str, _Spec] = {}
+        self._files: dict[str, Any] = {}
+        self._hashers: dict[str, Any] = {}
+        self._shards: dict[str, list[ShardInfo]] = {}
+        # Ragged arrays: per shard, the values count and offsets file; in the
+        # open shard, the row ends so far.
+        self._values: dict[str, list[int]] = {}
+        self._offset_files: dict[str, list[ShardInfo]] = {}
+        self._ends: dict[str, list[np.ndarray]] = {}
+        self._shard_rows: list[int] = []
+        self._rows_in_shard = 0
+        self.rows = 0
+        self.dataset = None
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def append(self, **arrays: Any) -> None:
+        """Append rows: one keyword per array, each with the same number of rows.
+
+        A fixed array is an array of rows; a ragged array a list of arrays,
+        one per row (the first ``append`` decides which an array is).
+        """
+        if self._closed:
+            raise InvalidArgumentError("append() called on a closed ShardWriter")
+        if not arrays:
+            raise InvalidArgumentError("append() needs at least one array, e.g. append(x=..., y=...)")
+        if not self._specs:
+            arrays = {n: (list(v) if is_row_list(v) else np.asarray(v)) for n, v in arrays.items()}
+            self._start(arrays)
+        if set(arrays) != set(self._specs):
+            raise InvalidArgumentError(
+                f"append() got arrays {sorted(arrays)}, but this writer holds {sorted(self._specs)}"
+            )
+        arrays = {n: self._check(n, v) for n, v in arrays.items()}
+        lengths = {n: len(a) for n, a in arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise InvalidArgumentError(f"append() arrays must have the same number of rows, got {lengths}")
+        n = next(iter(lengths.values()))
+        row_lengths = {name: np.fromiter((len(r) for r in a), np.int64, count=len(a))
+                       for name, a in arrays.items() if self._specs[name].ragged}
+        pos = 0
+        with self._disk_full_guard():
+            while pos < n:
+                if not self._files:
+                    self._open_shard()
+                take = self._rows_that_fit(row_lengths, pos, min(n - pos, self._per_shard - self._rows_in_shard))
+                if take == 0:
+                    self._finish_shard()
+                    continue
+                for name, a in arrays.items():
+                    spec = self._specs[name]
+                    if spec.ragged:
+                        rows = a[pos:pos + take]
+                        data = np.concatenate(rows) if len(rows) > 1 else rows[0]
+                        ends = np.cumsum(row_lengths[name][pos:pos + take]) + self._values_in_shard(name)
+                        self._ends[name].append(ends)
+                    else:
+                        data = a[pos:pos + take]
+                    self._files[name].write(_npy.hash_array_rows(self._hashers[name], data.view(spec.store)))
+                self._rows_in_shard += take
+                pos += take
+                if self._rows_in_shard == self._per_shard:
+                    self._finish_shard()
+        self.rows += n
+
+    def close(self):
+        """Finish the last shard and write the manifest; return the dataset."""
+        if self._closed:
+            return self.dataset
+        if not self._specs:
+            self.abort()
+            raise InvalidArgumentError("ShardWriter closed before any append(); nothing to write")
+        with self._disk_full_guard():
+            if self._files:
+                self._finish_shard()
+            infos = {}
+            for n, spec in self._specs.items():
+                infos[n] = ArrayInfo(dtype=spec.store, shape=spec.shape, shards=tuple(self._shards[n]),
+                                     logical_dtype=spec.logical, ragged=spec.ragged,
+                                     values=tuple(self._values.get(n, ())),
+                                     offsets=tuple(self._offset_files.get(n, ())))
+            manifest = Manifest(rows=self.rows, shard_rows=tuple(self._shard_rows), arrays=infos)
+            for name in self._specs:
+                fsync_dir(os.path.join(self._root, name))
+            _remove_strays(self._root, manifest)
+            write_manifest(self._root, manifest)
+        self._closed = True
+        self._lock.__exit__(None, None, None)
+        root = self._root
+        if self._replaces is not None:
+            _swap_in(self._root, self._replaces)
+            root = self._replaces
+        from npyseq.reader import open_shards
+
+        self.dataset = open_shards(root)
+        return self.dataset
+
+    def abort(self) -> None:
+        """Stop without writing a manifest.
+
+        The shard being written (its ``.partial`` files) is deleted; complete
+        shards stay on disk, and the folder is an incomplete dataset that
+        :func:`npyseq.open_shards` refuses.
+        """
+        if self._closed:
+            return
+        for f in self._files.values():
+            with contextlib.suppress(OSError):  # flushing may fail again on a full disk
+                f.close()
+        self._files.clear()
+        _remove_partials(self._root)
+        self._closed = True
+        self._lock.__exit__(None, None, None)
+
+    @contextlib.contextmanager
+    def _disk_full_guard(self) -> Iterator[None]:
+        """Turn ENOSPC/EDQUOT into DiskFullError, after aborting (no .partial left)."""
+        try:
+            yield
+        except OSError as e:
+            if not _is_disk_full(e):
+                raise
+            self.abort()
+            raise _disk_full_error(self._root, e, self._replaces,
+                                   again="write the dataset again") from None
+
+    # -- internals
+
+    def _start(self, arrays: Mapping[str, Any]) -> None:
+        for n, a in arrays.items():
+            _check_name(n)
+            if isinstance(a, list):
+                rows = check_rows(n, a)
+                self._specs[n] = _Spec(rows[0].dtype, tuple(rows[0].shape[1:]), True, n)
+                self._values[n], self._offset_files[n], self._ends[n] = [], [], []
+            else:
+                if a.ndim == 0:
+                    raise InvalidArgumentError(
+                        f"append(): array {n!r} is a scalar; arrays need a first axis of rows")
+                self._specs[n] = _Spec(a.dtype, tuple(a.shape[1:]), False, n)
+            self._shards[n] = []
+            os.makedirs(os.path.join(self._root, n), exist_ok=True)
+        # Offsets files take 8 bytes a row: they bound a shard's rows like a fixed array.
+        dtypes = {n: (OFFSETS_DTYPE if s.ragged else s.store) for n, s in self._specs.items()}
+        shapes = {n: (() if s.ragged else s.shape) for n, s in self._specs.items()}
+        self._per_shard = _rows_per_shard(self._shard_size, self._rows_arg, dtypes, shapes)
+
+    def _check(self, name: str, value: Any) -> Any:
+        """``value`` as the rows of array ``name``: cast, with the shape checked."""
+        spec = self._specs[name]
+        if spec.ragged:
+            if isinstance(value, np.ndarray) or not isinstance(value, (list, tuple)):
+                raise InvalidArgumentError(
+                    f"append(): array {name!r} is ragged: give its rows as a list of arrays, "
+                    f"got {type(value).__name__}")
+            return check_rows(name, value, spec.dtype, spec.shape)
+        a = np.asarray(value)
+        if a.ndim == 0:
+            raise InvalidArgumentError(f"append(): array {name!r} is a scalar; arrays need a first axis of rows")
+        if a.shape[1:] != spec.shape:
+            raise InvalidArgumentError(
+                f"append(): array {name!r} rows must have shape {spec.shape}, got {a.shape[1:]}"
+            )
+        if a.dtype != spec.dtype:
+            if not np.can_cast(a.dtype, spec.dtype, casting="same_kind"):
+                raise InvalidArgumentError(
+                    f"append(): array {name!r} must have dtype {spec.dtype}, got {a.dtype}"
+                )
+            a = a.astype(spec.dtype)
+        return a
+
+    def _values_in_shard(self, name: str) -> int:
+        ends = self._ends[name]
+        return int(ends[-1][-1]) if ends and len(ends[-1]) else 0
+
+    def _rows_that_fit(self, row_lengths: dict[str, np.ndarray], pos: int, take: int) -> int:
+        """How many of the next ``take`` rows fit in the open shard's values files
+        (at least one in an empty shard)."""
+        if self._limit is None:
+            return take
+        for name, lengths in row_lengths.items():
+            spec = self._specs[name]
+            if spec.item_bytes == 0:
+                continue
+            header = len(_npy.header_bytes(spec.store, (2**40,) + spec.shape))
+            room = (self._limit - header) // spec.item_bytes - self._values_in_shard(name)
+            fit = int(np.searchsorted(np.cumsum(lengths[pos:pos + take]), room, side="right"))
+            take = min(take, fit if self._rows_in_shard or fit else 1)
+        return take
+
+    def _open_shard(self) -> None:
+        k = len(self._shard_rows)
+        for name, spec in self._specs.items():
+            path = os.path.join(self._root, _shard_path(name, k)) + PARTIAL_SUFFIX
+            f = open(path, "wb")
+            # A ragged array's values count is known at the end: its header is rewritten then.
+            header = _npy.header_bytes(spec.store, ((0 if spec.ragged else self._per_shard),) + spec.shape)
+            f.write(header)
+            self._files[name], self._hashers[name] = f, xxhash.xxh3_64(header)
+            if spec.ragged:
+                self._ends[name] = []
+        self._rows_in_shard = 0
+
+    def _finish_shard(self) -> None:
+        k, rows = len(self._shard_rows), self._rows_in_shard
+        for name, spec in self._specs.items():
+            f = self._files[name]
+            rel = _shard_path(name, k)
+            partial = os.path.join(self._root, rel) + PARTIAL_SUFFIX
+            count = self._values_in_shard(name) if spec.ragged else rows
+            if spec.ragged or rows != self._per_shard:
+                written = 0 if spec.ragged else self._per_shard
+                f = _fix_header(f, partial, _npy.header_bytes(spec.store, (written,) + spec.shape),
+                                _npy.header_bytes(spec.store, (count,) + spec.shape), count * spec.item_bytes)
+                checksum = None
+            else:
+                checksum = _npy.checksum_string(self._hashers[name])
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            if checksum is None:
+                checksum = _npy.file_checksum(partial)
+            final = os.path.join(self._root, rel)
+            os.replace(partial, final)
+            _npy.drop_from_cache(final)
+            self._shards[name].append(ShardInfo(path=rel, bytes=os.path.getsize(final), checksum=checksum))
+            if spec.ragged:
+                offsets = np.concatenate([np.zeros(1, OFFSETS_DTYPE)] + self._ends[name]).astype(OFFSETS_DTYPE)
+                self._values[name].append(count)
+                self._offset_files[name].append(_write_file(
+                    self._root, _offsets_path(name, k), _npy.header_bytes(OFFSETS_DTYPE, offsets.shape),
+                    offsets.nbytes, lambda offsets=offsets: iter([offsets]), False, None))
+                self._ends[name] = []
+        self._shard_rows.append(rows)
+        self._files.clear()
+        self._hashers.clear()
+        self._rows_in_shard = 0
+
+
+def _fix_header(f, partial: str, old: bytes, new: bytes, data_bytes: int):
+    """Replace a shard's header (the rows or values count changed); return the open file."""
+    f.flush()
+    if len(new) == len(old):
+        f.seek(0)
+        f.write(new)
+        f.truncate(len(new) + data_bytes)
+        return f
+    # The header changed length across a 64-byte boundary: copy the data once.
+    f.close()
+    tmp = partial + ".tmp"
+    with open(partial, "rb") as src, open(tmp, "wb") as dst:
+        dst.write(new)
+        src.seek(len(old))
+        remaining = data_bytes
+        while remaining:
+            block = src.read(min(remaining, _npy.CHUNK_BYTES))
+            dst.write(block)
+            remaining -= len(block)
+    os.replace(tmp, partial)
+    return open(partial, "r+b")
