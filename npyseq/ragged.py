@@ -206,20 +206,19 @@ def _check_offsets(offsets: np.ndarray, total: int, label: str, values_label: st
     last = int(offsets[0])
     for a in range(0, len(offsets), _CHECK_CHUNK):
         chunk = np.asarray(offsets[a:a + _CHECK_CHUNK], dtype=np.int64)
-        steps = np.diff(chunk, prepend=last)
-        bad = np.flatnonzero(steps < 0)
-        if bad.size:
-            i = a + int(bad[0])
-            raise InvalidArgumentError(
-                f"{label}: offsets must not decrease, but offset {i} is {int(offsets[i])} after "
-                f"{int(offsets[i - 1])} at {i - 1}"
-            )
+        decreasing = np.flatnonzero(np.diff(chunk, prepend=last) < 0)
         past = np.flatnonzero(chunk > total)
-        if past.size:
+        if past.size and (not decreasing.size or past[0] <= decreasing[0]):
             i = a + int(past[0])
             raise InvalidArgumentError(
                 f"{label}: offset {i} is {int(offsets[i])}, past the end of the values "
                 f"({values_label} holds {total})"
+            )
+        if decreasing.size:
+            i = a + int(decreasing[0])
+            raise InvalidArgumentError(
+                f"{label}: offsets must not decrease, but offset {i} is {int(offsets[i])} after "
+                f"{int(offsets[i - 1])} at {i - 1}"
             )
         last = int(chunk[-1])
     if last != total:
