@@ -1,0 +1,365 @@
+"""``keras.utils.PyDataset`` over datasets with ragged (variable-length) arrays: :class:`RaggedSequence`.
+
+A :class:`RaggedSequence` is a :class:`npyseq.ShardSequence` whose ragged
+arrays come out padded per batch, with optional length bucketing
+(:mod:`npyseq.bucketing`). Like :mod:`npyseq.sequence` it imports ``keras``
+only, never a backend, and ``__getitem__`` is NumPy and file I/O alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from npyseq import _watchdog, bucketing
+from npyseq.errors import InvalidArgumentError
+from npyseq.ragged import RaggedArray
+from npyseq.reader import Dataset, ShardedArray
+from npyseq.sequence import _RNG_TAG, ShardSequence, _key, _positive_int
+
+__all__ = ["RaggedSequence"]
+
+_SIDES = ("post", "pre")
+_ARRAYS = (ShardedArray, RaggedArray)
+
+
+class RaggedSequence(ShardSequence):
+    """Batches of a dataset with ragged arrays, each padded to the batch's longest sample.
+
+    Takes every argument of :class:`npyseq.ShardSequence`, with the same
+    meaning; any array of ``x``, ``y`` or ``sample_weight`` may be ragged. A
+    ragged array of element shape ``s`` comes out as one array of shape
+    ``(batch, L) + s``, where ``L`` is the length of the longest sample of
+    the batch (at least 1), rounded up to a multiple of ``pad_to_multiple``,
+    then capped at ``max_length``. Fixed-size arrays come out exactly as
+    from ``ShardSequence``.
+
+    With ``pad_value=0`` the padded batches work with Keras masking
+    (``Embedding(mask_zero=True)``) when 0 is not a real token id. Layers
+    that take an explicit mask get one from ``return_mask=True``.
+
+    Args:
+        padding: ``"post"`` pads after each sample, ``"pre"`` before it.
+        truncating: for samples longer than ``max_length``, ``"post"`` keeps
+            the first ``max_length`` items, ``"pre"`` the last ones.
+        pad_value: the value of padded positions, one for every ragged
+            array or ``{array_name: value}`` (arrays left out pad with 0).
+        max_length: the longest a batch gets; longer samples are truncated.
+            ``None``: no cap.
+        pad_to_multiple: round each batch's length up to a multiple of
+            this (fewer distinct shapes, so fewer retracings under
+            ``jit_compile``); ``max_length`` still caps it.
+        return_mask: add to ``x`` a boolean mask of shape ``(batch, L)``,
+            ``True`` at real (kept) items, for each ragged input.
+        return_lengths: add to ``x`` the int32 kept length of each sample,
+            shape ``(batch,)``, for each ragged input.
+        bucket: group samples of similar lengths into batches (see
+            :mod:`npyseq.bucketing`): pools of ``bucket_pool`` consecutive
+            batches of the ``shuffle`` order are sorted by length and cut
+            into batches, whose order within the pool is shuffled. Every
+            row is still used once per epoch, in an order that depends on
+            ``(seed, epoch)`` only. With ``shuffle=False`` the batches come
+            sorted by length within each pool, so ``predict`` outputs are
+            not in dataset order.
+        bucket_pool: batches per pool. Larger pools pad less and mix less;
+            computing a pool costs ``O(batch_size * bucket_pool)`` in the
+            process that serves its first batch.
+        bucket_by: the ragged array whose lengths bucket the rows (default:
+            the first ragged array of ``x``, ``y``, ``sample_weight``); it
+            need not be an input.
+
+    Where the mask and lengths go, for ``return_mask``/``return_lengths``:
+
+    - ``x="tokens"`` (one array): ``x`` becomes the tuple ``(tokens, mask)``,
+      ``(tokens, lengths)`` or ``(tokens, mask, lengths)``: a model with
+      ``inputs=[tokens_in, mask_in]``.
+    - ``x=["a", "b"]``: the inputs, then the masks of the ragged ones, then
+      their lengths, in order.
+    - ``x={"tokens": "tok", ...}``: extra keys ``"tokens_mask"`` and
+      ``"tokens_lengths"`` (named after the input, not the array).
+
+    Example:
+
+    >>> ds = npyseq.open_shards("data/reviews")     # "tokens" ragged, "label" fixed
+    >>> seq = npyseq.RaggedSequence(ds, x="tokens", y="label", batch_size=64,
+    ...                             shuffle="global", bucket=True, max_length=512)
+    >>> model = keras.Sequential([
+    ...     keras.Input((None,), dtype="int32"),
+    ...     keras.layers.Embedding(vocab_size, 64, mask_zero=True),
+    ...     keras.layers.LSTM(64),
+    ...     keras.layers.Dense(1, activation="sigmoid")])
+    >>> model.compile("adam", "binary_crossentropy")
+    >>> model.fit(seq, epochs=3, shuffle=False)   # the sequence shuffles itself
+
+    Memory and cost: each process that pads or buckets keeps the lengths of
+    every row of the arrays it reads (``RaggedArray.lengths``: 8 bytes per
+    row, read once from the offsets files), plus its last few sorted pools
+    (8 bytes per row of a pool). Computing a pool takes about 1 ms per 6,400
+    rows under ``shuffle="global"``; consecutive batches share a pool, but
+    ``fit(shuffle=True)``, Keras' default, asks for batches in random order,
+    so pass ``shuffle=False`` to ``fit`` and let the sequence shuffle.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset | str | os.PathLike,
+        x: Any,
+        y: Any = None,
+        sample_weight: Any = None,
+        *,
+        batch_size: int = 32,
+        shuffle: bool | str = False,
+        seed: int = 0,
+        block_size: int | None = None,
+        drop_remainder: bool = False,
+        transform: Callable | None = None,
+        dtype: Any = None,
+        workers: int = 1,
+        use_multiprocessing: bool = False,
+        max_queue_size: int = 10,
+        padding: str = "post",
+        truncating: str = "post",
+        pad_value: Any = 0,
+        max_length: int | None = None,
+        pad_to_multiple: int | None = None,
+        return_mask: bool = False,
+        return_lengths: bool = False,
+        bucket: bool = False,
+        bucket_pool: int = bucketing.DEFAULT_BUCKET_POOL,
+        bucket_by: str | None = None,
+        _rows: tuple[int, int] | None = None,
+    ):
+        for name, side in (("padding", padding), ("truncating", truncating)):
+            if side not in _SIDES:
+                raise InvalidArgumentError(f"{name} must be 'post' or 'pre', got {side!r}")
+        self.padding, self.truncating = padding, truncating
+        self.max_length = None if max_length is None else _positive_int(max_length, "max_length")
+        self.pad_to_multiple = (None if pad_to_multiple is None
+                                else _positive_int(pad_to_multiple, "pad_to_multiple"))
+        for name, flag in (("return_mask", return_mask), ("return_lengths", return_lengths), ("bucket", bucket)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise InvalidArgumentError(f"{name} must be True or False, got {flag!r}")
+        self.return_mask, self.return_lengths, self.bucket = bool(return_mask), bool(return_lengths), bool(bucket)
+        self.bucket_pool = _positive_int(bucket_pool, "bucket_pool")
+        if bucket_by is not None and not bucket:
+            raise InvalidArgumentError(f"bucket_by={bucket_by!r} needs bucket=True")
+        super().__init__(
+            dataset, x, y, sample_weight, batch_size=batch_size, shuffle=shuffle, seed=seed,
+            block_size=block_size, drop_remainder=drop_remainder, transform=transform, dtype=dtype,
+            workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size,
+            _rows=_rows,
+        )
+        ragged = [a for a in self._leaves() if isinstance(a, RaggedArray)]
+        if not ragged:
+            raise InvalidArgumentError(
+                f"RaggedSequence needs a ragged array among x, y and sample_weight, got only fixed-size "
+                f"arrays {sorted({a.name for a in self._leaves()})}; use npyseq.ShardSequence for those"
+            )
+        self._pad_values = _resolve_pad_values(pad_value, ragged)
+        self._bucket_key = self._resolve_bucket_by(bucket_by, ragged) if bucket else None
+        self._check_extras()
+        self._options.update(
+            padding=padding, truncating=truncating, pad_value=pad_value, max_length=max_length,
+            pad_to_multiple=pad_to_multiple, return_mask=return_mask, return_lengths=return_lengths,
+            bucket=bucket, bucket_pool=bucket_pool, bucket_by=bucket_by,
+        )
+
+    # -- structure of a batch
+
+    def _resolve(self, spec: Any, what: str) -> Any:
+        if isinstance(spec, _ARRAYS):
+            return spec
+        return super()._resolve(spec, what)
+
+    def _leaves(self) -> list:
+        out = []
+        for spec in (self._x, self._y, self._w):
+            if spec is not None:
+                out.extend(_flatten(spec))
+        return out
+
+    def _resolve_bucket_by(self, bucket_by: Any, ragged: list) -> RaggedArray:
+        if bucket_by is None:
+            return ragged[0]
+        if not isinstance(bucket_by, str) or bucket_by not in self.dataset:
+            raise InvalidArgumentError(
+                f"bucket_by must name a ragged array of the dataset at {self.dataset.path} "
+                f"({self.dataset.names}), got {bucket_by!r}"
+            )
+        array = self.dataset[bucket_by]
+        if not isinstance(array, RaggedArray):
+            raise InvalidArgumentError(
+                f"bucket_by={bucket_by!r} is a fixed-size array (every row has shape {array.shape[1:]}); "
+                "bucketing needs a ragged array to take lengths from"
+            )
+        return array
+
+    def _check_extras(self) -> None:
+        """Check that ``return_mask``/``return_lengths`` have somewhere to go."""
+        if not (self.return_mask or self.return_lengths):
+            return
+        what = "return_mask" if self.return_mask else "return_lengths"
+        x = self._x
+        entries = x.values() if isinstance(x, dict) else x if isinstance(x, tuple) else [x]
+        if not all(isinstance(v, _ARRAYS) for v in entries):
+            raise InvalidArgumentError(
+                f"{what} needs x to be an array name, a list of names or a dict of names, not a nested structure"
+            )
+        if not any(isinstance(a, RaggedArray) for a in _flatten(x)):
+            names = [a.name for a in _flatten(x)]
+            raise InvalidArgumentError(f"{what}=True but no array of x is ragged: x reads {names}")
+        if isinstance(x, dict):
+            for name, array in x.items():
+                for suffix, on in (("_mask", self.return_mask), ("_lengths", self.return_lengths)):
+                    if on and isinstance(array, RaggedArray) and name + suffix in x:
+                        raise InvalidArgumentError(
+                            f"{what}: x already has an input named {name + suffix!r}, where the "
+                            f"{suffix[1:]} of {name!r} would go; rename that input"
+                        )
+
+    def _batch_length(self, longest: int) -> int:
+        length = max(int(longest), 1)  # a time axis of 0 breaks most layers
+        if self.pad_to_multiple is not None:
+            length = -(-length // self.pad_to_multiple) * self.pad_to_multiple
+        if self.max_length is not None:
+            length = min(length, self.max_length)
+        return length
+
+    # -- Keras PyDataset API
+
+    def batch_rows(self, index: int, epoch: int | None = None) -> np.ndarray:
+        """Dataset row indices of batch ``index`` of ``epoch`` (default: the current epoch)."""
+        if not self.bucket:
+            return super().batch_rows(index, epoch)
+        epoch = self.epoch if epoch is None else epoch
+        args = (self.num_rows, self.batch_size)
+        options = dict(bucket_pool=self.bucket_pool, shuffle=self.shuffle, seed=self.seed, epoch=epoch,
+                       drop_remainder=self.drop_remainder)
+        pool, slot = bucketing.locate(*args, index, **options)
+        ordered = _sorted_pool(self._bucket_key, self._start, *args, pool, block_size=self.block_size, **options)
+        return np.sort(ordered[slot * self.batch_size:(slot + 1) * self.batch_size]) + self._start
+
+    def __getitem__(self, index: int):
+        if self._pid != os.getpid():  # first batch in a worker process of Keras' pool
+            _watchdog.prepare_worker()
+            self._pid = os.getpid()
+        if isinstance(index, (int, np.integer)) and not isinstance(index, bool) and index < 0:
+            index += self.num_batches
+        epoch = self.epoch
+        rows = self.batch_rows(index, epoch)
+        values: dict[tuple[str, str], np.ndarray] = {}
+        kept: dict[tuple[str, str], np.ndarray] = {}
+
+        def read(array) -> np.ndarray:
+            key = _key(array)
+            if key not in values:
+                if isinstance(array, RaggedArray):
+                    data, kept[key] = self._read_ragged(array, rows)
+                else:
+                    data = self._read_fixed(array, rows)
+                target = self._dtypes.get(key)
+                values[key] = data if target is None or data.dtype == target else data.astype(target)
+            return values[key]
+
+        batch = (self._with_extras(_build(self._x, read), kept),)
+        if self._y is not None:
+            batch += (_build(self._y, read),)
+        if self._w is not None:
+            batch += (_build(self._w, read),)
+        if self.transform is not None:
+            seq = np.random.SeedSequence([self.seed & (2**64 - 1), epoch, int(index), _RNG_TAG])
+            batch = self.transform(batch, np.random.default_rng(seq))
+        return batch
+
+    def _read_fixed(self, array: ShardedArray, rows: np.ndarray) -> np.ndarray:
+        shape = (len(rows),) + array.shape[1:]
+        out = self._pool.empty(int(np.prod(shape)) * array.dtype.itemsize).view(array.dtype).reshape(shape)
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+            return array.read(int(rows[0]), int(rows[-1]) + 1, out=out)
+        return array.take(rows, out=out)
+
+    def _read_ragged(self, array: RaggedArray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(padded, kept lengths)`` of ``rows``, padded into a reused buffer."""
+        length = self._batch_length(array.lengths(rows).max(initial=0))
+        shape = (len(rows), length) + tuple(array.element_shape)
+        out = self._pool.empty(int(np.prod(shape)) * array.dtype.itemsize).view(array.dtype).reshape(shape)
+        return array.padded(rows, length=length, pad_value=self._pad_values.get(array.name, 0),
+                            padding=self.padding, truncating=self.truncating, out=out)
+
+    def _with_extras(self, x: Any, kept: dict) -> Any:
+        """``x`` with the masks and lengths of its ragged inputs added (see the class docstring)."""
+        if not (self.return_mask or self.return_lengths):
+            return x
+        if isinstance(self._x, dict):
+            out = dict(x)
+            for name, array in self._x.items():
+                if isinstance(array, RaggedArray):
+                    lengths = kept[_key(array)]
+                    if self.return_mask:
+                        out[name + "_mask"] = self._mask(lengths, x[name].shape[1])
+                    if self.return_lengths:
+                        out[name + "_lengths"] = lengths.astype(np.int32)
+            return out
+        single = isinstance(self._x, _ARRAYS)
+        arrays, inputs = ((self._x,), (x,)) if single else (self._x, x)
+        ragged = [(array, value) for array, value in zip(arrays, inputs) if isinstance(array, RaggedArray)]
+        masks = [self._mask(kept[_key(a)], v.shape[1]) for a, v in ragged] if self.return_mask else []
+        lengths = [kept[_key(a)].astype(np.int32) for a, _ in ragged] if self.return_lengths else []
+        return tuple(inputs) + tuple(masks) + tuple(lengths)
+
+    def _mask(self, lengths: np.ndarray, length: int) -> np.ndarray:
+        positions = np.arange(length)
+        if self.padding == "post":
+            return positions < lengths[:, None]
+        return positions >= (length - lengths)[:, None]
+
+    def __repr__(self) -> str:
+        bucket = f" bucket_pool={self.bucket_pool} bucket_by={self._bucket_key.name!r}" if self.bucket else ""
+        return (f"<npyseq.RaggedSequence rows [{self._start}, {self._stop}) of {self.dataset.path!r} "
+                f"batch_size={self.batch_size} shuffle={self.shuffle!r} seed={self.seed} "
+                f"epoch={self.epoch} batches={self.num_batches}{bucket}>")
+
+
+# Pools of the last few batches asked for; a pool serves bucket_pool batches,
+# which come one after another unless fit(shuffle=True) reorders them.
+@functools.lru_cache(maxsize=8)
+def _sorted_pool(key: RaggedArray, start: int, rows: int, batch_size: int, pool: int, *,
+                 bucket_pool: int, shuffle: Any, seed: int, epoch: int, block_size: int | None,
+                 drop_remainder: bool) -> np.ndarray:
+    """Rows of ``pool`` (relative to ``start``), stable-sorted by their lengths in ``key``."""
+    members = bucketing.pool_rows(rows, batch_size, pool, bucket_pool=bucket_pool, shuffle=shuffle, seed=seed,
+                                  epoch=epoch, block_size=block_size, drop_remainder=drop_remainder)
+    return bucketing.sort_by_length(members, key.lengths(members + start))
+
+
+def _resolve_pad_values(pad_value: Any, ragged: list) -> dict[str, Any]:
+    names = sorted({a.name for a in ragged})
+    if isinstance(pad_value, Mapping):
+        unknown = sorted(set(pad_value) - set(names))
+        if unknown:
+            raise InvalidArgumentError(f"pad_value: {unknown} are not ragged arrays this sequence reads ({names})")
+        values = dict(pad_value)
+    else:
+        values = {name: pad_value for name in names}
+    for name, value in values.items():
+        if not np.isscalar(value) or isinstance(value, (str, bytes)):
+            raise InvalidArgumentError(f"pad_value of {name!r} must be a number, got {value!r:.80}")
+    return values
+
+
+def _flatten(spec: Any) -> list:
+    if isinstance(spec, _ARRAYS):
+        return [spec]
+    parts = spec.values() if isinstance(spec, dict) else spec
+    return [leaf for part in parts for leaf in _flatten(part)]
+
+
+def _build(spec: Any, read: Callable[[Any], np.ndarray]) -> Any:
+    if isinstance(spec, _ARRAYS):
+        return read(spec)
+    if isinstance(spec, dict):
+        return {k: _build(v, read) for k, v in spec.items()}
+    return tuple(_build(v, read) for v in spec)
