@@ -2,10 +2,11 @@
 
 Shards are opened lazily (read-only) and kept in a bounded LRU cache, so a
 dataset of ten thousand shards never runs out of file descriptors. Indexing
-returns ordinary in-memory arrays (copies): each run of consecutive rows is
-one ``pread`` straight into the output array, and scattered tiny rows are
-gathered through a read-only memmap, one vectorized numpy operation per shard
-touched, never a Python loop per row.
+returns ordinary in-memory arrays (copies), never with a Python loop per row:
+when the data fits in memory, rows are gathered out of read-only memory maps
+with one ``np.take`` per shard touched; otherwise each run of consecutive rows
+is one ``pread`` straight into the output array (and scattered tiny rows are
+gathered through a memory map).
 
 A dataset pickles as its path and the checksum of its manifest (a few hundred
 bytes whatever its size, never its data) and reopens lazily in the receiving
@@ -305,21 +306,23 @@ class Dataset:
 
 
 class _OpenShard:
-    """An open shard file: ``pread`` for runs of rows, a memmap for scattered tiny rows.
+    """An open shard file: a read-only memory map, or a descriptor for ``pread``.
 
-    Reads go through ``pread`` into the output array rather than through a
-    memory map: the page cache pages then stay unmapped, so the kernel can
-    reclaim them cheaply. Under a memory cap smaller than the data, reading
-    shuffled rows through a mapping made the kernel unmap pages on every
-    fault (measured 20x slower; see README, "Design").
+    Data that fits in memory is copied out of memory maps (the fastest from a
+    warm page cache). Larger data is read with ``pread`` into the output array
+    (and a memory map only for scattered tiny rows): the page cache pages then
+    stay unmapped, so the kernel can reclaim them cheaply. Under a memory cap
+    smaller than the data, reading shuffled rows through a mapping made the
+    kernel unmap pages on every fault (measured 20x slower; see README,
+    "Design").
     """
 
     def __init__(self, path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype, mapped: bool):
         self.path, self.offset, self.shape, self.dtype = path, offset, shape, dtype
-        self._memmap = None
+        self._array = None
         if mapped:  # reads copy out of the map; it holds the only descriptor
             self.fd = None
-            self.memmap  # noqa: B018 - open it now, while the file is known to be valid
+            self.array  # noqa: B018 - map it now, while the file is known to be valid
         else:
             self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
 
@@ -329,11 +332,17 @@ class _OpenShard:
             os.close(fd)
 
     @property
-    def memmap(self) -> np.ndarray:
-        if self._memmap is None:
-            self._memmap = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset,
-                                     shape=self.shape)
-        return self._memmap
+    def array(self) -> np.ndarray:
+        """The shard's rows in a read-only memory map, mapped on first use.
+
+        A plain ``ndarray`` view of the ``np.memmap`` (which it keeps alive):
+        slicing a memmap runs its Python-level ``__array_finalize__``, which
+        cost more than copying the short runs of a shuffled batch.
+        """
+        if self._array is None:
+            self._array = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset,
+                                    shape=self.shape).view(np.ndarray)
+        return self._array
 
     def pread(self, dest: np.ndarray, row: int, row_bytes: int) -> None:
         """Fill ``dest`` (contiguous uint8) with the bytes of rows from ``row`` on."""
@@ -492,7 +501,7 @@ class ShardedArray:
             hi, first = min(stop, int(offsets[k + 1])), int(offsets[k])
             shard = self._ds._shard(self.name, k)
             if self._ds._map_reads:
-                out[pos - start:hi - start] = shard.memmap[pos - first:hi - first]
+                out[pos - start:hi - start] = shard.array[pos - first:hi - first]
             else:
                 shard.pread(raw[(pos - start) * row_bytes:(hi - start) * row_bytes], pos - first, row_bytes)
             pos, k = hi, k + 1
@@ -501,19 +510,63 @@ class ShardedArray:
     def take(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Rows at ``indices`` (non-negative int64, in range), copied, in that order.
 
-        Indices are sorted and grouped by shard; each run of consecutive rows
-        is one ``pread`` (with a read-ahead hint for all the runs of a shard
-        first), and scattered tiny rows are gathered through a memmap.
+        When the data fits in memory (``read="mmap"``, or ``"auto"``), rows
+        are gathered out of the shards' memory maps, one ``np.take`` per shard
+        touched. Otherwise (``read="pread"``) indices are sorted and grouped
+        by shard, and each run of consecutive rows is one ``pread`` (with a
+        read-ahead hint for all the runs of a shard first); scattered tiny
+        rows are still gathered through a memory map.
 
         ``out``: an optional C-contiguous array of ``len(indices)`` rows of
         this array's dtype and row shape to read into (and return), to reuse
         buffers across batches.
         """
         indices = np.asarray(indices, dtype=np.int64)
-        n, row_bytes = len(indices), self._info.row_bytes
+        n = len(indices)
         out, raw = self._empty(n, out)
-        if n == 0 or row_bytes == 0:
+        if n == 0 or self._info.row_bytes == 0:
             return out.view(self.dtype)
+        if self._ds._map_reads:
+            self._gather(indices, out)
+        else:
+            self._pread_rows(indices, out, raw)
+        return out.view(self.dtype)
+
+    def _take_from(self, k: int, indices: np.ndarray, out: np.ndarray) -> None:
+        """Copy the rows at ``indices`` (all in shard ``k``) into ``out``, in that order."""
+        first = int(self._ds._offsets[k])
+        local = indices - first if first else indices
+        # mode="clip": the indices are known to be in range, and with the
+        # default "raise" numpy gathers into a temporary, then copies it.
+        np.take(self._ds._shard(self.name, k).array, local, axis=0, out=out, mode="clip")
+
+    def _gather(self, indices: np.ndarray, out: np.ndarray) -> None:
+        """Copy the rows at ``indices`` into ``out`` out of the shards' memory maps."""
+        offsets = self._ds._offsets
+        first, last = (np.searchsorted(offsets, [indices.min(), indices.max()], side="right") - 1).tolist()
+        if first == last:  # one shard: all but the batches that straddle two
+            self._take_from(first, indices, out)
+            return
+        if np.all(indices[1:] >= indices[:-1]):
+            order, target = None, out
+            # Where the rows of each shard after the first start.
+            cuts = np.searchsorted(indices, offsets[first + 1:last + 1]).tolist()
+        else:
+            # Group the rows by shard (keeping their order within each), gather
+            # them shard by shard, then put them back in the requested order.
+            shard_of = np.searchsorted(offsets, indices, side="right") - 1
+            order = np.argsort(shard_of, kind="stable")
+            indices, target = indices[order], np.empty_like(out)
+            cuts = np.searchsorted(shard_of[order], np.arange(first + 1, last + 1)).tolist()
+        for k, a, b in zip(range(first, last + 1), [0] + cuts, cuts + [len(indices)]):
+            if a < b:
+                self._take_from(k, indices[a:b], target[a:b])
+        if order is not None:
+            out[order] = target
+
+    def _pread_rows(self, indices: np.ndarray, out: np.ndarray, raw: np.ndarray) -> None:
+        """Read the rows at ``indices`` into ``out`` (flat bytes ``raw``), one ``pread`` per run."""
+        n, row_bytes = len(indices), self._info.row_bytes
         offsets = self._ds._offsets
         is_sorted = bool(np.all(indices[1:] >= indices[:-1]))
         order = None if is_sorted else np.argsort(indices, kind="stable")
@@ -528,23 +581,17 @@ class ShardedArray:
             breaks = np.flatnonzero(np.diff(local) != 1) + 1
             runs = len(breaks) + 1
             if runs > 8 and (hi - lo) * row_bytes < runs * _MIN_RUN_BYTES:
-                target[lo:hi] = shard.memmap[local]  # many tiny runs: one vectorized gather
+                # Many tiny runs: one vectorized gather out of a memory map.
+                np.take(shard.array, local, axis=0, out=target[lo:hi], mode="clip")
                 continue
             starts = np.concatenate(([0], breaks))
             counts = np.diff(np.concatenate((starts, [hi - lo])))
-            if self._ds._map_reads:
-                mm = shard.memmap
-                for a, c in zip(starts.tolist(), counts.tolist()):
-                    first = int(local[a])
-                    target[lo + a:lo + a + c] = mm[first:first + c]
-                continue
             if runs > 1:
                 shard.will_need(local[starts], counts, row_bytes)
             for a, c in zip(starts.tolist(), counts.tolist()):
                 shard.pread(buf[(lo + a) * row_bytes:(lo + a + c) * row_bytes], int(local[a]), row_bytes)
         if order is not None:
             out[order] = target
-        return out.view(self.dtype)
 
 
 def _array_of(dataset: Dataset, name: str) -> ShardedArray:
