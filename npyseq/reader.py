@@ -16,6 +16,7 @@ forkserver workers.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import os
 import threading
@@ -169,6 +170,7 @@ class Dataset:
         self._map_reads = read == "mmap" or (
             read == "auto" and manifest.nbytes <= memory_budget() // 2)
         self._offsets = shard_offsets(manifest.shard_rows)
+        self._starts = self._offsets.tolist()  # the same, to bisect per batch without numpy
         self._arrays = {}
         for n, info in manifest.arrays.items():
             try:
@@ -494,11 +496,11 @@ class ShardedArray:
         row_bytes = self._info.row_bytes
         if row_bytes == 0:
             return out.view(self.dtype)
-        offsets = self._ds._offsets
-        k = int(np.searchsorted(offsets, start, side="right")) - 1
+        offsets = self._ds._starts
+        k = bisect.bisect_right(offsets, start) - 1
         pos = start
         while pos < stop:
-            hi, first = min(stop, int(offsets[k + 1])), int(offsets[k])
+            hi, first = min(stop, offsets[k + 1]), offsets[k]
             shard = self._ds._shard(self.name, k)
             if self._ds._map_reads:
                 out[pos - start:hi - start] = shard.array[pos - first:hi - first]
@@ -534,7 +536,7 @@ class ShardedArray:
 
     def _take_from(self, k: int, indices: np.ndarray, out: np.ndarray) -> None:
         """Copy the rows at ``indices`` (all in shard ``k``) into ``out``, in that order."""
-        first = int(self._ds._offsets[k])
+        first = self._ds._starts[k]
         local = indices - first if first else indices
         # mode="clip": the indices are known to be in range, and with the
         # default "raise" numpy gathers into a temporary, then copies it.
@@ -543,11 +545,14 @@ class ShardedArray:
     def _gather(self, indices: np.ndarray, out: np.ndarray) -> None:
         """Copy the rows at ``indices`` into ``out`` out of the shards' memory maps."""
         offsets = self._ds._offsets
-        first, last = (np.searchsorted(offsets, [indices.min(), indices.max()], side="right") - 1).tolist()
+        is_sorted = bool(np.all(indices[1:] >= indices[:-1]))
+        lo, hi = (indices[0], indices[-1]) if is_sorted else (indices.min(), indices.max())
+        first = bisect.bisect_right(self._ds._starts, int(lo)) - 1
+        last = bisect.bisect_right(self._ds._starts, int(hi)) - 1
         if first == last:  # one shard: all but the batches that straddle two
             self._take_from(first, indices, out)
             return
-        if np.all(indices[1:] >= indices[:-1]):
+        if is_sorted:
             order, target = None, out
             # Where the rows of each shard after the first start.
             cuts = np.searchsorted(indices, offsets[first + 1:last + 1]).tolist()
