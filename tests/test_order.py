@@ -155,3 +155,12 @@ def test_tabulated_and_computed_feistel_agree(bits, seed, inverse, data):
     network = order._TabulatedFeistel(keys, bits, inverse)
     assert np.array_equal(network(xs.astype(network.dtype)), expected)
     assert [network.one(int(x)) for x in xs] == expected.tolist()
+
+
+@pytest.mark.parametrize("n", [5000, order._ROW_TABLE_MAX])
+def test_global_batches_from_the_row_table_equal_permute(n):
+    bs = 256
+    for b in (0, 7, order.num_batches(n, bs) - 1):
+        positions = np.arange(b * bs, min(n, (b + 1) * bs))
+        expected = np.sort(order.permute(positions, n, 3, 2, order._MODE_TAGS["global"]))
+        assert np.array_equal(order.batch_indices(n, bs, b, shuffle="global", seed=3, epoch=2), expected)
