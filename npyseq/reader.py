@@ -20,7 +20,7 @@ import bisect
 import collections
 import os
 import threading
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import xxhash
@@ -264,6 +264,29 @@ class Dataset:
             )
         return path, offset
 
+    def _locate(self, indices: np.ndarray) -> "_Located":
+        """Which shard holds each of ``indices`` (non-negative int64, in range, not empty)."""
+        is_sorted = bool(np.all(indices[1:] >= indices[:-1]))
+        lo, hi = (indices[0], indices[-1]) if is_sorted else (indices.min(), indices.max())
+        first = bisect.bisect_right(self._starts, int(lo)) - 1
+        last = bisect.bisect_right(self._starts, int(hi)) - 1
+        if first == last:  # one shard: all but the batches that straddle two
+            return _Located(None, [(first, 0, len(indices), indices - self._starts[first])])
+        offsets, order = self._offsets, None
+        if is_sorted:
+            # Where the rows of each shard after the first start.
+            cuts = np.searchsorted(indices, offsets[first + 1:last + 1]).tolist()
+        else:
+            # Group the rows by shard, keeping their order within each; they
+            # are gathered shard by shard, then put back in the requested order.
+            shard_of = np.searchsorted(offsets, indices, side="right") - 1
+            order = np.argsort(shard_of, kind="stable")
+            indices = indices[order]
+            cuts = np.searchsorted(shard_of[order], np.arange(first + 1, last + 1)).tolist()
+        parts = [(k, a, b, indices[a:b] - self._starts[k])
+                 for k, a, b in zip(range(first, last + 1), [0] + cuts, cuts + [len(indices)]) if a < b]
+        return _Located(order, parts)
+
     def _shard(self, name: str, k: int) -> "_OpenShard":
         """Shard ``k`` of array ``name``, opened (and checked) on first use."""
         if self._pid != os.getpid():  # forked: locks may be held by dead threads
@@ -305,6 +328,17 @@ class Dataset:
             self._hashed.add((name, k))
         shape = (self.manifest.shard_rows[k],) + info.shape
         return _OpenShard(path, offset, shape, info.dtype, mapped=self._map_reads)
+
+
+class _Located(NamedTuple):
+    """Rows located in shards: ``parts`` of ``(shard, a, b, local indices)``.
+
+    Rows ``a:b`` of the (grouped) result come from shard ``shard``; ``order``,
+    if not None, is where each grouped row goes in the requested order.
+    """
+
+    order: np.ndarray | None
+    parts: list[tuple[int, int, int, np.ndarray]]
 
 
 class _OpenShard:
@@ -523,51 +557,34 @@ class ShardedArray:
         this array's dtype and row shape to read into (and return), to reuse
         buffers across batches.
         """
-        indices = np.asarray(indices, dtype=np.int64)
+        return self._take(np.asarray(indices, dtype=np.int64), out)
+
+    def _take(self, indices: np.ndarray, out: np.ndarray | None = None,
+              located: "_Located | None" = None) -> np.ndarray:
+        """:meth:`take` of int64 ``indices``; ``located``: ``dataset._locate(indices)`` if known.
+
+        Arrays of one dataset share their shard boundaries, so the batches of
+        a :class:`~npyseq.ShardSequence` locate their rows once for all arrays.
+        """
         n = len(indices)
         out, raw = self._empty(n, out)
         if n == 0 or self._info.row_bytes == 0:
             return out.view(self.dtype)
         if self._ds._map_reads:
-            self._gather(indices, out)
+            self._gather(located or self._ds._locate(indices), out)
         else:
             self._pread_rows(indices, out, raw)
         return out.view(self.dtype)
 
-    def _take_from(self, k: int, indices: np.ndarray, out: np.ndarray) -> None:
-        """Copy the rows at ``indices`` (all in shard ``k``) into ``out``, in that order."""
-        first = self._ds._starts[k]
-        local = indices - first if first else indices
-        # mode="clip": the indices are known to be in range, and with the
-        # default "raise" numpy gathers into a temporary, then copies it.
-        np.take(self._ds._shard(self.name, k).array, local, axis=0, out=out, mode="clip")
-
-    def _gather(self, indices: np.ndarray, out: np.ndarray) -> None:
-        """Copy the rows at ``indices`` into ``out`` out of the shards' memory maps."""
-        offsets = self._ds._offsets
-        is_sorted = bool(np.all(indices[1:] >= indices[:-1]))
-        lo, hi = (indices[0], indices[-1]) if is_sorted else (indices.min(), indices.max())
-        first = bisect.bisect_right(self._ds._starts, int(lo)) - 1
-        last = bisect.bisect_right(self._ds._starts, int(hi)) - 1
-        if first == last:  # one shard: all but the batches that straddle two
-            self._take_from(first, indices, out)
-            return
-        if is_sorted:
-            order, target = None, out
-            # Where the rows of each shard after the first start.
-            cuts = np.searchsorted(indices, offsets[first + 1:last + 1]).tolist()
-        else:
-            # Group the rows by shard (keeping their order within each), gather
-            # them shard by shard, then put them back in the requested order.
-            shard_of = np.searchsorted(offsets, indices, side="right") - 1
-            order = np.argsort(shard_of, kind="stable")
-            indices, target = indices[order], np.empty_like(out)
-            cuts = np.searchsorted(shard_of[order], np.arange(first + 1, last + 1)).tolist()
-        for k, a, b in zip(range(first, last + 1), [0] + cuts, cuts + [len(indices)]):
-            if a < b:
-                self._take_from(k, indices[a:b], target[a:b])
-        if order is not None:
-            out[order] = target
+    def _gather(self, located: "_Located", out: np.ndarray) -> None:
+        """Copy the rows ``located`` into ``out`` out of the shards' memory maps."""
+        target = out if located.order is None else np.empty_like(out)
+        for k, a, b, local in located.parts:
+            # mode="clip": the indices are known to be in range, and with the
+            # default "raise" numpy gathers into a temporary, then copies it.
+            np.take(self._ds._shard(self.name, k).array, local, axis=0, out=target[a:b], mode="clip")
+        if located.order is not None:
+            out[located.order] = target
 
     def _pread_rows(self, indices: np.ndarray, out: np.ndarray, raw: np.ndarray) -> None:
         """Read the rows at ``indices`` into ``out`` (flat bytes ``raw``), one ``pread`` per run."""

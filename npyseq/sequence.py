@@ -273,6 +273,7 @@ class ShardSequence(keras.utils.PyDataset):
         # Rows in one range (dataset order, "batches" mode) are read as slices.
         span = (int(rows[0]), int(rows[-1]) + 1) if n and rows[-1] - rows[0] + 1 == n else None
         cache: dict[tuple[str, str], np.ndarray] = {}
+        located = {}  # id of a dataset -> where the rows are in its shards, for all its arrays
 
         def read(array: ShardedArray) -> np.ndarray:
             key = _key(array)
@@ -280,7 +281,13 @@ class ShardSequence(keras.utils.PyDataset):
             if data is None:
                 out = self._pool.empty(n * array._info.row_bytes)
                 out = out.view(array.dtype).reshape((n,) + array.shape[1:])
-                data = array.read(*span, out=out) if span else array.take(rows, out=out)
+                if span:
+                    data = array.read(*span, out=out)
+                else:
+                    ds = array.dataset
+                    if ds._map_reads and n and id(ds) not in located:
+                        located[id(ds)] = ds._locate(rows)
+                    data = array._take(rows, out, located.get(id(ds)))
                 target = self._dtypes.get(key)
                 if target is not None and data.dtype != target:
                     data = data.astype(target)
