@@ -4,7 +4,8 @@ Nothing here holds state, so any batch of any epoch can be computed in any
 process, in any order, and resuming mid-epoch is arithmetic. No function
 allocates memory proportional to the dataset: shuffles are keyed bijections
 (a Feistel network with cycle walking) evaluated only at the positions a batch
-needs, so shuffling a billion rows costs nothing up front.
+needs, so shuffling a billion rows costs nothing up front (the network's
+round functions are tabulated once per epoch: under 1 MB for a billion rows).
 
 Shuffle modes (``shuffle=`` of :class:`npyseq.ShardSequence`):
 
@@ -158,23 +159,104 @@ def _feistel_int(x: int, keys: list[int], bits: int, inverse: bool) -> int:
     return x
 
 
-def _walk(x: np.ndarray, n: int, keys: np.ndarray, inverse: bool) -> np.ndarray:
-    """Cycle walking: apply the Feistel permutation until every value is < n."""
+# Domains of up to 2**32 values get their round functions tabulated (see
+# _TabulatedFeistel); larger ones compute them.
+_TABULATED_BITS = 32
+
+
+class _TabulatedFeistel:
+    """:func:`_feistel` (and :func:`_feistel_int`) for one key and domain, rounds tabulated.
+
+    A round's function only ever sees the round's low part, at most
+    ``ceil(bits / 2)`` bits, so it can be evaluated once over all its inputs
+    (6 tables of at most 2**16 entries: 1.5 MB for a domain of 2**32, 12 KB
+    for 10**5 rows). The table also folds in the round's shifts: with ``F``
+    below ``2**a``, a forward round ``(lo << a) | (hi ^ F(lo))`` is
+    ``U[lo] ^ hi`` with ``U[v] = (v << a) | F(v)``, and an inverse round
+    ``((r ^ F(lo)) << b) | lo`` is ``V[lo] ^ (r << b)`` with
+    ``V[v] = (F(v) << b) | v``. A round is then 4 numpy operations on 32-bit
+    values instead of 15 on 64-bit ones: the same permutation, about 4x
+    faster on a batch of indices.
+    """
+
+    dtype = np.uint32
+
+    def __init__(self, keys: np.ndarray, bits: int, inverse: bool):
+        self.inverse = inverse
+        self.rounds = []  # (table, shift of the part it reads, shift of the other part), in order
+        a, b = bits // 2, bits - bits // 2
+        for k in keys:
+            v = np.arange(1 << b, dtype=np.uint64)
+            f = _mix(v ^ k) & np.uint64((1 << a) - 1)
+            if inverse:  # V reads x >> a; the other part, x & (2**a - 1), moves up by b
+                table, shifts = (f << np.uint64(b)) | v, (a, b)
+            else:  # U reads x & (2**b - 1); the other part, x >> b, stays
+                table, shifts = (v << np.uint64(a)) | f, (b, 0)
+            self.rounds.append((table.astype(np.uint32), *shifts))
+            a, b = b, a
+        if inverse:
+            self.rounds.reverse()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The permutation of ``x`` (uint32)."""
+        if self.inverse:
+            for table, a, b in self.rounds:
+                x = table[x >> a] ^ ((x & ((1 << a) - 1)) << b)
+        else:
+            for table, b, _ in self.rounds:
+                x = table[x & ((1 << b) - 1)] ^ (x >> b)
+        return x
+
+    def one(self, x: int) -> int:
+        """The permutation of one Python int."""
+        if self.inverse:
+            for table, a, b in self.rounds:
+                x = int(table[x >> a]) ^ ((x & ((1 << a) - 1)) << b)
+        else:
+            for table, b, _ in self.rounds:
+                x = int(table[x & ((1 << b) - 1)]) ^ (x >> b)
+        return x
+
+
+class _ComputedFeistel:
+    """:func:`_feistel` for one key and domain: domains too large to tabulate."""
+
+    dtype = np.uint64
+
+    def __init__(self, keys: np.ndarray, bits: int, inverse: bool):
+        self.keys, self.int_keys, self.bits, self.inverse = keys, [int(k) for k in keys], bits, inverse
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return _feistel(x, self.keys, self.bits, self.inverse)
+
+    def one(self, x: int) -> int:
+        return _feistel_int(x, self.int_keys, self.bits, self.inverse)
+
+
+# An epoch uses one or two networks (a forward one, and an inverse one in
+# "blocks" mode); a few are kept for workers that lag an epoch behind.
+@functools.lru_cache(maxsize=4)
+def _network(n: int, seed: int, epoch: int, tag: int, inverse: bool):
     bits = _bits(n)
-    out = _feistel(x.astype(np.uint64), keys, bits, inverse)
+    kind = _TabulatedFeistel if bits <= _TABULATED_BITS else _ComputedFeistel
+    return kind(_keys(seed, epoch, tag), bits, inverse)
+
+
+def _walk(x: np.ndarray, n: int, seed: int, epoch: int, tag: int, inverse: bool) -> np.ndarray:
+    """Cycle walking: apply the Feistel permutation until every value is < n."""
+    network = _network(n, seed, epoch, tag, inverse)
+    out = network(x.astype(network.dtype))
     todo = np.flatnonzero(out >= n)
     # The domain is < 2n, so each value needs 2 steps on average; the few that
     # need many are finished one by one, cheaper than more numpy passes.
-    while len(todo) > 8:
-        out[todo] = _feistel(out[todo], keys, bits, inverse)
+    while len(todo) > 16:
+        out[todo] = network(out[todo])
         todo = todo[out[todo] >= n]
-    if len(todo):
-        int_keys = [int(k) for k in keys]
-        for i in todo.tolist():
-            v = int(out[i])
-            while v >= n:
-                v = _feistel_int(v, int_keys, bits, inverse)
-            out[i] = v
+    for i in todo.tolist():
+        v = int(out[i])
+        while v >= n:
+            v = network.one(v)
+        out[i] = v
     return out.astype(np.int64)
 
 
@@ -183,7 +265,7 @@ def permute(positions: np.ndarray, n: int, seed: int, epoch: int, tag: int = 3) 
     positions = np.asarray(positions, dtype=np.int64)
     if n <= 1 or len(positions) == 0:
         return positions.copy()
-    return _walk(positions, n, _keys(seed, epoch, tag), inverse=False)
+    return _walk(positions, n, int(seed), int(epoch), tag, inverse=False)
 
 
 def unpermute(values: np.ndarray, n: int, seed: int, epoch: int, tag: int = 3) -> np.ndarray:
@@ -191,7 +273,7 @@ def unpermute(values: np.ndarray, n: int, seed: int, epoch: int, tag: int = 3) -
     values = np.asarray(values, dtype=np.int64)
     if n <= 1 or len(values) == 0:
         return values.copy()
-    return _walk(values, n, _keys(seed, epoch, tag), inverse=True)
+    return _walk(values, n, int(seed), int(epoch), tag, inverse=True)
 
 
 # Permutations of at most this many items (batch orders, block orders of
@@ -202,6 +284,22 @@ _TABLE_MAX = 1 << 16
 @functools.lru_cache(maxsize=16)
 def _table(n: int, seed: int, epoch: int, tag: int) -> np.ndarray:
     return permute(np.arange(n), n, seed, epoch, tag)
+
+
+# "global" mode permutes the rows of datasets of up to this many rows whole,
+# once per epoch and process: 4 bytes a row (4 MB at most), computed in about
+# a tenth of the time that permuting each batch on its own takes.
+_ROW_TABLE_MAX = 1 << 20
+_ROW_TABLE_CHUNK = 1 << 16  # rows permuted per numpy pass (bounds the temporaries)
+
+
+@functools.lru_cache(maxsize=2)  # the current epoch, and the last for lagging workers
+def _row_table(n: int, seed: int, epoch: int, tag: int) -> np.ndarray:
+    table = np.empty(n, np.int32)
+    for a in range(0, n, _ROW_TABLE_CHUNK):
+        b = min(n, a + _ROW_TABLE_CHUNK)
+        table[a:b] = permute(np.arange(a, b), n, seed, epoch, tag)
+    return table
 
 
 def _permute_one(i: int, n: int, seed: int, epoch: int, tag: int) -> int:
@@ -259,11 +357,13 @@ def batch_indices(
         b = _permute_one(batch, count, seed, epoch, _MODE_TAGS["batches"])
         start = b * batch_size
         return np.arange(start, min(rows, start + batch_size), dtype=np.int64)
-    positions = np.arange(batch * batch_size, min(rows, (batch + 1) * batch_size), dtype=np.int64)
-    if shuffle == "global":
-        out = permute(positions, rows, seed, epoch, _MODE_TAGS["global"])
+    start, stop = batch * batch_size, min(rows, (batch + 1) * batch_size)
+    if shuffle == "global" and rows <= _ROW_TABLE_MAX:
+        out = _row_table(rows, seed, epoch, _MODE_TAGS["global"])[start:stop].astype(np.int64)
+    elif shuffle == "global":
+        out = permute(np.arange(start, stop), rows, seed, epoch, _MODE_TAGS["global"])
     else:
-        out = _blocks(positions, rows, block_size or default_block_size(batch_size), seed, epoch)
+        out = _blocks(np.arange(start, stop), rows, block_size or default_block_size(batch_size), seed, epoch)
     out.sort()
     return out
 

@@ -474,6 +474,6 @@ class RaggedArray:
             return
         values = shard.values
         if self._ds._map_reads or self._info.row_bytes == 0:
-            dest[...] = values.memmap[a:b]
+            dest[...] = values.array[a:b]
         else:
             values.pread(dest.reshape(-1).view(np.uint8), a, self._info.row_bytes)

@@ -2,10 +2,11 @@
 
 Shards are opened lazily (read-only) and kept in a bounded LRU cache, so a
 dataset of ten thousand shards never runs out of file descriptors. Indexing
-returns ordinary in-memory arrays (copies): each run of consecutive rows is
-one ``pread`` straight into the output array, and scattered tiny rows are
-gathered through a read-only memmap, one vectorized numpy operation per shard
-touched, never a Python loop per row.
+returns ordinary in-memory arrays (copies), never with a Python loop per row:
+when the data fits in memory, rows are gathered out of read-only memory maps
+with one ``np.take`` per shard touched; otherwise each run of consecutive rows
+is one ``pread`` straight into the output array (and scattered tiny rows are
+gathered through a memory map).
 
 A dataset pickles as its path and the checksum of its manifest (a few hundred
 bytes whatever its size, never its data) and reopens lazily in the receiving
@@ -15,11 +16,12 @@ forkserver workers.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import math
 import os
 import threading
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import xxhash
@@ -246,6 +248,7 @@ class Dataset:
         self._map_reads = read == "mmap" or (
             read == "auto" and manifest.nbytes <= memory_budget() // 2)
         self._offsets = shard_offsets(manifest.shard_rows)
+        self._starts = self._offsets.tolist()  # the same, to bisect per batch without numpy
         self._arrays = {}
         for n, info in manifest.arrays.items():
             try:
@@ -385,6 +388,29 @@ class Dataset:
             "(e.g. converted again with --overwrite); reopen it with npyseq.open_shards"
         )
 
+    def _locate(self, indices: np.ndarray) -> "_Located":
+        """Which shard holds each of ``indices`` (non-negative int64, in range, not empty)."""
+        is_sorted = bool(np.all(indices[1:] >= indices[:-1]))
+        lo, hi = (indices[0], indices[-1]) if is_sorted else (indices.min(), indices.max())
+        first = bisect.bisect_right(self._starts, int(lo)) - 1
+        last = bisect.bisect_right(self._starts, int(hi)) - 1
+        if first == last:  # one shard: all but the batches that straddle two
+            return _Located(None, [(first, 0, len(indices), indices - self._starts[first])])
+        offsets, order = self._offsets, None
+        if is_sorted:
+            # Where the rows of each shard after the first start.
+            cuts = np.searchsorted(indices, offsets[first + 1:last + 1]).tolist()
+        else:
+            # Group the rows by shard, keeping their order within each; they
+            # are gathered shard by shard, then put back in the requested order.
+            shard_of = np.searchsorted(offsets, indices, side="right") - 1
+            order = np.argsort(shard_of, kind="stable")
+            indices = indices[order]
+            cuts = np.searchsorted(shard_of[order], np.arange(first + 1, last + 1)).tolist()
+        parts = [(k, a, b, indices[a:b] - self._starts[k])
+                 for k, a, b in zip(range(first, last + 1), [0] + cuts, cuts + [len(indices)]) if a < b]
+        return _Located(order, parts)
+
     def _shard(self, name: str, k: int) -> "_OpenShard":
         """Shard ``k`` of array ``name``, opened (and checked) on first use."""
         if self._pid != os.getpid():  # forked: locks may be held by dead threads
@@ -462,23 +488,36 @@ class Dataset:
                 os.close(self._check_shard(name, info, k)[1])
 
 
-class _OpenShard:
-    """An open shard file: ``pread`` for runs of rows, a memmap for scattered tiny rows.
+class _Located(NamedTuple):
+    """Rows located in shards: ``parts`` of ``(shard, a, b, local indices)``.
 
-    Reads go through ``pread`` into the output array rather than through a
-    memory map: the page cache pages then stay unmapped, so the kernel can
-    reclaim them cheaply. Under a memory cap smaller than the data, reading
-    shuffled rows through a mapping made the kernel unmap pages on every
-    fault (measured 20x slower; see README, "Design").
+    Rows ``a:b`` of the (grouped) result come from shard ``shard``; ``order``,
+    if not None, is where each grouped row goes in the requested order.
+    """
+
+    order: np.ndarray | None
+    parts: list[tuple[int, int, int, np.ndarray]]
+
+
+class _OpenShard:
+    """An open shard file: a read-only memory map, or a descriptor for ``pread``.
+
+    Data that fits in memory is copied out of memory maps (the fastest from a
+    warm page cache). Larger data is read with ``pread`` into the output array
+    (and a memory map only for scattered tiny rows): the page cache pages then
+    stay unmapped, so the kernel can reclaim them cheaply. Under a memory cap
+    smaller than the data, reading shuffled rows through a mapping made the
+    kernel unmap pages on every fault (measured 20x slower; see README,
+    "Design").
     """
 
     def __init__(self, path: str, fd: int, offset: int, shape: tuple[int, ...], dtype: np.dtype,
                  mapped: bool):
         """Takes ownership of ``fd``, the open, checked file."""
         self.path, self.fd, self.offset, self.shape, self.dtype = path, fd, offset, shape, dtype
-        self._memmap = None
+        self._array = None
         if mapped:  # reads copy out of the map, which holds a descriptor of its own
-            self.memmap  # noqa: B018 - map it now, from the file that was checked
+            self.array  # noqa: B018 - map it now, from the file that was checked
             self.fd = None
             os.close(fd)
 
@@ -488,12 +527,18 @@ class _OpenShard:
             os.close(fd)
 
     @property
-    def memmap(self) -> np.ndarray:
-        if self._memmap is None:
+    def array(self) -> np.ndarray:
+        """The shard's rows in a read-only memory map, mapped on first use.
+
+        A plain ``ndarray`` view of the ``np.memmap`` (which it keeps alive):
+        slicing a memmap runs its Python-level ``__array_finalize__``, which
+        cost more than copying the short runs of a shuffled batch.
+        """
+        if self._array is None:
             with open(self.fd, "rb", closefd=False) as f:
-                self._memmap = np.memmap(f, dtype=self.dtype, mode="r", offset=self.offset,
-                                         shape=self.shape)
-        return self._memmap
+                self._array = np.memmap(f, dtype=self.dtype, mode="r", offset=self.offset,
+                                        shape=self.shape).view(np.ndarray)
+        return self._array
 
     def pread(self, dest: np.ndarray, row: int, row_bytes: int) -> None:
         """Fill ``dest`` (contiguous uint8) with the bytes of rows from ``row`` on."""
@@ -659,18 +704,18 @@ class ShardedArray:
         ``out``: an optional C-contiguous array to read into (see :meth:`take`).
         """
         self._check_rows(start, stop)
-        offsets = self._ds._offsets
-        k = int(np.searchsorted(offsets, start, side="right")) - 1
         out, raw = self._empty(stop - start, out)
         row_bytes = self._info.row_bytes
         if row_bytes == 0:
             return out.view(self.dtype)
+        offsets = self._ds._starts
+        k = bisect.bisect_right(offsets, start) - 1
         pos = start
         while pos < stop:
-            hi, first = min(stop, int(offsets[k + 1])), int(offsets[k])
+            hi, first = min(stop, offsets[k + 1]), offsets[k]
             shard = self._ds._shard(self.name, k)
             if self._ds._map_reads:
-                out[pos - start:hi - start] = shard.memmap[pos - first:hi - first]
+                out[pos - start:hi - start] = shard.array[pos - first:hi - first]
             else:
                 shard.pread(raw[(pos - start) * row_bytes:(hi - start) * row_bytes], pos - first, row_bytes)
             pos, k = hi, k + 1
@@ -679,52 +724,77 @@ class ShardedArray:
     def take(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Rows at ``indices`` (non-negative int64, in range), copied, in that order.
 
-        Indices are sorted and grouped by shard; each run of consecutive rows
-        is one ``pread`` (with a read-ahead hint for all the runs of a shard
-        first), and scattered tiny rows are gathered through a memmap.
+        When the data fits in memory (``read="mmap"``, or ``"auto"``), rows
+        are gathered out of the shards' memory maps, one ``np.take`` per shard
+        touched. Otherwise (``read="pread"``) indices are sorted and grouped
+        by shard, and each run of consecutive rows is one ``pread`` (with a
+        read-ahead hint for all the runs of a shard first); scattered tiny
+        rows are still gathered through a memory map.
 
         ``out``: an optional C-contiguous array of ``len(indices)`` rows of
         this array's dtype and row shape to read into (and return), to reuse
         buffers across batches.
         """
-        indices = np.asarray(indices, dtype=np.int64)
+        return self._take(np.asarray(indices, dtype=np.int64), out)
+
+    def _take(self, indices: np.ndarray, out: np.ndarray | None = None,
+              located: "_Located | None" = None) -> np.ndarray:
+        """:meth:`take` of int64 ``indices``; ``located``: ``dataset._locate(indices)`` if known.
+
+        Arrays of one dataset share their shard boundaries, so the batches of
+        a :class:`~npyseq.ShardSequence` locate their rows once for all arrays.
+        """
+        n = len(indices)
+        if n and self._ds._verify == "none":  # check the shards before allocating (see Dataset)
+            located = located or self._ds._locate(indices)
+            self._ds._check_touched(self.name, [k for k, _, _, _ in located.parts])
+        out, raw = self._empty(n, out)
+        if n == 0 or self._info.row_bytes == 0:
+            return out.view(self.dtype)
+        if self._ds._map_reads:
+            self._gather(located or self._ds._locate(indices), out)
+        else:
+            self._pread_rows(indices, out, raw)
+        return out.view(self.dtype)
+
+    def _gather(self, located: "_Located", out: np.ndarray) -> None:
+        """Copy the rows ``located`` into ``out`` out of the shards' memory maps."""
+        target = out if located.order is None else np.empty_like(out)
+        for k, a, b, local in located.parts:
+            # mode="clip": the indices are known to be in range, and with the
+            # default "raise" numpy gathers into a temporary, then copies it.
+            np.take(self._ds._shard(self.name, k).array, local, axis=0, out=target[a:b], mode="clip")
+        if located.order is not None:
+            out[located.order] = target
+
+    def _pread_rows(self, indices: np.ndarray, out: np.ndarray, raw: np.ndarray) -> None:
+        """Read the rows at ``indices`` into ``out`` (flat bytes ``raw``), one ``pread`` per run."""
         n, row_bytes = len(indices), self._info.row_bytes
         offsets = self._ds._offsets
         is_sorted = bool(np.all(indices[1:] >= indices[:-1]))
         order = None if is_sorted else np.argsort(indices, kind="stable")
         sorted_idx = indices if order is None else indices[order]
+        target, buf = (out, raw) if order is None else self._empty(n)
         # Position in sorted_idx where each shard's rows start.
         cuts = np.searchsorted(sorted_idx, offsets)
-        touched = np.flatnonzero(cuts[1:] > cuts[:-1]).tolist()
-        self._ds._check_touched(self.name, touched)
-        out, raw = self._empty(n, out)
-        if n == 0 or row_bytes == 0:
-            return out.view(self.dtype)
-        target, buf = (out, raw) if order is None else self._empty(n)
-        for k in touched:
+        for k in np.flatnonzero(cuts[1:] > cuts[:-1]).tolist():
             lo, hi = int(cuts[k]), int(cuts[k + 1])
             local = sorted_idx[lo:hi] - offsets[k]
             shard = self._ds._shard(self.name, k)
             breaks = np.flatnonzero(np.diff(local) != 1) + 1
             runs = len(breaks) + 1
             if runs > 8 and (hi - lo) * row_bytes < runs * _MIN_RUN_BYTES:
-                target[lo:hi] = shard.memmap[local]  # many tiny runs: one vectorized gather
+                # Many tiny runs: one vectorized gather out of a memory map.
+                np.take(shard.array, local, axis=0, out=target[lo:hi], mode="clip")
                 continue
             starts = np.concatenate(([0], breaks))
             counts = np.diff(np.concatenate((starts, [hi - lo])))
-            if self._ds._map_reads:
-                mm = shard.memmap
-                for a, c in zip(starts.tolist(), counts.tolist()):
-                    first = int(local[a])
-                    target[lo + a:lo + a + c] = mm[first:first + c]
-                continue
             if runs > 1:
                 shard.will_need(local[starts], counts, row_bytes)
             for a, c in zip(starts.tolist(), counts.tolist()):
                 shard.pread(buf[(lo + a) * row_bytes:(lo + a + c) * row_bytes], int(local[a]), row_bytes)
         if order is not None:
             out[order] = target
-        return out.view(self.dtype)
 
 
 def _array_of(dataset: Dataset, name: str) -> ShardedArray:

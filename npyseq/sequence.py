@@ -259,7 +259,7 @@ class ShardSequence(keras.utils.PyDataset):
             epoch=self.epoch if epoch is None else epoch, block_size=self.block_size,
             drop_remainder=self.drop_remainder,
         )
-        return rows + self._start
+        return rows + self._start if self._start else rows
 
     def __getitem__(self, index: int):
         if self._pid != os.getpid():  # first batch in a worker process of Keras' pool
@@ -269,23 +269,30 @@ class ShardSequence(keras.utils.PyDataset):
             index += self.num_batches
         epoch = self.epoch
         rows = self.batch_rows(index, epoch)
+        n = len(rows)
+        # Rows in one range (dataset order, "batches" mode) are read as slices.
+        span = (int(rows[0]), int(rows[-1]) + 1) if n and rows[-1] - rows[0] + 1 == n else None
         cache: dict[tuple[str, str], np.ndarray] = {}
+        located = {}  # id of a dataset -> where the rows are in its shards, for all its arrays
 
         def read(array: ShardedArray) -> np.ndarray:
             key = _key(array)
-            if key not in cache:
-                shape = (len(rows),) + array.shape[1:]
-                out = self._pool.empty(int(np.prod(shape)) * array.dtype.itemsize)
-                out = out.view(array.dtype).reshape(shape)
-                if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
-                    data = array.read(int(rows[0]), int(rows[-1]) + 1, out=out)
+            data = cache.get(key)
+            if data is None:
+                out = self._pool.empty(n * array._info.row_bytes)
+                out = out.view(array.dtype).reshape((n,) + array.shape[1:])
+                if span:
+                    data = array.read(*span, out=out)
                 else:
-                    data = array.take(rows, out=out)
+                    ds = array.dataset
+                    if ds._map_reads and n and id(ds) not in located:
+                        located[id(ds)] = ds._locate(rows)
+                    data = array._take(rows, out, located.get(id(ds)))
                 target = self._dtypes.get(key)
                 if target is not None and data.dtype != target:
                     data = data.astype(target)
                 cache[key] = data
-            return cache[key]
+            return data
 
         batch = (_build(self._x, read),)
         if self._y is not None:

@@ -143,3 +143,24 @@ def test_scalar_and_vector_feistel_agree(x, bits, seed, inverse):
     keys = order._keys(seed, 0, 3)
     vector = int(order._feistel(np.array([x], dtype=np.uint64), keys, bits, inverse)[0])
     assert order._feistel_int(x, [int(k) for k in keys], bits, inverse) == vector
+
+
+@settings(max_examples=200, deadline=None)
+@given(bits=st.integers(2, order._TABULATED_BITS), seed=st.integers(0, 2**64 - 1),
+       inverse=st.booleans(), data=st.data())
+def test_tabulated_and_computed_feistel_agree(bits, seed, inverse, data):
+    xs = np.array(data.draw(st.lists(st.integers(0, 2**bits - 1), min_size=1, max_size=50)), dtype=np.uint64)
+    keys = order._keys(seed, 0, 3)
+    expected = order._feistel(xs, keys, bits, inverse)
+    network = order._TabulatedFeistel(keys, bits, inverse)
+    assert np.array_equal(network(xs.astype(network.dtype)), expected)
+    assert [network.one(int(x)) for x in xs] == expected.tolist()
+
+
+@pytest.mark.parametrize("n", [5000, order._ROW_TABLE_MAX])
+def test_global_batches_from_the_row_table_equal_permute(n):
+    bs = 256
+    for b in (0, 7, order.num_batches(n, bs) - 1):
+        positions = np.arange(b * bs, min(n, (b + 1) * bs))
+        expected = np.sort(order.permute(positions, n, 3, 2, order._MODE_TAGS["global"]))
+        assert np.array_equal(order.batch_indices(n, bs, b, shuffle="global", seed=3, epoch=2), expected)
