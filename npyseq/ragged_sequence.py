@@ -14,16 +14,15 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from npyseq import _watchdog, bucketing
+from npyseq import bucketing
 from npyseq.errors import InvalidArgumentError
 from npyseq.ragged import RaggedArray
-from npyseq.reader import Dataset, ShardedArray
-from npyseq.sequence import _RNG_TAG, ShardSequence, _key, _positive_int
+from npyseq.reader import Dataset
+from npyseq.sequence import _ARRAYS, ShardSequence, _flatten, _positive_int
 
 __all__ = ["RaggedSequence"]
 
 _SIDES = ("post", "pre")
-_ARRAYS = (ShardedArray, RaggedArray)
 
 
 class RaggedSequence(ShardSequence):
@@ -152,12 +151,7 @@ class RaggedSequence(ShardSequence):
             workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size,
             _rows=_rows,
         )
-        ragged = [a for a in self._leaves() if isinstance(a, RaggedArray)]
-        if not ragged:
-            raise InvalidArgumentError(
-                f"RaggedSequence needs a ragged array among x, y and sample_weight, got only fixed-size "
-                f"arrays {sorted({a.name for a in self._leaves()})}; use npyseq.ShardSequence for those"
-            )
+        ragged = [a for a in self._leaves() if a.ragged]
         self._pad_values = _resolve_pad_values(pad_value, ragged)
         self._bucket_key = self._resolve_bucket_by(bucket_by, ragged) if bucket else None
         self._check_extras()
@@ -169,17 +163,12 @@ class RaggedSequence(ShardSequence):
 
     # -- structure of a batch
 
-    def _resolve(self, spec: Any, what: str) -> Any:
-        if isinstance(spec, _ARRAYS):
-            return spec
-        return super()._resolve(spec, what)
-
-    def _leaves(self) -> list:
-        out = []
-        for spec in (self._x, self._y, self._w):
-            if spec is not None:
-                out.extend(_flatten(spec))
-        return out
+    def _check_arrays(self) -> None:
+        if not any(a.ragged for a in self._leaves()):
+            raise InvalidArgumentError(
+                f"RaggedSequence needs a ragged array among x, y and sample_weight, got only fixed-size "
+                f"arrays {sorted({a.name for a in self._leaves()})}; use npyseq.ShardSequence for those"
+            )
 
     def _resolve_bucket_by(self, bucket_by: Any, ragged: list) -> RaggedArray:
         if bucket_by is None:
@@ -242,62 +231,33 @@ class RaggedSequence(ShardSequence):
         ordered = _sorted_pool(self._bucket_key, self._start, *args, pool, block_size=self.block_size, **options)
         return np.sort(ordered[slot * self.batch_size:(slot + 1) * self.batch_size]) + self._start
 
-    def __getitem__(self, index: int):
-        if self._pid != os.getpid():  # first batch in a worker process of Keras' pool
-            _watchdog.prepare_worker()
-            self._pid = os.getpid()
-        if isinstance(index, (int, np.integer)) and not isinstance(index, bool) and index < 0:
-            index += self.num_batches
-        epoch = self.epoch
-        rows = self.batch_rows(index, epoch)
-        values: dict[tuple[str, str], np.ndarray] = {}
-        kept: dict[tuple[str, str], np.ndarray] = {}
-
-        def read(array) -> np.ndarray:
-            key = _key(array)
-            if key not in values:
-                if isinstance(array, RaggedArray):
-                    data, kept[key] = self._read_ragged(array, rows)
-                else:
-                    data = self._read_fixed(array, rows)
-                target = self._dtypes.get(key)
-                values[key] = data if target is None or data.dtype == target else data.astype(target)
-            return values[key]
-
-        batch = (self._with_extras(_build(self._x, read), kept),)
-        if self._y is not None:
-            batch += (_build(self._y, read),)
-        if self._w is not None:
-            batch += (_build(self._w, read),)
-        if self.transform is not None:
-            seq = np.random.SeedSequence([self.seed & (2**64 - 1), epoch, int(index), _RNG_TAG])
-            batch = self.transform(batch, np.random.default_rng(seq))
+    def _batch(self, rows: np.ndarray) -> tuple:
+        batch = super()._batch(rows)
+        if self.return_mask or self.return_lengths:
+            batch = (self._with_extras(batch[0], rows),) + batch[1:]
         return batch
 
-    def _read_fixed(self, array: ShardedArray, rows: np.ndarray) -> np.ndarray:
-        shape = (len(rows),) + array.shape[1:]
-        out = self._pool.empty(int(np.prod(shape)) * array.dtype.itemsize).view(array.dtype).reshape(shape)
-        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
-            return array.read(int(rows[0]), int(rows[-1]) + 1, out=out)
-        return array.take(rows, out=out)
-
-    def _read_ragged(self, array: RaggedArray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(padded, kept lengths)`` of ``rows``, padded into a reused buffer."""
+    def _read(self, array, rows: np.ndarray, span, located: dict) -> np.ndarray:
+        if not array.ragged:
+            return super()._read(array, rows, span, located)
+        # Padded to the batch's own length, into a reused buffer.
         length = self._batch_length(array.lengths(rows).max(initial=0))
         shape = (len(rows), length) + tuple(array.element_shape)
         out = self._pool.empty(int(np.prod(shape)) * array.dtype.itemsize).view(array.dtype).reshape(shape)
         return array.padded(rows, length=length, pad_value=self._pad_values.get(array.name, 0),
-                            padding=self.padding, truncating=self.truncating, out=out)
+                            padding=self.padding, truncating=self.truncating, out=out)[0]
 
-    def _with_extras(self, x: Any, kept: dict) -> Any:
+    def _with_extras(self, x: Any, rows: np.ndarray) -> Any:
         """``x`` with the masks and lengths of its ragged inputs added (see the class docstring)."""
-        if not (self.return_mask or self.return_lengths):
-            return x
+
+        def kept(array: RaggedArray, padded: np.ndarray) -> np.ndarray:
+            return np.minimum(array.lengths(rows), padded.shape[1])
+
         if isinstance(self._x, dict):
             out = dict(x)
             for name, array in self._x.items():
                 if isinstance(array, RaggedArray):
-                    lengths = kept[_key(array)]
+                    lengths = kept(array, x[name])
                     if self.return_mask:
                         out[name + "_mask"] = self._mask(lengths, x[name].shape[1])
                     if self.return_lengths:
@@ -306,8 +266,8 @@ class RaggedSequence(ShardSequence):
         single = isinstance(self._x, _ARRAYS)
         arrays, inputs = ((self._x,), (x,)) if single else (self._x, x)
         ragged = [(array, value) for array, value in zip(arrays, inputs) if isinstance(array, RaggedArray)]
-        masks = [self._mask(kept[_key(a)], v.shape[1]) for a, v in ragged] if self.return_mask else []
-        lengths = [kept[_key(a)].astype(np.int32) for a, _ in ragged] if self.return_lengths else []
+        masks = [self._mask(kept(a, v), v.shape[1]) for a, v in ragged] if self.return_mask else []
+        lengths = [kept(a, v).astype(np.int32) for a, v in ragged] if self.return_lengths else []
         return tuple(inputs) + tuple(masks) + tuple(lengths)
 
     def _mask(self, lengths: np.ndarray, length: int) -> np.ndarray:
@@ -348,18 +308,3 @@ def _resolve_pad_values(pad_value: Any, ragged: list) -> dict[str, Any]:
         if not np.isscalar(value) or isinstance(value, (str, bytes)):
             raise InvalidArgumentError(f"pad_value of {name!r} must be a number, got {value!r:.80}")
     return values
-
-
-def _flatten(spec: Any) -> list:
-    if isinstance(spec, _ARRAYS):
-        return [spec]
-    parts = spec.values() if isinstance(spec, dict) else spec
-    return [leaf for part in parts for leaf in _flatten(part)]
-
-
-def _build(spec: Any, read: Callable[[Any], np.ndarray]) -> Any:
-    if isinstance(spec, _ARRAYS):
-        return read(spec)
-    if isinstance(spec, dict):
-        return {k: _build(v, read) for k, v in spec.items()}
-    return tuple(_build(v, read) for v in spec)

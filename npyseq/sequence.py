@@ -18,11 +18,13 @@ import numpy as np
 from npyseq import _watchdog, order
 from npyseq._pool import BufferPool
 from npyseq.errors import InvalidArgumentError
+from npyseq.ragged import RaggedArray
 from npyseq.reader import Dataset, ShardedArray, open_shards
 
 __all__ = ["ShardSequence"]
 
 _RNG_TAG = 0x5EED
+_ARRAYS = (ShardedArray, RaggedArray)
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -130,6 +132,7 @@ class ShardSequence(keras.utils.PyDataset):
         if sample_weight is not None and y is None:
             raise InvalidArgumentError("sample_weight needs y: Keras takes (x, y, sample_weight)")
         self._w = None if sample_weight is None else self._resolve(sample_weight, "sample_weight")
+        self._check_arrays()
         self._check_lengths()
         self._dtypes = self._resolve_dtypes(dtype)
         if transform is not None and not callable(transform):
@@ -167,8 +170,8 @@ class ShardSequence(keras.utils.PyDataset):
     # -- structure of a batch
 
     def _resolve(self, spec: Any, what: str) -> Any:
-        """Replace every array name in ``spec`` by its :class:`ShardedArray`."""
-        if isinstance(spec, ShardedArray):
+        """Replace every array name in ``spec`` by its :class:`ShardedArray` (or ``RaggedArray``)."""
+        if isinstance(spec, _ARRAYS):
             return spec
         if isinstance(spec, str):
             if spec not in self.dataset:
@@ -190,22 +193,17 @@ class ShardSequence(keras.utils.PyDataset):
         )
 
     def _leaves(self) -> list[ShardedArray]:
-        out = []
+        """Every array of ``x``, ``y`` and ``sample_weight``, in order."""
+        return [a for s in (self._x, self._y, self._w) if s is not None for a in _flatten(s)]
 
-        def walk(s):
-            if isinstance(s, ShardedArray):
-                out.append(s)
-            elif isinstance(s, dict):
-                for v in s.values():
-                    walk(v)
-            elif isinstance(s, tuple):
-                for v in s:
-                    walk(v)
-
-        for s in (self._x, self._y, self._w):
-            if s is not None:
-                walk(s)
-        return out
+    def _check_arrays(self) -> None:
+        """Refuse ragged arrays: they need padding (``RaggedSequence``)."""
+        ragged = [a.name for a in self._leaves() if a.ragged]
+        if ragged:
+            raise InvalidArgumentError(
+                f"arrays {ragged} are ragged (rows of different lengths); ShardSequence batches "
+                "fixed-size rows only: use npyseq.RaggedSequence, which pads each batch"
+            )
 
     def _first_leaf(self) -> ShardedArray:
         return self._leaves()[0]
@@ -268,26 +266,25 @@ class ShardSequence(keras.utils.PyDataset):
         if isinstance(index, (int, np.integer)) and not isinstance(index, bool) and index < 0:
             index += self.num_batches
         epoch = self.epoch
-        rows = self.batch_rows(index, epoch)
+        batch = self._batch(self.batch_rows(index, epoch))
+        if self.transform is not None:
+            seq = np.random.SeedSequence([self.seed & (2**64 - 1), epoch, int(index), _RNG_TAG])
+            batch = self.transform(batch, np.random.default_rng(seq))
+        return batch
+
+    def _batch(self, rows: np.ndarray) -> tuple:
+        """``(x,)``, ``(x, y)`` or ``(x, y, w)`` of the dataset rows ``rows``."""
         n = len(rows)
         # Rows in one range (dataset order, "batches" mode) are read as slices.
         span = (int(rows[0]), int(rows[-1]) + 1) if n and rows[-1] - rows[0] + 1 == n else None
         cache: dict[tuple[str, str], np.ndarray] = {}
-        located = {}  # id of a dataset -> where the rows are in its shards, for all its arrays
+        located: dict = {}  # id of a dataset -> where the rows are in its shards, for all its arrays
 
         def read(array: ShardedArray) -> np.ndarray:
             key = _key(array)
             data = cache.get(key)
             if data is None:
-                out = self._pool.empty(n * array._info.row_bytes)
-                out = out.view(array.dtype).reshape((n,) + array.shape[1:])
-                if span:
-                    data = array.read(*span, out=out)
-                else:
-                    ds = array.dataset
-                    if ds._map_reads and n and id(ds) not in located:
-                        located[id(ds)] = ds._locate(rows)
-                    data = array._take(rows, out, located.get(id(ds)))
+                data = self._read(array, rows, span, located)
                 target = self._dtypes.get(key)
                 if target is not None and data.dtype != target:
                     data = data.astype(target)
@@ -299,10 +296,20 @@ class ShardSequence(keras.utils.PyDataset):
             batch += (_build(self._y, read),)
         if self._w is not None:
             batch += (_build(self._w, read),)
-        if self.transform is not None:
-            seq = np.random.SeedSequence([self.seed & (2**64 - 1), epoch, int(index), _RNG_TAG])
-            batch = self.transform(batch, np.random.default_rng(seq))
         return batch
+
+    def _read(self, array: ShardedArray, rows: np.ndarray, span: tuple[int, int] | None,
+              located: dict) -> np.ndarray:
+        """The rows ``rows`` of one array, into a pooled buffer."""
+        n = len(rows)
+        out = self._pool.empty(n * array._info.row_bytes)
+        out = out.view(array.dtype).reshape((n,) + array.shape[1:])
+        if span:
+            return array.read(*span, out=out)
+        ds = array.dataset
+        if ds._map_reads and n and id(ds) not in located:
+            located[id(ds)] = ds._locate(rows)
+        return array._take(rows, out, located.get(id(ds)))
 
     def on_epoch_begin(self) -> None:
         self._in_epoch = True
@@ -385,8 +392,16 @@ def _dtype(value: Any) -> np.dtype:
         raise InvalidArgumentError(f"dtype {value!r} is not a numpy dtype") from None
 
 
+def _flatten(spec: Any) -> list:
+    """The arrays of a resolved ``x``/``y``/``sample_weight`` spec, in order."""
+    if isinstance(spec, _ARRAYS):
+        return [spec]
+    parts = spec.values() if isinstance(spec, dict) else spec
+    return [leaf for part in parts for leaf in _flatten(part)]
+
+
 def _build(spec: Any, read: Callable[[ShardedArray], np.ndarray]) -> Any:
-    if isinstance(spec, ShardedArray):
+    if isinstance(spec, _ARRAYS):
         return read(spec)
     if isinstance(spec, dict):
         return {k: _build(v, read) for k, v in spec.items()}

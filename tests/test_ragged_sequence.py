@@ -5,6 +5,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -114,6 +115,14 @@ def test_fixed_arrays_come_out_as_from_shard_sequence(ds):
         (_, label), ids, w = ours[i]
         label2, ids2, w2 = theirs[i]
         assert np.array_equal(label, label2) and np.array_equal(ids, ids2) and np.array_equal(w, w2)
+
+
+def test_shard_sequence_refuses_ragged_arrays(ds):
+    d, _ = ds
+    with pytest.raises(InvalidArgumentError, match=re.escape(
+            "arrays ['tokens'] are ragged (rows of different lengths); ShardSequence batches fixed-size "
+            "rows only: use npyseq.RaggedSequence, which pads each batch")):
+        npyseq.ShardSequence(d, x={"t": "tokens", "l": "label"}, y="id")
 
 
 def test_mask_and_lengths_go_where_the_docstring_says(ds):
