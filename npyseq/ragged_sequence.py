@@ -118,7 +118,7 @@ class RaggedSequence(ShardSequence):
         dtype: Any = None,
         workers: int = 1,
         use_multiprocessing: bool = False,
-        max_queue_size: int = 10,
+        max_queue_size: int = 4,
         padding: str = "post",
         truncating: str = "post",
         pad_value: Any = 0,
