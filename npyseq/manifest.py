@@ -145,6 +145,7 @@ they do not know.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -212,7 +213,7 @@ class ArrayInfo:
     values: tuple[int, ...] = ()
     offsets: tuple[ShardInfo, ...] = ()
 
-    @property
+    @functools.cached_property
     def row_bytes(self) -> int:
         """Bytes of one row on disk, of one element for a ragged array
         (exact: a hostile shape cannot overflow it)."""

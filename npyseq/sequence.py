@@ -8,6 +8,7 @@ and process workers on the TensorFlow, JAX and torch backends.
 
 from __future__ import annotations
 
+import bisect
 import os
 import pickle
 from typing import Any, Callable, Mapping
@@ -304,11 +305,20 @@ class ShardSequence(keras.utils.PyDataset):
               located: dict) -> np.ndarray:
         """The rows ``rows`` of one array, into a pooled buffer."""
         n = len(rows)
-        out = self._pool.empty(n * array._info.row_bytes)
-        out = out.view(array.dtype).reshape((n,) + array.shape[1:])
+        info, ds = array._info, array.dataset
+        raw = self._pool.empty(n * info.row_bytes)
+        if span and ds._map_reads and info.row_bytes:
+            # The common case (dataset order, or "batches"): one slice of one
+            # mapped shard, copied with none of read()'s general checks.
+            k = bisect.bisect_right(ds._starts, span[0]) - 1
+            first = ds._starts[k]
+            if span[1] <= ds._starts[k + 1]:
+                stored = raw.view(info.dtype).reshape((n,) + info.shape)
+                np.copyto(stored, ds._shard(array.name, k).array[span[0] - first:span[1] - first])
+                return stored if array.dtype == info.dtype else stored.view(array.dtype)
+        out = raw.view(array.dtype).reshape((n,) + array.shape[1:])
         if span:
             return array.read(*span, out=out)
-        ds = array.dataset
         if ds._map_reads and n and id(ds) not in located:
             located[id(ds)] = ds._locate(rows)
         return array._take(rows, out, located.get(id(ds)))
