@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
@@ -70,6 +72,35 @@ def loop_seconds(seq, epoch: int) -> tuple[int, float]:
     return rows, time.perf_counter() - start
 
 
+def in_ram_gather(data: Data, ds, batch_size: int, repeats: int) -> dict:
+    """The bound of shuffled reads: NumPy gathering the very same batches from arrays in RAM.
+
+    For each shuffled mode, ``np.take`` of every batch's rows (``seq.batch_rows``,
+    x and y) out of the whole dataset loaded in memory, into reused buffers: no
+    file, no npyseq. Random 12 KB rows are bounded by memory access, not by
+    any reader's overhead.
+    """
+    import npyseq
+
+    x, y = np.load(data.x_npy), np.load(data.y_npy)
+    out = {}
+    for mode in ("blocks", "global"):
+        seq = npyseq.ShardSequence(ds, x="x", y="y", batch_size=batch_size, shuffle=mode, seed=0)
+        batches = [seq.batch_rows(i, 1) for i in range(len(seq))]
+        bx = np.empty((batch_size,) + x.shape[1:], x.dtype)
+        by = np.empty(batch_size, y.dtype)
+        runs = []
+        for _ in range(max(2, repeats)):
+            start = time.perf_counter()
+            for rows in batches:
+                n = len(rows)
+                np.take(x, rows, axis=0, out=bx[:n])
+                np.take(y, rows, axis=0, out=by[:n])
+            runs.append(len(x) * ROW_BYTES / (time.perf_counter() - start) / 1e9)
+        out[str(mode)] = {"gb_per_s": max(runs), "runs": runs}
+    return out
+
+
 def read_loop(data: Data, repeats: int = 3, batch_size: int = 256, min_seconds: float = 1.0) -> dict:
     """The ``seq[i]`` figures (P1, P1b, P5); see the module docstring.
 
@@ -108,7 +139,7 @@ def read_loop(data: Data, repeats: int = 3, batch_size: int = 256, min_seconds: 
     memcpy.append(memcpy_gb_per_s())
     return {
         "rows": len(ds), "batch_size": batch_size, "memcpy_gb_per_s": max(memcpy), "memcpy_runs": memcpy,
-        "warm": warm,
+        "warm": warm, "in_ram_gather": in_ram_gather(data, ds, batch_size, repeats),
         "cold_sequential": {"gb_per_s": max(cold), "runs": cold, "rows_per_s": max(cold) * 1e9 / ROW_BYTES},
         "dd": {"gb_per_s": max(dd), "runs": dd, "bytes": shard_bytes},
     }
