@@ -66,7 +66,6 @@ def make_sources(folder: str, rows: int) -> tuple[str, str]:
 def train(args) -> None:
     """Child process: train on the shards, print one JSON line of results."""
     import keras
-    import numpy as np
 
     import npyseq
     from memwatch import PeakMemory

@@ -21,12 +21,13 @@ import collections
 import math
 import os
 import threading
-from typing import Any, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import numpy as np
 import xxhash
 
 from npyseq import _npy
+from npyseq._files import Folder, OpenShard, memory_budget
 from npyseq.errors import (
     ChecksumMismatchError,
     CorruptShardError,
@@ -48,6 +49,9 @@ from npyseq.manifest import (
     shard_offsets,
 )
 
+if TYPE_CHECKING:
+    from npyseq.ragged import RaggedArray
+
 __all__ = ["open_shards", "Dataset", "ShardedArray"]
 
 _VERIFY_MODES = ("none", "headers", "checksums")
@@ -55,37 +59,6 @@ _VERIFY_MODES = ("none", "headers", "checksums")
 # (one vectorized copy) rather than one pread each.
 _MIN_RUN_BYTES = 4096
 _READ_MODES = ("auto", "pread", "mmap")
-
-
-def memory_budget() -> int:
-    """Bytes of memory this process may use: RAM, or less under a cgroup limit."""
-    budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try:
-        with open("/proc/self/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return budget
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":  # cgroup v2
-            base, name = "/sys/fs/cgroup", "memory.max"
-        elif "memory" in controllers.split(","):
-            base, name = "/sys/fs/cgroup/memory", "memory.limit_in_bytes"
-        else:
-            continue
-        folder = os.path.join(base, path.lstrip("/"))
-        while folder.startswith(base):  # limits of the parents apply too
-            try:
-                with open(os.path.join(folder, name)) as f:
-                    value = f.read().strip()
-                if value.isdigit():
-                    budget = min(budget, int(value))
-            except OSError:
-                pass
-            if folder == base:
-                break
-            folder = os.path.dirname(folder)
-    return budget
 
 
 def open_shards(path: str | os.PathLike, *, verify: str = "headers", max_open: int = 128,
@@ -129,7 +102,7 @@ def open_shards(path: str | os.PathLike, *, verify: str = "headers", max_open: i
         raise InvalidArgumentError(f"read must be one of {_READ_MODES}, got {read!r}")
     root = os.path.abspath(os.fspath(path))
     for attempt in range(3):
-        folder = _Folder(root)
+        folder = Folder(root)
         try:
             manifest, raw = _load_manifest(folder)
             ds = Dataset(folder, manifest, xxhash.xxh3_64_hexdigest(raw), verify, max_open, read)
@@ -144,54 +117,7 @@ def open_shards(path: str | os.PathLike, *, verify: str = "headers", max_open: i
     raise AssertionError("unreachable")
 
 
-class _Folder:
-    """A dataset folder pinned by a directory descriptor.
-
-    The manifest and every shard are opened relative to this descriptor, so
-    they all come from the same folder even if another process swaps a new
-    dataset in at the same path (``overwrite=True``) meanwhile: a reader sees
-    the old dataset or the new one, never a mix.
-    """
-
-    def __init__(self, root: str):
-        self.root = root
-        try:
-            self.fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
-        except (FileNotFoundError, NotADirectoryError):
-            raise DatasetNotFoundError(f"{root}: no such dataset folder") from None
-        self.inode = os.fstat(self.fd).st_ino
-
-    def __del__(self):
-        fd, self.fd = getattr(self, "fd", None), None
-        if fd is not None:
-            os.close(fd)
-
-    def open(self, relative: str) -> int:
-        """Open a file of the folder read-only; return its descriptor."""
-        return os.open(relative, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0), dir_fd=self.fd)
-
-    def replaced(self) -> bool:
-        """Whether the path now names another folder than the one pinned."""
-        try:
-            return os.stat(self.root).st_ino != self.inode
-        except OSError:
-            return True
-
-    def real_path(self, fd: int, path: str) -> str:
-        """Where the open file ``fd`` (opened as ``path``) really lives."""
-        try:
-            return os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:  # no /proc: resolve the path instead
-            return os.path.realpath(path)
-
-    def real_root(self) -> str:
-        try:
-            return os.readlink(f"/proc/self/fd/{self.fd}")
-        except OSError:
-            return os.path.realpath(self.root)
-
-
-def _load_manifest(folder: _Folder) -> tuple[Manifest, bytes]:
+def _load_manifest(folder: Folder) -> tuple[Manifest, bytes]:
     root = folder.root
     try:
         fd = folder.open(MANIFEST_NAME)
@@ -209,7 +135,7 @@ def _load_manifest(folder: _Folder) -> tuple[Manifest, bytes]:
 
 
 def _reopen(root: str, checksum: str, verify: str, max_open: int, read: str = "auto") -> "Dataset":
-    folder = _Folder(root)
+    folder = Folder(root)
     try:
         manifest, raw = _load_manifest(folder)
     except NpyseqError:
@@ -234,7 +160,7 @@ class Dataset:
     ``ds["x"]`` a :class:`ShardedArray`.
     """
 
-    def __init__(self, folder: _Folder, manifest: Manifest, checksum: str,
+    def __init__(self, folder: Folder, manifest: Manifest, checksum: str,
                  verify: str = "headers", max_open: int = 128, read: str = "auto"):
         root = folder.root
         self.path = root
@@ -411,7 +337,7 @@ class Dataset:
                  for k, a, b in zip(range(first, last + 1), [0] + cuts, cuts + [len(indices)]) if a < b]
         return _Located(order, parts)
 
-    def _shard(self, name: str, k: int) -> "_OpenShard":
+    def _shard(self, name: str, k: int) -> "OpenShard":
         """Shard ``k`` of array ``name``, opened (and checked) on first use."""
         if self._pid != os.getpid():  # forked: locks may be held by dead threads
             self._reset_cache()
@@ -430,7 +356,7 @@ class Dataset:
                 self._cache.popitem(last=False)
         return shard
 
-    def _open_shard(self, name: str, k: int) -> "_OpenShard":
+    def _open_shard(self, name: str, k: int) -> "OpenShard":
         # Shards are read from the folder pinned at open, so they always match
         # the manifest; still, say so early when the path now holds another one.
         if self._folder.replaced():
@@ -441,7 +367,7 @@ class Dataset:
         try:
             self._verify_checksum(name, k, path, fd, info.shards[k].checksum)
             rows = info.values[k] if info.ragged else self.manifest.shard_rows[k]
-            shard = _OpenShard(path, fd, offset, (rows,) + info.shape, info.dtype, mapped=self._map_reads)
+            shard = OpenShard(path, fd, offset, (rows,) + info.shape, info.dtype, mapped=self._map_reads)
         except BaseException:
             os.close(fd)
             raise
@@ -468,7 +394,7 @@ class Dataset:
         try:
             self._verify_checksum(name, (k, "offsets"), path, fd, info.offsets[k].checksum)
             offsets = np.empty(self.manifest.shard_rows[k] + 1, OFFSETS_DTYPE)
-            _OpenShard.pread_fd(fd, path, offset, offsets.view(np.uint8))
+            OpenShard.pread_fd(fd, path, offset, offsets.view(np.uint8))
         finally:
             os.close(fd)
         check_offsets_data(offsets, self.manifest.shard_rows[k], info.values[k], path)
@@ -497,73 +423,6 @@ class _Located(NamedTuple):
 
     order: np.ndarray | None
     parts: list[tuple[int, int, int, np.ndarray]]
-
-
-class _OpenShard:
-    """An open shard file: a read-only memory map, or a descriptor for ``pread``.
-
-    Data that fits in memory is copied out of memory maps (the fastest from a
-    warm page cache). Larger data is read with ``pread`` into the output array
-    (and a memory map only for scattered tiny rows): the page cache pages then
-    stay unmapped, so the kernel can reclaim them cheaply. Under a memory cap
-    smaller than the data, reading shuffled rows through a mapping made the
-    kernel unmap pages on every fault (measured 20x slower; see README,
-    "Design").
-    """
-
-    def __init__(self, path: str, fd: int, offset: int, shape: tuple[int, ...], dtype: np.dtype,
-                 mapped: bool):
-        """Takes ownership of ``fd``, the open, checked file."""
-        self.path, self.fd, self.offset, self.shape, self.dtype = path, fd, offset, shape, dtype
-        self._array = None
-        if mapped:  # reads copy out of the map, which holds a descriptor of its own
-            self.array  # noqa: B018 - map it now, from the file that was checked
-            self.fd = None
-            os.close(fd)
-
-    def __del__(self):
-        fd, self.fd = getattr(self, "fd", None), None
-        if fd is not None:
-            os.close(fd)
-
-    @property
-    def array(self) -> np.ndarray:
-        """The shard's rows in a read-only memory map, mapped on first use.
-
-        A plain ``ndarray`` view of the ``np.memmap`` (which it keeps alive):
-        slicing a memmap runs its Python-level ``__array_finalize__``, which
-        cost more than copying the short runs of a shuffled batch.
-        """
-        if self._array is None:
-            with open(self.fd, "rb", closefd=False) as f:
-                self._array = np.memmap(f, dtype=self.dtype, mode="r", offset=self.offset,
-                                        shape=self.shape).view(np.ndarray)
-        return self._array
-
-    def pread(self, dest: np.ndarray, row: int, row_bytes: int) -> None:
-        """Fill ``dest`` (contiguous uint8) with the bytes of rows from ``row`` on."""
-        self.pread_fd(self.fd, self.path, self.offset + row * row_bytes, dest)
-
-    @staticmethod
-    def pread_fd(fd: int, path: str, start: int, dest: np.ndarray) -> None:
-        """Fill ``dest`` (contiguous uint8) with the bytes of file ``fd`` from ``start`` on."""
-        view = memoryview(dest)
-        want, done = dest.nbytes, 0
-        while done < want:
-            n = os.preadv(fd, [view[done:]], start + done)
-            if n <= 0:
-                raise CorruptShardError(
-                    f"{path}: ended {want - done} bytes early at byte {start + done}; "
-                    "the shard was truncated after it was opened"
-                )
-            done += n
-
-    def will_need(self, rows: np.ndarray, counts: np.ndarray, row_bytes: int) -> None:
-        """Start reading runs of rows from disk in the background (cold caches)."""
-        if not hasattr(os, "posix_fadvise"):
-            return
-        for r, c in zip(rows.tolist(), counts.tolist()):
-            os.posix_fadvise(self.fd, self.offset + r * row_bytes, c * row_bytes, os.POSIX_FADV_WILLNEED)
 
 
 def _as_index_array(key: Any, n: int) -> np.ndarray:

@@ -17,7 +17,6 @@ space finishes the dataset (an existing dataset being replaced with
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import functools
@@ -27,8 +26,7 @@ import re
 import shutil
 import sys
 import threading
-import zipfile
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import xxhash
@@ -46,9 +44,10 @@ from npyseq.manifest import (
     storage_dtype,
     write_manifest,
 )
-from npyseq.ragged import RaggedInput, RaggedSource, is_row_list, open_ragged, shard_bounds
+from npyseq.ragged import RaggedInput, RaggedSource, shard_bounds
+from npyseq.sources import NpzMember, RawSource, _open_source, _Source
 
-__all__ = ["write_shards", "ShardWriter", "parse_size", "RawSource", "NpzMember", "RaggedSource"]
+__all__ = ["write_shards", "parse_size", "RawSource", "NpzMember", "RaggedSource"]
 
 DEFAULT_SHARD_SIZE = "256MB"
 _LOCK_NAME = ".npyseq.lock"
@@ -82,223 +81,6 @@ def parse_size(value: int | str) -> int:
     if n <= 0:
         raise InvalidArgumentError(f"shard_size must be positive, got {value!r}")
     return n
-
-
-# --- sources ----------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class RawSource:
-    """A headerless binary file of rows, as hand-written raw readers assume.
-
-    >>> src = RawSource("data.bin", dtype="float32", shape=(32, 32, 3), offset=0)
-    """
-
-    path: str
-    dtype: Any
-    shape: tuple[int, ...] = ()
-    offset: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class NpzMember:
-    """One array inside a ``.npz`` archive, streamed without loading it whole."""
-
-    path: str
-    member: str
-
-
-class _Source:
-    """Rows of one input array, read in chunks."""
-
-    name: str
-    dtype: np.dtype
-    shape: tuple[int, ...]  # full shape, rows first
-    seekable: bool = True
-
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        raise NotImplementedError
-
-    def chunks(self, start: int, stop: int, chunk_rows: int) -> Iterator[np.ndarray]:
-        for a in range(start, stop, chunk_rows):
-            yield self.rows(a, min(stop, a + chunk_rows))
-
-
-class _ArraySource(_Source):
-    def __init__(self, name: str, array: np.ndarray):
-        self.name, self.array = name, array
-        self.dtype, self.shape = array.dtype, tuple(array.shape)
-
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        return self.array[start:stop]
-
-
-class _FileSource(_ArraySource):
-    """A C-order array in a file (a ``.npy`` or a raw binary file) at a known offset.
-
-    Random rows come from a memmap; :meth:`chunks`, what the writer streams,
-    reads with ``pread`` into one reused buffer instead, which reads a cold
-    file about 1.3x faster than faulting the pages of a map in.
-    """
-
-    def __init__(self, name: str, array: np.memmap, path: str, offset: int):
-        super().__init__(name, array)
-        self.path, self.offset = path, offset
-
-    def chunks(self, start: int, stop: int, chunk_rows: int) -> Iterator[np.ndarray]:
-        row_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
-        if row_bytes == 0 or stop <= start:
-            yield from super().chunks(start, stop, chunk_rows)
-            return
-        buf = np.empty(min(chunk_rows, stop - start) * row_bytes, np.uint8)
-        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        try:
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(fd, self.offset + start * row_bytes, (stop - start) * row_bytes,
-                                 os.POSIX_FADV_SEQUENTIAL)
-            for a in range(start, stop, chunk_rows):
-                n = min(stop, a + chunk_rows) - a
-                view, done, at = memoryview(buf)[:n * row_bytes], 0, self.offset + a * row_bytes
-                while done < len(view):
-                    got = os.preadv(fd, [view[done:]], at + done)
-                    if got <= 0:
-                        raise NpyseqError(f"{self.path}: ended early: expected {len(view) - done} more "
-                                          f"bytes at byte {at + done}; the file was truncated")
-                    done += got
-                yield buf[:n * row_bytes].view(self.dtype).reshape((n,) + self.shape[1:])
-        finally:
-            os.close(fd)
-
-
-class _NpzStreamSource(_Source):
-    """A compressed ``.npz`` member: only sequential reads are possible."""
-
-    seekable = False
-
-    def __init__(self, name: str, path: str, member: str, dtype, shape, fortran):
-        self.name, self.path, self.member = name, path, member
-        self.dtype, self.shape, self.fortran = dtype, shape, fortran
-
-    def chunks(self, start: int, stop: int, chunk_rows: int) -> Iterator[np.ndarray]:
-        row_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
-        with zipfile.ZipFile(self.path) as z, z.open(self.member) as f:
-            _npy.read_header_from(f)
-            _skip(f, start * row_bytes)
-            for a in range(start, stop, chunk_rows):
-                n = min(stop, a + chunk_rows) - a
-                data = _read_exact(f, n * row_bytes, self.path)
-                yield np.frombuffer(data, dtype=self.dtype).reshape((n,) + self.shape[1:])
-
-
-def _skip(f, nbytes: int) -> None:
-    while nbytes > 0:
-        got = f.read(min(nbytes, _npy.CHUNK_BYTES))
-        if not got:
-            break
-        nbytes -= len(got)
-
-
-def _read_exact(f, nbytes: int, path: str) -> bytes:
-    data = f.read(nbytes)
-    if len(data) != nbytes:
-        raise NpyseqError(f"{path}: ended early: expected {nbytes} more bytes, found {len(data)}")
-    return data
-
-
-def _open_source(name: str, value: Any) -> _Source | RaggedInput:
-    ragged = open_ragged(name, value)
-    if ragged is not None:
-        return ragged
-    if isinstance(value, (str, os.PathLike)):
-        path = os.fspath(value)
-        if not os.path.exists(path):
-            raise InvalidArgumentError(f"array {name!r}: source file {path!r} does not exist")
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as e:
-            raise InvalidArgumentError(f"array {name!r}: {path}: cannot be read as .npy ({e})") from None
-        if not isinstance(array, np.ndarray):
-            raise InvalidArgumentError(
-                f"array {name!r}: {path} is a .npz archive; pass npyseq.NpzMember({path!r}, member)"
-            )
-        return _file_source(name, array, path)
-    if isinstance(value, RawSource):
-        return _file_source(name, _open_raw(value), value.path)
-    if isinstance(value, NpzMember):
-        return _open_npz_member(name, value)
-    if isinstance(value, np.ndarray):
-        return _ArraySource(name, value)
-    if hasattr(value, "__array__") or isinstance(value, (list, tuple)):
-        return _ArraySource(name, np.asarray(value))
-    raise InvalidArgumentError(
-        f"array {name!r}: expected a numpy array, a memmap, a path to a .npy file, a RawSource "
-        f"or an NpzMember, got {type(value).__name__}"
-    )
-
-
-def _file_source(name: str, array: np.ndarray, path: str) -> _ArraySource:
-    """Stream a freshly opened memmap of ``path`` with pread when its layout allows."""
-    if isinstance(array, np.memmap) and array.flags.c_contiguous and array.ndim:
-        return _FileSource(name, array, path, array.offset)
-    return _ArraySource(name, array)
-
-
-def _open_raw(src: RawSource) -> np.ndarray:
-    dtype = np.dtype(src.dtype)
-    shape = tuple(int(d) for d in src.shape)
-    row_bytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-    size = os.path.getsize(src.path)
-    if src.offset < 0 or src.offset > size:
-        raise InvalidArgumentError(f"{src.path}: offset {src.offset} is outside the file ({size} bytes)")
-    body = size - src.offset
-    if row_bytes == 0 or body % row_bytes:
-        raise InvalidArgumentError(
-            f"{src.path}: {body} bytes after offset {src.offset} are not a whole number of rows "
-            f"of dtype {dtype} and shape {shape} ({row_bytes} bytes per row); "
-            "check --dtype, --shape and --offset"
-        )
-    rows = body // row_bytes
-    if rows == 0:
-        return np.empty((0,) + shape, dtype)
-    return np.memmap(src.path, dtype=dtype, mode="r", offset=src.offset, shape=(rows,) + shape)
-
-
-def _open_npz_member(name: str, src: NpzMember) -> _Source:
-    with zipfile.ZipFile(src.path) as z:
-        try:
-            info = z.getinfo(src.member)
-        except KeyError:
-            raise InvalidArgumentError(
-                f"{src.path}: has no member {src.member!r}; members are {z.namelist()}"
-            ) from None
-        with z.open(info) as f:
-            try:
-                shape, fortran, dtype = _npy.read_header_from(f)
-            except (ValueError, EOFError, SyntaxError) as e:
-                raise InvalidArgumentError(f"{src.path}:{src.member} is not a .npy member ({e})") from None
-            header_len = f.tell()
-        if dtype.hasobject:
-            raise InvalidArgumentError(
-                f"{src.path}:{src.member} holds Python objects; npyseq never unpickles data"
-            )
-        if fortran and len(shape) > 1:
-            raise InvalidArgumentError(
-                f"{src.path}:{src.member} is stored in Fortran order; save it in C order "
-                "(np.ascontiguousarray) to stream it"
-            )
-        if info.compress_type == zipfile.ZIP_STORED:
-            # Stored members are plain .npy bytes inside the archive: map them.
-            with open(src.path, "rb") as raw:
-                raw.seek(info.header_offset)
-                local = raw.read(30)
-                name_len = int.from_bytes(local[26:28], "little")
-                extra_len = int.from_bytes(local[28:30], "little")
-            offset = info.header_offset + 30 + name_len + extra_len + header_len
-            if not shape or shape[0] == 0:
-                return _ArraySource(name, np.empty(shape or (0,), dtype))
-            array = np.memmap(src.path, dtype=dtype, mode="r", offset=offset, shape=shape)
-            return _ArraySource(name, array)
-        return _NpzStreamSource(name, src.path, src.member, dtype, tuple(shape), fortran)
 
 
 # --- planning -----------------------------------------------------------------

@@ -16,7 +16,6 @@ dtypes at write time.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
