@@ -107,8 +107,26 @@ class _ListInput(RaggedInput):
             # Rows up to chunk_bytes of values (at least one), concatenated.
             limit = self.offsets[a] + max(1, chunk_bytes // max(1, self.element_bytes))
             b = max(a + 1, min(stop, int(np.searchsorted(self.offsets, limit, side="right")) - 1))
-            yield np.concatenate(self.rows[a:b]) if b - a > 1 else self.rows[a]
+            yield concat_rows(self.rows[a:b], self.dtype)
             a = b
+
+
+def concat_rows(rows: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
+    """The rows one after another, in ``dtype`` (``np.concatenate`` returns a
+    native byte order for big-endian or structured inputs)."""
+    data = np.concatenate(rows) if len(rows) > 1 else rows[0]
+    return data.astype(dtype, copy=False)
+
+
+def check_pad_value(value: Any, dtype: np.dtype, name: str) -> None:
+    """Refuse a pad value that ``dtype`` cannot hold (e.g. -1 for uint8)."""
+    if not np.isscalar(value) or isinstance(value, (str, bytes)):
+        raise InvalidArgumentError(f"pad_value of {name!r} must be a number, got {value!r:.80}")
+    try:
+        np.array(value, dtype=dtype)
+    except (OverflowError, ValueError, TypeError) as e:
+        raise InvalidArgumentError(
+            f"pad_value {value!r} of {name!r} does not fit its dtype {dtype} ({e})") from None
 
 
 def is_row_list(value: Any) -> bool:
@@ -206,7 +224,8 @@ def _check_offsets(offsets: np.ndarray, total: int, label: str, values_label: st
     last = int(offsets[0])
     for a in range(0, len(offsets), _CHECK_CHUNK):
         chunk = np.asarray(offsets[a:a + _CHECK_CHUNK], dtype=np.int64)
-        decreasing = np.flatnonzero(np.diff(chunk, prepend=last) < 0)
+        # Compared, not subtracted: differences of hostile values can wrap around.
+        decreasing = np.flatnonzero(chunk < np.concatenate(([last], chunk[:-1])))
         past = np.flatnonzero(chunk > total)
         if past.size and (not decreasing.size or past[0] <= decreasing[0]):
             i = a + int(past[0])
@@ -232,13 +251,20 @@ def _offsets_from_lengths(lengths: np.ndarray, total: int, label: str, values_la
     offsets = np.empty(len(lengths) + 1, dtype=np.int64)
     offsets[0] = 0
     for a in range(0, len(lengths), _CHECK_CHUNK):
-        chunk = np.asarray(lengths[a:a + _CHECK_CHUNK], dtype=np.int64)
-        bad = np.flatnonzero(chunk < 0)
+        chunk = np.asarray(lengths[a:a + _CHECK_CHUNK])
+        bad = np.flatnonzero((chunk < 0) | (chunk > total))
         if bad.size:
             i = a + int(bad[0])
-            raise InvalidArgumentError(f"{label}: length {i} is {int(lengths[i])}; lengths must be >= 0")
-        np.cumsum(chunk, out=offsets[a + 1:a + 1 + len(chunk)])
-        offsets[a + 1:a + 1 + len(chunk)] += offsets[a]
+            raise InvalidArgumentError(
+                f"{label}: length {i} is {int(lengths[i])}; lengths must be >= 0 and at most the "
+                f"number of values ({values_label} holds {total})")
+        ends = offsets[a + 1:a + 1 + len(chunk)]
+        np.cumsum(chunk, dtype=np.int64, out=ends)
+        ends += offsets[a]
+        # Each length is below 2**62, so int64 wrapping around shows as a decrease.
+        if len(ends) and (ends[0] < offsets[a] or np.any(ends[1:] < ends[:-1])):
+            raise InvalidArgumentError(
+                f"{label}: lengths add up to more than the {total} values ({values_label}) hold")
     if int(offsets[-1]) != total:
         raise InvalidArgumentError(
             f"{label}: lengths add up to {int(offsets[-1])}, but the values ({values_label}) hold {total}"
@@ -279,7 +305,8 @@ def check_offsets_data(offsets: np.ndarray, rows: int, values: int, path: str) -
     """The content of an offsets file: ``rows + 1`` offsets from 0 to ``values``, never decreasing."""
     if int(offsets[0]) != 0:
         raise CorruptShardError(f"{path}: offsets must start at 0, found {int(offsets[0])}")
-    bad = np.flatnonzero(np.diff(offsets) < 0)
+    # Compared, not subtracted: differences of hostile values can wrap around.
+    bad = np.flatnonzero(offsets[1:] < offsets[:-1])
     if bad.size:
         i = int(bad[0]) + 1
         raise CorruptShardError(
@@ -381,7 +408,7 @@ class RaggedArray:
 
     def take(self, indices: Any) -> list[np.ndarray]:
         """The rows at ``indices`` (any order, duplicates allowed), a list of arrays."""
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        indices = self._indices(indices)
         out: list[np.ndarray] = [None] * len(indices)  # type: ignore[list-item]
         for k, positions, local in self._by_shard(indices):
             shard = self._ds._shard(self.name, k)
@@ -415,7 +442,8 @@ class RaggedArray:
             raise InvalidArgumentError(f"padding must be 'post' or 'pre', got {padding!r}")
         if truncating not in _SIDES:
             raise InvalidArgumentError(f"truncating must be 'post' or 'pre', got {truncating!r}")
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        check_pad_value(pad_value, self.dtype, self.name)
+        indices = self._indices(indices)
         groups = list(self._by_shard(indices))
         spans = []  # per shard: (positions, starts, stops)
         full = np.zeros(len(indices), np.int64)

@@ -16,7 +16,7 @@ import numpy as np
 
 from npyseq import bucketing
 from npyseq.errors import InvalidArgumentError
-from npyseq.ragged import RaggedArray
+from npyseq.ragged import RaggedArray, check_pad_value
 from npyseq.reader import Dataset
 from npyseq.sequence import _ARRAYS, ShardSequence, _flatten, _positive_int
 
@@ -304,7 +304,7 @@ def _resolve_pad_values(pad_value: Any, ragged: list) -> dict[str, Any]:
         values = dict(pad_value)
     else:
         values = {name: pad_value for name in names}
+    dtypes = {a.name: a.dtype for a in ragged}
     for name, value in values.items():
-        if not np.isscalar(value) or isinstance(value, (str, bytes)):
-            raise InvalidArgumentError(f"pad_value of {name!r} must be a number, got {value!r:.80}")
+        check_pad_value(value, dtypes[name], name)
     return values

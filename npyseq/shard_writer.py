@@ -26,7 +26,7 @@ from npyseq.manifest import (
     storage_dtype,
     write_manifest,
 )
-from npyseq.ragged import check_rows, is_row_list
+from npyseq.ragged import check_rows, concat_rows, is_row_list
 from npyseq.writer import (
     DEFAULT_SHARD_SIZE,
     _check_name,
@@ -122,7 +122,9 @@ class ShardWriter:
         if not arrays:
             raise InvalidArgumentError("append() needs at least one array, e.g. append(x=..., y=...)")
         if not self._specs:
-            arrays = {n: (list(v) if is_row_list(v) else np.asarray(v)) for n, v in arrays.items()}
+            if all(isinstance(v, (list, tuple)) and len(v) == 0 for v in arrays.values()):
+                return  # no rows: nothing tells yet which arrays are ragged
+            arrays = {n: (list(v) if is_row_list(v) else _asarray(n, v)) for n, v in arrays.items()}
             self._start(arrays)
         if set(arrays) != set(self._specs):
             raise InvalidArgumentError(
@@ -148,7 +150,7 @@ class ShardWriter:
                     spec = self._specs[name]
                     if spec.ragged:
                         rows = a[pos:pos + take]
-                        data = np.concatenate(rows) if len(rows) > 1 else rows[0]
+                        data = concat_rows(rows, spec.dtype)
                         ends = np.cumsum(row_lengths[name][pos:pos + take]) + self._values_in_shard(name)
                         self._ends[name].append(ends)
                     else:
@@ -251,7 +253,7 @@ class ShardWriter:
                     f"append(): array {name!r} is ragged: give its rows as a list of arrays, "
                     f"got {type(value).__name__}")
             return check_rows(name, value, spec.dtype, spec.shape)
-        a = np.asarray(value)
+        a = _asarray(name, value)
         if a.ndim == 0:
             raise InvalidArgumentError(f"append(): array {name!r} is a scalar; arrays need a first axis of rows")
         if a.shape[1:] != spec.shape:
@@ -332,6 +334,16 @@ class ShardWriter:
         self._files.clear()
         self._hashers.clear()
         self._rows_in_shard = 0
+
+
+def _asarray(name: str, value: Any) -> np.ndarray:
+    """``value`` as the rows of a fixed-size array, or a clear error (rows of different lengths)."""
+    try:
+        return np.asarray(value)
+    except ValueError as e:
+        raise InvalidArgumentError(
+            f"append(): array {name!r} is fixed-size (its first append was an array), but these rows "
+            f"do not make one array ({e}); a ragged array must start as a list of arrays") from None
 
 
 def _fix_header(f, partial: str, old: bytes, new: bytes, data_bytes: int):

@@ -261,7 +261,8 @@ BAD_BOUNDS = {
                           "offsets must end at the number of values"),
     "offsets start late": ("offsets", [2, 4, 10], "offsets must start at 0, found 2"),
     "lengths sum wrong": ("lengths", [4, 4, 4], "lengths add up to 12, but the values ({values}) hold 10"),
-    "negative length": ("lengths", [4, -1, 7], "length 1 is -1; lengths must be >= 0"),
+    "negative length": ("lengths", [4, -1, 7], "length 1 is -1; lengths must be >= 0 and at most the number "
+                        "of values ({values} holds 10)"),
     "float offsets": ("offsets", [0.0, 4.0, 10.0], "offsets must be a 1-d integer array, found dtype float64 and shape (3,)"),
 }
 
@@ -436,3 +437,68 @@ def test_cli_converts_a_pair_of_npy_files(tmp_path):
     assert_rows_equal(ds["tokens"][:], rows)
     assert_rows_equal(ds["again"][:], rows)
     assert_same_array(ds["label"][:], np.arange(100))
+
+
+# --- found in review ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.dtype(">i4"), np.dtype([("a", "<i2"), ("b", ">f8")])], ids=["big-endian", "struct"])
+def test_non_native_dtypes_keep_their_bytes(tmp_path, dtype):
+    """np.concatenate returns native byte order; the writers must not reinterpret it."""
+    rows = [np.arange(k, dtype=np.int64).astype(dtype) for k in (3, 0, 2, 5)]
+    for kind in ("list", "shard_writer"):
+        ds = write(kind, tmp_path / kind, rows, rows=3)
+        assert_rows_equal(ds["r"][:], rows)
+        assert_rows_equal(load_by_spec(tmp_path / kind, "r"), rows)
+
+
+def test_take_and_padded_index_like_getitem(text):
+    t, rows = text
+    mask = np.array([False, False, False, True, False])
+    assert_rows_equal(t.take(mask), [rows[3]])
+    batch, kept = t.padded(mask)
+    assert batch.tolist() == [[5, 6, 7, 8, 9]] and kept.tolist() == [5]
+    assert_rows_equal(t.take([-1, 0]), [rows[4], rows[0]])
+    assert t.padded([-1])[0].tolist() == [[10, 11]]
+    with pytest.raises(IndexError, match="only integers, slices, and integer or boolean arrays"):
+        t.take(np.array([0.5]))
+    with pytest.raises(IndexError, match="index -6 is out of bounds for 5 rows"):
+        t.padded([-6])
+
+
+def test_lengths_that_overflow_int64_are_refused(tmp_path):
+    values = np.arange(5, dtype=np.int32)
+    lengths = np.array([2**62, 2**62, 2**62, 2**62 + 5], dtype=np.int64)  # int64 sum wraps to 5
+    with pytest.raises(InvalidArgumentError, match=re.escape(
+            "array 't' lengths: length 0 is 4611686018427387904; lengths must be >= 0 and at most the number "
+            "of values (array 't' values holds 5)")):
+        npyseq.write_shards(tmp_path / "ds", {"t": npyseq.RaggedSource(values, lengths=lengths)}, rows=1,
+                            progress=False)
+
+
+def test_offsets_file_that_wraps_around_is_refused(stored):
+    root, _ = stored
+
+    def wrap(o):  # differences of these wrap around in int64
+        o[1], o[2] = 2**62, -(2**63)
+    path = _rewrite_offsets(root, 0, wrap)
+    with pytest.raises(CorruptShardError, match=re.escape(f"{path}: offsets must not decrease, but offset 2 is")):
+        npyseq.open_shards(root)["t"].lengths()
+
+
+def test_shard_writer_waits_for_rows_before_deciding_what_is_ragged(tmp_path):
+    with npyseq.ShardWriter(tmp_path / "w", rows=4) as w:
+        w.append(t=[], y=[])
+        w.append(t=[np.array([1, 2]), np.array([3])], y=[1, 2])
+    assert_rows_equal(w.dataset["t"][:], [np.array([1, 2]), np.array([3])])
+    with npyseq.ShardWriter(tmp_path / "f", rows=4) as w:
+        w.append(t=np.zeros((2, 2)))
+        with pytest.raises(InvalidArgumentError, match="array 't' is fixed-size .* a ragged array must start as a list"):
+            w.append(t=[np.zeros(2), np.zeros(3)])
+
+
+def test_pad_value_must_fit_the_dtype(tmp_path):
+    ds = npyseq.write_shards(tmp_path / "ds", {"t": [np.array([1, 2], np.uint8), np.array([3], np.uint8)]},
+                             progress=False)
+    with pytest.raises(InvalidArgumentError, match=re.escape("pad_value -1 of 't' does not fit its dtype uint8")):
+        ds["t"].padded([0, 1], pad_value=-1)
