@@ -9,7 +9,7 @@ import numpy as np
 import xxhash
 from numpy.lib import format as npy_format
 
-from npyseq.errors import CorruptShardError, MissingShardError
+from npyseq.errors import CorruptShardError, InvalidArgumentError, MissingShardError
 
 CHUNK_BYTES = 16 * 2**20
 
@@ -48,6 +48,23 @@ def read_header(path: str, fd: int | None = None) -> tuple[np.dtype, tuple[int, 
     if dtype.hasobject:
         raise CorruptShardError(f"{path}: holds Python objects (pickled data); npyseq never loads those")
     return dtype, tuple(shape), bool(fortran), offset
+
+
+def map_npy(path: str, name: str, what: str = "source", npz_hint: str = "") -> np.ndarray:
+    """The ``.npy`` file ``path`` memory-mapped read-only (never unpickled) for array ``name``.
+
+    Errors name the array, what the file is for (``what``) and the file; a
+    ``.npz`` archive is refused, with ``npz_hint`` saying what to pass instead.
+    """
+    if not os.path.exists(path):
+        raise InvalidArgumentError(f"array {name!r}: {what} file {path!r} does not exist")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        raise InvalidArgumentError(f"array {name!r}: {path}: cannot be read as .npy ({e})") from None
+    if not isinstance(array, np.ndarray):
+        raise InvalidArgumentError(f"array {name!r}: {path} is a .npz archive{npz_hint}")
+    return array
 
 
 def read_header_from(f) -> tuple[tuple[int, ...], bool, np.dtype]:

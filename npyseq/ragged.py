@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from npyseq import _npy
 from npyseq.errors import CorruptShardError, InvalidArgumentError
 from npyseq.manifest import ArrayInfo, logical_dtype
 
@@ -181,15 +182,7 @@ def _load(name: str, what: str, value: Any) -> tuple[np.ndarray, str]:
     """An array (memory-mapped if a path) and how to name it in errors."""
     if isinstance(value, (str, os.PathLike)):
         path = os.fspath(value)
-        if not os.path.exists(path):
-            raise InvalidArgumentError(f"array {name!r}: {what} file {path!r} does not exist")
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as e:
-            raise InvalidArgumentError(f"array {name!r}: {path}: cannot be read as .npy ({e})") from None
-        if not isinstance(array, np.ndarray):
-            raise InvalidArgumentError(f"array {name!r}: {path} is a .npz archive, not a .npy file")
-        return array, path
+        return _npy.map_npy(path, name, what, ", not a .npy file"), path
     return np.asarray(value), f"array {name!r} {what}"
 
 

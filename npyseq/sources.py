@@ -146,16 +146,7 @@ def _open_source(name: str, value: Any) -> _Source | RaggedInput:
         return ragged
     if isinstance(value, (str, os.PathLike)):
         path = os.fspath(value)
-        if not os.path.exists(path):
-            raise InvalidArgumentError(f"array {name!r}: source file {path!r} does not exist")
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as e:
-            raise InvalidArgumentError(f"array {name!r}: {path}: cannot be read as .npy ({e})") from None
-        if not isinstance(array, np.ndarray):
-            raise InvalidArgumentError(
-                f"array {name!r}: {path} is a .npz archive; pass npyseq.NpzMember({path!r}, member)"
-            )
+        array = _npy.map_npy(path, name, npz_hint=f"; pass npyseq.NpzMember({path!r}, member)")
         return _file_source(name, array, path)
     if isinstance(value, RawSource):
         return _file_source(name, _open_raw(value), value.path)
