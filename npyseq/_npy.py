@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 
 import numpy as np
 import xxhash
@@ -59,7 +60,8 @@ def map_npy(path: str, name: str, what: str = "source", npz_hint: str = "") -> n
     if not os.path.exists(path):
         raise InvalidArgumentError(f"array {name!r}: {what} file {path!r} does not exist")
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        with _HEADER_LOCK:  # see read_header_from
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as e:
         raise InvalidArgumentError(f"array {name!r}: {path}: cannot be read as .npy ({e})") from None
     if not isinstance(array, np.ndarray):
@@ -67,13 +69,22 @@ def map_npy(path: str, name: str, what: str = "source", npz_hint: str = "") -> n
     return array
 
 
+# numpy parses a header with ast.literal_eval, and CPython 3.11 (before
+# 3.11.8) can fail compiling in two threads at once with a spurious
+# "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905);
+# thread workers open shards concurrently. Parsing one header at a time costs
+# nothing: it happens once per shard and process.
+_HEADER_LOCK = threading.Lock()
+
+
 def read_header_from(f) -> tuple[tuple[int, ...], bool, np.dtype]:
     """Read a ``.npy`` header (format 1.0 or 2.0) from an open binary stream."""
-    version = npy_format.read_magic(f)
-    if version == (1, 0):
-        return npy_format.read_array_header_1_0(f)
-    if version == (2, 0):
-        return npy_format.read_array_header_2_0(f)
+    with _HEADER_LOCK:
+        version = npy_format.read_magic(f)
+        if version == (1, 0):
+            return npy_format.read_array_header_1_0(f)
+        if version == (2, 0):
+            return npy_format.read_array_header_2_0(f)
     raise ValueError(f"unsupported .npy format version {version}; npyseq reads 1.0 and 2.0")
 
 
