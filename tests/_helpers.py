@@ -116,3 +116,31 @@ def no_fsync():
     """
     with mock.patch.object(os, "fsync", lambda fd: None):
         yield
+
+
+BACKENDS = ("tensorflow", "jax", "torch")  # Keras backends, named as their modules
+
+
+def run_backend_script(script: str, backend: str, folder, timeout: float) -> dict:
+    """Run ``tests/<script> FOLDER`` with ``KERAS_BACKEND=backend``; return its last JSON line.
+
+    Skips where the backend is not installed, except under CI, where
+    ``make test`` installs every backend and a missing one is a failure.
+    """
+    import importlib.util
+    import subprocess
+    import sys
+
+    import pytest
+
+    if importlib.util.find_spec(backend) is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"backend {backend} is not installed; `make test` installs it")
+        pytest.skip(f"{backend} is not installed (make test installs it)")
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, os.path.join(here, script), str(folder)], capture_output=True,
+                         text=True, timeout=timeout, env=dict(os.environ, KERAS_BACKEND=backend))
+    assert out.returncode == 0, out.stderr[-4000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["backend"] == backend
+    return result

@@ -1,33 +1,14 @@
 """ShardSequence end to end on each Keras backend (tensorflow, jax, torch), in subprocesses."""
 
-import importlib.util
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+from _helpers import BACKENDS, run_backend_script
 
 
-@pytest.fixture(scope="module", params=list(BACKEND_MODULES))
+@pytest.fixture(scope="module", params=BACKENDS)
 def facts(request, tmp_path_factory):
-    backend = request.param
-    if importlib.util.find_spec(BACKEND_MODULES[backend]) is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"backend {backend} is not installed; `make test` installs it")
-        pytest.skip(f"{backend} is not installed (make test installs it)")
-    env = dict(os.environ, KERAS_BACKEND=backend)
-    out = subprocess.run([sys.executable, os.path.join(HERE, "backend_script.py"),
-                          str(tmp_path_factory.mktemp(backend))],
-                         capture_output=True, text=True, timeout=500, env=env)
-    assert out.returncode == 0, out.stderr[-4000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["backend"] == backend
-    return result
+    return run_backend_script("backend_script.py", request.param, tmp_path_factory.mktemp(request.param), 500)
 
 
 @pytest.mark.slow

@@ -1,6 +1,5 @@
 """RaggedSequence: padding, masks and lengths, bucketing, views, workers, fit, errors."""
 
-import importlib.util
 import json
 import multiprocessing
 import os
@@ -15,6 +14,8 @@ import pytest
 import npyseq
 from npyseq import InvalidArgumentError, bucketing, order
 from npyseq.ragged_sequence import RaggedSequence
+
+from _helpers import BACKENDS, run_backend_script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 N = 203
@@ -311,24 +312,10 @@ def test_out_of_range_batches_raise_index_error(ds):
 
 # --- Embedding + LSTM/GRU on each backend, in subprocesses (tests/ragged_backend_script.py)
 
-BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
-
-
-@pytest.fixture(scope="module", params=list(BACKEND_MODULES))
+@pytest.fixture(scope="module", params=BACKENDS)
 def backend_facts(request, tmp_path_factory):
-    backend = request.param
-    if importlib.util.find_spec(BACKEND_MODULES[backend]) is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"backend {backend} is not installed; `make test` installs it")
-        pytest.skip(f"{backend} is not installed (make test installs it)")
-    env = dict(os.environ, KERAS_BACKEND=backend)
-    out = subprocess.run([sys.executable, os.path.join(HERE, "ragged_backend_script.py"),
-                          str(tmp_path_factory.mktemp(backend))], capture_output=True, text=True,
-                         timeout=300, env=env)
-    assert out.returncode == 0, out.stderr[-4000:]
-    facts = json.loads(out.stdout.strip().splitlines()[-1])
-    assert facts["backend"] == backend
-    return facts
+    return run_backend_script("ragged_backend_script.py", request.param,
+                              tmp_path_factory.mktemp(request.param), 300)
 
 
 @pytest.mark.slow
