@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.npyseq-installed
 BENCH_STAMP := $(VENV)/.npyseq-bench-installed
 
-.PHONY: test demo bench bench-full venv clean
+.PHONY: test test-fast demo bench bench-full venv clean
 
 venv: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+# The development loop: everything but the tests marked slow (CI runs `make test`).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not slow"
 
 # The main job: a dataset bigger than the training's memory cap, converted and trained on.
 demo: $(STAMP)
