@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.npyseq-installed
 BENCH_STAMP := $(VENV)/.npyseq-bench-installed
 
-.PHONY: test demo bench bench-full venv clean
+.PHONY: test test-fast demo bench bench-full venv clean
 
 venv: $(STAMP)
 
@@ -21,11 +21,15 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
+# The development loop: everything but the tests marked slow (CI runs `make test`).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not slow"
+
 # The main job: a dataset bigger than the training's memory cap, converted and trained on.
 demo: $(STAMP)
-	$(BIN)/python benchmarks/demo.py
+	$(BIN)/python examples/demo.py
 
-# The benchmark suite (benchmarks/bench_suite.py): the bench extra, and Grain where it installs
+# The benchmark suite (benchmarks/suite/, see benchmarks/README.md): the bench extra, and Grain where it installs
 # (the suite skips it, saying so, where it does not).
 $(BENCH_STAMP): $(STAMP) setup.cfg
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
@@ -34,11 +38,11 @@ $(BENCH_STAMP): $(STAMP) setup.cfg
 
 # Quick run (under 10 minutes on 2 cores, datasets included): 1 GB and 4 GB datasets.
 bench: $(BENCH_STAMP)
-	$(BIN)/python benchmarks/bench_suite.py --plan quick
+	$(BIN)/python -m benchmarks.suite --plan quick
 
 # Full run: 2 GB and 8 GB datasets, every setting, longer timings.
 bench-full: $(BENCH_STAMP)
-	$(BIN)/python benchmarks/bench_suite.py --plan full
+	$(BIN)/python -m benchmarks.suite --plan full
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

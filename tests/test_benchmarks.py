@@ -1,6 +1,6 @@
-"""The benchmark suite's scripts, checked for correctness at a tiny size (not for speed).
+"""The benchmark suite (``benchmarks/suite/``), checked for correctness at a tiny size (not for speed).
 
-Every method of ``benchmarks/methods.py`` must feed ``fit`` the same rows:
+Every method of ``benchmarks/suite/methods.py`` must feed ``fit`` the same rows:
 over each epoch, every method's pipeline (driven through Keras'
 ``EpochIterator``, as the suite measures it) yields exactly the multiset of
 rows ``(x row, y)`` of the dataset. The runner, the I/O figures, the targets
@@ -16,27 +16,24 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "benchmarks")
-sys.path.insert(0, BENCH)
-
-import bench_data  # noqa: E402
-import methods  # noqa: E402
-import run_method  # noqa: E402
+from benchmarks.common import ROOT, parse_result
+from benchmarks.suite import child, data as bench_data, methods, report, targets
+from npyseq.order import SHUFFLE_MODES
+from tools.synthetic import CLASSES, ROW_BYTES, ROW_SHAPE
 
 ROWS, BATCH = 1000, 64  # a partial last batch, several shards
 
 
 def start_job(job: dict, backend: str = "numpy") -> subprocess.Popen:
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
-    return subprocess.Popen([sys.executable, os.path.join(BENCH, "run_method.py"), json.dumps(job)],
+    return subprocess.Popen([sys.executable, "-m", "benchmarks.suite.child", json.dumps(job)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def job_result(proc: subprocess.Popen) -> dict:
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
-    result = run_method_result(stdout)
+    result = parse_result(stdout)
     assert result is not None, stdout[-2000:]
     return result
 
@@ -45,14 +42,9 @@ def run_job(job: dict, backend: str = "numpy") -> dict:
     return job_result(start_job(job, backend))
 
 
-def run_method_result(stdout: str):
-    lines = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
-    return json.loads(lines[-1][len("RESULT "):]) if lines else None
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from bench_io import convert_vs_cp
+    from benchmarks.suite.io import convert_vs_cp
 
     d = bench_data.Data(str(tmp_path_factory.mktemp("bench") / "tiny"), ROWS)
     assert bench_data.make_sources(d, chunk=300)
@@ -70,7 +62,7 @@ def all_specs() -> list[methods.Spec]:
         if method in methods.REFERENCES or not methods.available(method)[0]:
             continue
         for setting in settings:
-            modes = [False, "batches", "blocks", "global"] if method == "npyseq" else [False]
+            modes = SHUFFLE_MODES if method == "npyseq" else [False]
             specs += [methods.Spec(method, setting, mode, batch_size=BATCH) for mode in modes]
     return specs
 
@@ -79,24 +71,25 @@ def test_sources_and_shards_hold_the_same_rows(data):
     import npyseq
 
     x, y = bench_data.read_rows(data)
-    assert x.shape == (ROWS,) + bench_data.ROW_SHAPE and x.dtype == np.float32
-    assert y.shape == (ROWS,) and set(np.unique(y)) <= set(range(bench_data.CLASSES))
+    assert x.shape == (ROWS,) + ROW_SHAPE and x.dtype == np.float32
+    assert y.shape == (ROWS,) and set(np.unique(y)) <= set(range(CLASSES))
     ds = npyseq.open_shards(data.shards)
     assert ds.num_shards > 1
     np.testing.assert_array_equal(ds["x"][:], x)
     np.testing.assert_array_equal(ds["y"][:], y)
-    assert data.nbytes == ROWS * bench_data.ROW_BYTES
+    assert data.nbytes == ROWS * ROW_BYTES
 
 
+@pytest.mark.slow
 def test_every_method_yields_every_row_exactly_once_per_epoch(data):
     specs = all_specs()
     assert {s.method for s in specs} >= {"npyseq", "minimal", "numpy", "tf.data", "generator", "raw_bytes"}
     x, y = bench_data.read_rows(data)
-    expected = run_method.row_digest([(x, y)])
+    expected = child.row_digest([(x, y)])
     # A reader that loses or repeats a row, or pairs it with another row's label, changes the digest.
-    assert run_method.row_digest([(x[1:], y[1:]), (x[:1], y[:1])]) == expected
-    assert run_method.row_digest([(x, np.roll(y, 1))]) != expected
-    assert run_method.row_digest([(np.concatenate([x, x[:1]]), np.concatenate([y, y[:1]]))]) != expected
+    assert child.row_digest([(x[1:], y[1:]), (x[:1], y[:1])]) == expected
+    assert child.row_digest([(x, np.roll(y, 1))]) != expected
+    assert child.row_digest([(np.concatenate([x, x[:1]]), np.concatenate([y, y[:1]]))]) != expected
 
     # Two children at once (2 cores): the process-worker specs spend most of their time starting pools.
     jobs = [start_job({"job": "check", "data": data.to_json(), "specs": [s.to_json() for s in part],
@@ -113,10 +106,8 @@ def test_every_method_yields_every_row_exactly_once_per_epoch(data):
             assert e["digest"] == expected, f"{label} does not yield the dataset's rows"
 
 
+@pytest.mark.slow
 def test_pipeline_and_fit_jobs_then_targets_and_report(data, tmp_path):
-    import report
-    import targets
-
     spec = methods.Spec("npyseq", "sync", "blocks", batch_size=BATCH)
     fit_job = start_job({"job": "fit", "model": "mlp", "data": data.to_json(), "epochs": ["warmup", "warm"],
                          "spec": methods.Spec("model_alone", batch_size=BATCH).to_json()}, backend="tensorflow")
@@ -131,7 +122,7 @@ def test_pipeline_and_fit_jobs_then_targets_and_report(data, tmp_path):
     assert [e["cache"] for e in fit["epochs"]] == ["warmup", "warm"]
     assert fit["backend"] == "tensorflow" and fit["rows"] == 16 * BATCH
 
-    from bench_io import read_loop
+    from benchmarks.suite.io import read_loop
 
     loop = read_loop(data, repeats=1, batch_size=BATCH, min_seconds=0.0)
     assert set(loop["warm"]) == {"False", "batches", "blocks", "global"}
@@ -173,3 +164,115 @@ def test_pipeline_and_fit_jobs_then_targets_and_report(data, tmp_path):
         assert {os.path.basename(p) for p in paths} == {"suite-test-rows.png", "suite-test-memory.png",
                                                          "suite-test-fit.png"}
         assert all(os.path.getsize(p) > 1000 for p in paths)
+
+
+# -- the folder itself: provenance of every result, the README's map, modules that run ---------------
+
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+STUDIES = os.path.join(ROOT, "benchmarks", "studies")
+
+
+def study_modules() -> list[str]:
+    return sorted(f"benchmarks.studies.{f[:-3]}" for f in os.listdir(STUDIES)
+                  if f.endswith(".py") and f != "__init__.py")
+
+
+def test_every_results_file_says_which_commit_date_and_command_made_it():
+    import datetime
+    import re
+
+    files = sorted(f for f in os.listdir(RESULTS) if f.endswith(".json"))
+    assert {"suite-quick.json", "padding.json", "verify_cost.json"} <= set(files)
+    for name in files:
+        with open(os.path.join(RESULTS, name)) as f:
+            prov = json.load(f).get("provenance")
+        assert prov is not None, f"{name}: no provenance; write results with benchmarks.common.write_result"
+        assert re.fullmatch(r"[0-9a-f]{40}", prov["commit"]), f"{name}: commit {prov['commit']!r}"
+        assert datetime.datetime.fromisoformat(prov["date"]).year >= 2026, f"{name}: date {prov['date']!r}"
+        words = prov["command"].split()
+        assert words[:2] == ["python", "-m"], f"{name}: command {prov['command']!r}"
+        assert importlib.util.find_spec(words[2]) is not None, f"{name}: {words[2]} is not a module"
+
+
+def test_the_readme_table_names_every_script_and_every_results_file():
+    import re
+
+    with open(os.path.join(ROOT, "benchmarks", "README.md")) as f:
+        text = f.read()
+    listed = set(re.findall(r"^\| `python -m (benchmarks\.[\w.]+)", text, re.M))
+    assert listed == set(study_modules()) | {"benchmarks.suite"}
+    for name in os.listdir(RESULTS):
+        if name.endswith(".json"):
+            assert f"`{name}`" in text, f"benchmarks/README.md does not say which script writes {name}"
+
+
+def test_the_suite_and_every_study_run_as_modules_and_answer_help():
+    modules = ["benchmarks.suite", *study_modules()]
+    procs = {m: subprocess.Popen([sys.executable, "-m", m, "--help"], cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for m in modules}
+    for m, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, f"python -m {m} --help: {err[-2000:]}"
+        assert out.startswith(f"usage: python -m {m} "), out[:200]
+    for folder, _, files in os.walk(os.path.join(ROOT, "benchmarks")):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name)) as f:
+                    assert "sys.path" not in f.read(), f"{name}: run it as a module instead of editing sys.path"
+
+
+def test_the_modules_children_import_load_neither_npyseq_nor_keras():
+    # The suite's children measure their own memory, and Grain's spawned workers import
+    # baselines to unpickle MemmapRows: none of this may pull in npyseq, Keras or a backend.
+    code = ("import sys, benchmarks.common, benchmarks.suite.child, benchmarks.suite.baselines; "
+            "print([m for m in ('npyseq', 'keras', 'tensorflow', 'torch', 'jax') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+def test_write_result_puts_provenance_first_and_prints_the_table(tmp_path, capsys):
+    import datetime
+
+    from benchmarks.common import write_result
+
+    path = str(tmp_path / "r.json")
+    command = "python -m benchmarks.studies.padding --rows 10"
+    before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    assert write_result(path, {"figure": 1.5}, table="| a |\n| --- |", command=command) == path
+    with open(path) as f:
+        doc = json.load(f)
+    assert list(doc) == ["provenance", "figure", "machine"]
+    prov = doc["provenance"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert prov["commit"] == head and prov["command"] == command and isinstance(prov["modified"], list)
+    assert before <= datetime.datetime.fromisoformat(prov["date"]) <= datetime.datetime.now(datetime.timezone.utc)
+    assert doc["machine"]["cpus"] == os.cpu_count() and doc["figure"] == 1.5
+    assert capsys.readouterr().out == f"| a |\n| --- |\n\nwrote {path}\n"
+
+
+def test_markdown_table_aligns_each_column_and_refuses_a_wrong_alignment():
+    from benchmarks.common import markdown_table
+
+    assert markdown_table(["mode", "GB/s"], [("`global`", "10.86"), ("`False`", 23.9)], "lr") == (
+        "| mode | GB/s |\n| --- | ---: |\n| `global` | 10.86 |\n| `False` | 23.9 |")
+    with pytest.raises(ValueError, match=r"align needs one of 'l'/'r' per column \(2\), got 'l'"):
+        markdown_table(["mode", "GB/s"], [], "l")
+
+
+def test_shard_memmaps_copy_and_gather_the_rows_npyseq_reads(tmp_path):
+    import npyseq
+    from benchmarks.common import ShardMemmaps, drop_cache
+
+    x = np.arange(300 * 4, dtype=np.float32).reshape(300, 4)
+    with npyseq.ShardWriter(tmp_path / "ds", shard_size="1KB") as w:
+        w.append(x=x, y=np.arange(300))
+    ds = w.dataset
+    assert ds.num_shards > 3
+    maps = ShardMemmaps(ds, "x")
+    for a, b in [(0, 300), (10, 70), (61, 62), (299, 300)]:  # across shard boundaries and within one
+        np.testing.assert_array_equal(maps.rows(a, b), x[a:b])
+    idx = np.random.default_rng(0).permutation(300)[:97]
+    np.testing.assert_array_equal(maps.take(idx), x[idx])
+    drop_cache(ds)  # closes the dataset first; it reopens on the next read
+    np.testing.assert_array_equal(ds["x"][idx], x[idx])

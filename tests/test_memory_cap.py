@@ -3,7 +3,7 @@
 ``npyseq convert`` streams sources in chunks, so it must succeed inside a
 cgroup v1 memory cap that cannot hold the array, while the naive
 ``np.load`` of the same file inside the same cap is killed. Needs root and
-the cgroup v1 memory controller (see ``benchmarks/memcap.py``); skipped with the
+the cgroup v1 memory controller (see ``tools/memcap.py``); skipped with the
 reason otherwise.
 
 Numbers on the 2-core / 24 GiB machine this was written on: ``import npyseq``
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from numpy.lib.format import open_memmap
 
-from memcap import cgroup_available, drop_page_cache, run_capped
+from tools.memcap import cgroup_available, drop_page_cache, run_capped
 
 pytestmark = pytest.mark.cgroup
 
@@ -170,7 +170,7 @@ def test_run_capped_kills_leftovers_and_removes_its_group(cgroup):
 
 
 def _own_group_folder() -> str:
-    import memcap as _cgroup
+    from tools import memcap as _cgroup
 
     return _cgroup._own_group()
 

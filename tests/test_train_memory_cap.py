@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import npyseq
-from memcap import cgroup_available, drop_page_cache, run_capped
+from tools.memcap import cgroup_available, drop_page_cache, run_capped
 
 pytestmark = [pytest.mark.cgroup, pytest.mark.slow]
 
@@ -43,7 +43,7 @@ def big_dataset(tmp_path_factory):
 
 
 def test_one_epoch_with_two_process_workers_fits_under_the_cap(big_dataset):
-    argv = [sys.executable, os.path.join(ROOT, "benchmarks", "demo.py"), "train",
+    argv = [sys.executable, os.path.join(ROOT, "examples", "demo.py"), "train",
             "--data", big_dataset.path, "--epochs", "1", "--workers", "2", "--processes"]
     run = run_capped(argv, CAP, timeout=900)
     run.check()

@@ -1,6 +1,6 @@
 """Raw I/O figures of the suite: ``seq[i]`` against memcpy and ``dd``, ``npyseq convert`` against ``cp``.
 
-* :func:`read_loop` (run in a child: ``python bench_io.py read-loop JSON``):
+* :func:`read_loop` (run in a child: ``python -m benchmarks.suite.io read-loop JSON``):
   a single-core memcpy, then ``seq[i]`` over one epoch per shuffle mode, warm
   page cache (best of ``repeats``), and the cold contiguous read alternated
   with ``dd`` of the same shard files (best of ``repeats`` each). Targets P1,
@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import shutil
@@ -24,42 +23,19 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-from bench_data import ROW_BYTES, Data  # noqa: E402
-from memcap import drop_page_cache  # noqa: E402
-
-MODES = [False, "batches", "blocks", "global"]
-
-
-def drop(files) -> None:
-    for f in files:
-        drop_page_cache(f)
+from benchmarks.common import drop_cache, memcpy_rate, print_result
+from benchmarks.suite.data import Data
+from tools.synthetic import ROW_BYTES
 
 
 def dd_seconds(files: list[str]) -> float:
     """Seconds for ``dd`` to read ``files`` one after the other, cold."""
-    drop(files)
+    drop_cache(files)
     start = time.perf_counter()
     for f in files:
         subprocess.run(["dd", f"if={f}", "of=/dev/null", "bs=16M"], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
-
-
-def memcpy_gb_per_s(nbytes: int = 512 * 2**20, repeat: int = 5) -> float:
-    """Single-core memcpy of a 512 MB float32 array (``np.copyto``), best of ``repeat``."""
-    import numpy as np
-
-    src = np.ones(nbytes // 4, np.float32)
-    dst = np.empty_like(src)
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t)
-    return nbytes / best / 1e9
 
 
 def loop_seconds(seq, epoch: int) -> tuple[int, float]:
@@ -109,24 +85,22 @@ def read_loop(data: Data, repeats: int = 3, batch_size: int = 256, min_seconds: 
     is the least disturbed one).
     """
     import npyseq
+    from npyseq.order import SHUFFLE_MODES
 
     ds = npyseq.open_shards(data.shards)
     files = [f for f in data.shard_files() if f.endswith(".npy")]
     shard_bytes = sum(os.path.getsize(f) for f in files)
-    memcpy = [memcpy_gb_per_s()]
+    memcpy = [memcpy_rate()]
     cold, dd = [], []
     seq = npyseq.ShardSequence(ds, x="x", y="y", batch_size=batch_size, shuffle=False)
     for r in range(repeats):
-        # Pages still mapped (npyseq copies out of memory maps when the data fits in
-        # memory) cannot be dropped: unmap the shards first.
-        ds.close()
-        gc.collect()
+        drop_cache(ds)  # unmaps the shards first: mapped pages cannot be dropped
         dd.append(shard_bytes / dd_seconds(files) / 1e9)
-        drop(files)
+        drop_cache(files)
         rows, seconds = loop_seconds(seq, 0)
         cold.append(rows * ROW_BYTES / seconds / 1e9)
     warm = {}
-    for mode in MODES:
+    for mode in SHUFFLE_MODES:
         seq = npyseq.ShardSequence(ds, x="x", y="y", batch_size=batch_size, shuffle=mode, seed=0)
         loop_seconds(seq, 0)  # the page cache holds the data from here on
         runs, spent = [], 0.0
@@ -136,7 +110,7 @@ def read_loop(data: Data, repeats: int = 3, batch_size: int = 256, min_seconds: 
             spent += seconds
         warm[str(mode)] = {"gb_per_s": max(runs), "runs": runs,
                            "rows_per_s": max(runs) * 1e9 / ROW_BYTES}
-    memcpy.append(memcpy_gb_per_s())
+    memcpy.append(memcpy_rate())
     return {
         "rows": len(ds), "batch_size": batch_size, "memcpy_gb_per_s": max(memcpy), "memcpy_runs": memcpy,
         "warm": warm, "in_ram_gather": in_ram_gather(data, ds, batch_size, repeats),
@@ -157,7 +131,7 @@ def convert_vs_cp(data: Data, shard_size: str = "256MB", repeats: int = 1) -> di
     for _ in range(repeats):
         if os.path.exists(data.shards):
             shutil.rmtree(data.shards)
-        drop(sources)
+        drop_cache(sources)
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "npyseq", "convert", *sources, "-o", data.shards,
                         "--shard-size", shard_size, "--quiet"], check=True, stdout=subprocess.DEVNULL)
@@ -177,7 +151,7 @@ def _cp_seconds(data: Data, sources: list[str]) -> tuple[float, float]:
     copy_dir = os.path.join(data.folder, "cp-copy")
     os.makedirs(copy_dir, exist_ok=True)
     copies = [os.path.join(copy_dir, os.path.basename(f)) for f in sources]
-    drop(sources)
+    drop_cache(sources)
     try:
         start = time.perf_counter()
         subprocess.run(["cp", "--reflink=never", *sources, copy_dir], check=True)
@@ -195,7 +169,7 @@ def main() -> int:
     job = json.loads(sys.argv[2])
     result = read_loop(Data.from_json(job["data"]), job.get("repeats", 3),
                        min_seconds=job.get("min_seconds", 1.0))
-    print("RESULT " + json.dumps(result), flush=True)
+    print_result(result)
     return 0
 
 

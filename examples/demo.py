@@ -12,12 +12,13 @@
 Where the cgroup v1 memory controller is unavailable (not root, cgroup v2),
 the demo trains without a cap and says so.
 
-    python benchmarks/demo.py [--size-gb 3.2] [--cap-mb 1024] [--epochs 2] [--workers 2]
+    python examples/demo.py [--size-gb 3.2] [--cap-mb 1024] [--epochs 2] [--workers 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -25,42 +26,12 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the measuring tools of the repository (tools/), not part of npyseq
 
-ROW_SHAPE = (32, 32, 3)
-CLASSES = 10
+from tools.synthetic import CLASSES, ROW_SHAPE, X_ROW_BYTES, source_paths, write_sources  # noqa: E402
 
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def make_sources(folder: str, rows: int) -> tuple[str, str]:
-    """Write x.npy and y.npy chunk by chunk (never the whole array in memory)."""
-    import numpy as np
-    from numpy.lib.format import open_memmap
-
-    x_path, y_path = os.path.join(folder, "x.npy"), os.path.join(folder, "y.npy")
-    stamp = os.path.join(folder, f"sources-{rows}.done")
-    if os.path.exists(stamp):
-        log(f"      reusing {x_path} and {y_path}")
-        return x_path, y_path
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((64, CLASSES)).astype(np.float32)
-    x = open_memmap(x_path, mode="w+", dtype=np.float32, shape=(rows,) + ROW_SHAPE)
-    y = open_memmap(y_path, mode="w+", dtype=np.int64, shape=(rows,))
-    chunk = 8192
-    for a in range(0, rows, chunk):
-        b = min(rows, a + chunk)
-        block = rng.random((b - a,) + ROW_SHAPE, dtype=np.float32) - 0.5
-        x[a:b] = block
-        y[a:b] = np.argmax(block.reshape(b - a, -1)[:, :64] @ w, axis=1)
-        x.flush()
-    del x, y
-    open(stamp, "w").close()
-    return x_path, y_path
+log = functools.partial(print, flush=True)
 
 
 def train(args) -> None:
@@ -68,7 +39,8 @@ def train(args) -> None:
     import keras
 
     import npyseq
-    from memwatch import PeakMemory
+    from tools.memwatch import PeakMemory
+    from tools.timing import EpochTimer
 
     ds = npyseq.open_shards(args.data)
     seq = npyseq.ShardSequence(ds, x="x", y="y", batch_size=256, shuffle="blocks", seed=0,
@@ -81,17 +53,10 @@ def train(args) -> None:
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
 
-    times = []
-
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.start)
-
+    timer = EpochTimer()
     with PeakMemory() as peak:
-        hist = model.fit(seq, epochs=args.epochs, verbose=2, callbacks=[Timer()])
+        hist = model.fit(seq, epochs=args.epochs, verbose=2, callbacks=[timer])
+    times = timer.seconds
     print(json.dumps({
         "rows": len(ds), "bytes": ds.nbytes, "epoch_seconds": times,
         "rows_per_second": [len(ds) / t for t in times],
@@ -108,7 +73,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", action="store_true", help="thread workers instead of processes")
-    p.add_argument("--dir", default=os.path.join(os.path.dirname(HERE), "demo-data"))
+    p.add_argument("--dir", default=os.path.join(ROOT, "demo-data"))
     p.add_argument("--clean", action="store_true", help="delete the demo data at the end")
     sub = p.add_subparsers(dest="command")
     t = sub.add_parser("train")
@@ -121,9 +86,9 @@ def main() -> int:
         train(args)
         return 0
 
-    from memcap import cgroup_available, drop_page_cache, run_capped
+    from tools.memcap import cgroup_available, drop_page_cache, run_capped
 
-    row_bytes = 4 * 32 * 32 * 3
+    row_bytes = X_ROW_BYTES
     rows = int(args.size_gb * 1e9 // row_bytes)
     cap = args.cap_mb * 2**20
     capped, reason = cgroup_available()
@@ -133,7 +98,10 @@ def main() -> int:
 
     log("[1/4] writing the source arrays x.npy and y.npy in chunks")
     t = time.perf_counter()
-    x_path, y_path = make_sources(os.path.join(args.dir, "source"), rows)
+    folder = os.path.join(args.dir, "source")
+    x_path, y_path = source_paths(folder)
+    if not write_sources(folder, rows):
+        log(f"      reusing {x_path} and {y_path}")
     log(f"      {time.perf_counter() - t:.1f} s")
 
     out = os.path.join(args.dir, "train")

@@ -8,26 +8,20 @@ padding of bucketing by pool size, from the lengths alone, on this
 distribution and a harsher one (shorter mean, same tail). Prints markdown
 tables and writes ``benchmarks/results/padding.json``.
 
-    python benchmarks/bench_padding.py [--rows 100000] [--batch-size 64]
+    python -m benchmarks.studies.padding [--rows 100000] [--batch-size 64]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import sys
 import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-
-import npyseq  # noqa: E402
-from npyseq import bucketing, order  # noqa: E402
-from npyseq.ragged_sequence import RaggedSequence  # noqa: E402
+import npyseq
+from benchmarks.common import DATA, RESULTS, make_or_reuse_dataset, markdown_table, write_result
+from npyseq import bucketing, order
 
 LONGEST = 2000
 DISTRIBUTIONS = {"lognormal(5, 1)": (5.0, 1.0), "lognormal(4, 1)": (4.0, 1.0)}
@@ -40,23 +34,20 @@ def sample_lengths(rows: int, mu: float, sigma: float, seed: int = 0) -> np.ndar
 
 
 def make_dataset(path: str, lengths: np.ndarray) -> npyseq.Dataset:
-    try:
-        ds = npyseq.open_shards(path)
-        if np.array_equal(ds["tokens"].lengths(), lengths):
-            return ds
-    except (npyseq.NpyseqError, KeyError):
-        pass
-    rng = np.random.default_rng(1)
-    with npyseq.ShardWriter(path, overwrite=True) as w:
+    """Token ids (int32) of ``lengths`` as ``tokens`` and the row index as ``id``; reused if the lengths match."""
+
+    def chunks():
+        rng = np.random.default_rng(1)
         for a in range(0, len(lengths), 10_000):
             chunk = lengths[a:a + 10_000]
             values = rng.integers(1, 30_000, int(chunk.sum()), dtype=np.int32)
-            w.append(tokens=np.split(values, np.cumsum(chunk)[:-1]), id=np.arange(a, a + len(chunk)))
-    return w.dataset
+            yield {"tokens": np.split(values, np.cumsum(chunk)[:-1]), "id": np.arange(a, a + len(chunk))}
+
+    return make_or_reuse_dataset(path, lambda ds: np.array_equal(ds["tokens"].lengths(), lengths), chunks)
 
 
 def run_sequence(ds: npyseq.Dataset, batch_size: int, **options) -> dict:
-    seq = RaggedSequence(ds, x="tokens", y="id", batch_size=batch_size, shuffle="global", seed=0, **options)
+    seq = npyseq.RaggedSequence(ds, x="tokens", y="id", batch_size=batch_size, shuffle="global", seed=0, **options)
     padded, widths, rows = 0, set(), 0
     t = time.perf_counter()
     for i in range(len(seq)):
@@ -81,12 +72,13 @@ def bucketed_padding(lengths: np.ndarray, batch_size: int, bucket_pool: int) -> 
     return padded
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=100_000)
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.studies.padding",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000, help="samples (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--data", default=os.path.join(HERE, "data", "padding"))
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "padding.json"))
+    parser.add_argument("--data", default=os.path.join(DATA, "padding"))
+    parser.add_argument("--out", default=os.path.join(RESULTS, "padding.json"))
     args = parser.parse_args()
     bs = args.batch_size
 
@@ -104,14 +96,14 @@ def main() -> None:
     print(f"{args.rows:,} samples, lengths {name} clipped to 1..{LONGEST}: mean {lengths.mean():.1f}, "
           f"median {np.median(lengths):.0f}, max {lengths.max()}; batch size {bs}, shuffle='global', "
           f"bucket_pool={bucketing.DEFAULT_BUCKET_POOL}\n")
-    print("| batching | padded / real tokens | distinct widths | rows/s |")
-    print("| --- | ---: | ---: | ---: |")
     for method, options in methods.items():
         r = run_sequence(ds, bs, **options)
         assert r["rows"] == args.rows
         r.update(method=method, options=options, padded_over_real=r["padded_tokens"] / real)
         results.append(r)
-        print(f"| {method} | {r['padded_over_real']:.3f}x | {r['distinct_widths']} | {r['rows_per_s']:,.0f} |")
+    print(markdown_table(["batching", "padded / real tokens", "distinct widths", "rows/s"],
+                         [(r["method"], f"{r['padded_over_real']:.3f}x", r["distinct_widths"],
+                           f"{r['rows_per_s']:,.0f}") for r in results], "lrrr"))
 
     sweep = {}
     for dist, (mu, sigma) in DISTRIBUTIONS.items():
@@ -119,25 +111,19 @@ def main() -> None:
         sweep[dist] = {"mean_length": float(lens.mean()),
                        "padded_over_real": {k: bucketed_padding(lens, bs, k) / int(lens.sum()) for k in POOLS}}
     print("\nPadded / real tokens of bucketing by `bucket_pool` (batches per pool), from the lengths alone:\n")
-    print("| lengths | mean | " + " | ".join(f"pool {k}" for k in POOLS) + " |")
-    print("| --- | ---: | " + " | ".join("---:" for _ in POOLS) + " |")
-    for dist, s in sweep.items():
-        print(f"| {dist} | {s['mean_length']:.0f} | "
-              + " | ".join(f"{s['padded_over_real'][k]:.3f}x" for k in POOLS) + " |")
+    table = markdown_table(["lengths", "mean"] + [f"pool {k}" for k in POOLS],
+                           [[dist, f"{s['mean_length']:.0f}"] + [f"{s['padded_over_real'][k]:.3f}x" for k in POOLS]
+                            for dist, s in sweep.items()], "lr" + "r" * len(POOLS))
 
     report = {
         "benchmark": "padding", "rows": args.rows, "batch_size": bs, "distribution": name,
         "longest": int(lengths.max()), "mean_length": float(lengths.mean()), "real_tokens": real,
         "bucket_pool": bucketing.DEFAULT_BUCKET_POOL, "batches": order.num_batches(args.rows, bs),
         "results": results, "pool_sweep": sweep,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-                    "platform": platform.platform()},
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
-    print(f"\nwrote {args.out}")
+    write_result(args.out, report, table=table)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

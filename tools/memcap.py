@@ -5,7 +5,7 @@ data. The honest test of that is to run the work in a process that *cannot*
 hold the data, and to see it succeed (and a naive version of it get killed).
 This module does that with the cgroup v1 memory controller:
 
->>> from memcap import cgroup_available, run_capped, drop_page_cache
+>>> from tools.memcap import cgroup_available, run_capped, drop_page_cache
 >>> ok, reason = cgroup_available()
 >>> if not ok:
 ...     pytest.skip(reason)

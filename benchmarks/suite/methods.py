@@ -24,7 +24,8 @@ the model's own cost); ``constant_pydataset`` returns one in-memory batch from
 a ``PyDataset`` (the model plus Keras' PyDataset path, with no reading).
 
 Every method yields each row of the dataset exactly once per epoch
-(``tests/test_benchmarks.py`` checks it).
+(``tests/test_benchmarks.py`` checks it). The hand-written baselines are in
+:mod:`benchmarks.suite.baselines`.
 """
 
 from __future__ import annotations
@@ -32,15 +33,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
-import os
-import sys
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
-
-from bench_data import Data  # noqa: E402
+from benchmarks.suite.data import Data
 
 BATCH_SIZE = 256
 WORKERS = 2
@@ -159,7 +154,7 @@ def build(spec: Spec, data: Data) -> Pipeline:
             seq = seq.subset(0, rows)
         return Pipeline(spec, seq, {"shuffle": True}, rows, data.shard_files())
     if spec.method == "minimal":
-        from minimal_pydataset import MinimalPyDataset
+        from benchmarks.suite.baselines import MinimalPyDataset
 
         ds = MinimalPyDataset(data.x_npy, data.y_npy, B, rows, **_worker_kwargs(spec.setting))
         return Pipeline(spec, ds, {"shuffle": True}, rows, sources)
@@ -174,18 +169,18 @@ def build(spec: Spec, data: Data) -> Pipeline:
               .batch(B).prefetch(tf.data.AUTOTUNE))
         return Pipeline(spec, ds, {}, rows, sources)
     if spec.method in ("generator", "raw_bytes"):
-        import readers
+        from benchmarks.suite import baselines
 
-        make = readers.memmap_batches if spec.method == "generator" else readers.raw_batches
+        make = baselines.memmap_batches if spec.method == "generator" else baselines.raw_batches
         gen = make(data.x_npy, data.y_npy, rows, B)
         return Pipeline(spec, gen, {"steps_per_epoch": math.ceil(rows / B)}, rows, sources)
     if spec.method == "torch":
         import torch
         from torch.utils.data import DataLoader
 
-        import readers
+        from benchmarks.suite.baselines import MemmapRows
 
-        loader = DataLoader(readers.MemmapRows(data.x_npy, data.y_npy, rows), batch_size=B,
+        loader = DataLoader(MemmapRows(data.x_npy, data.y_npy, rows), batch_size=B,
                             shuffle=True, num_workers=0 if spec.setting == "sync" else WORKERS,
                             generator=torch.Generator().manual_seed(spec.seed))
         return Pipeline(spec, loader, {}, rows, sources)
@@ -199,7 +194,7 @@ def build(spec: Spec, data: Data) -> Pipeline:
 
             ds = tf.data.Dataset.from_tensors(batch).repeat(steps)
             return Pipeline(spec, ds, {}, steps * B, sources)
-        from minimal_pydataset import ConstantPyDataset
+        from benchmarks.suite.baselines import ConstantPyDataset
 
         return Pipeline(spec, ConstantPyDataset(batch, steps), {"shuffle": True}, steps * B, sources)
     raise AssertionError(spec.method)
@@ -219,13 +214,13 @@ def _grain(data: Data, rows: int, spec: Spec):
     import grain
     from absl import flags
 
-    import readers
+    from benchmarks.suite.baselines import MemmapRows
 
     # Grain's process workers read absl flags, which a script that does not
     # run absl.app.main never parses.
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
-    ds = grain.MapDataset.source(readers.MemmapRows(data.x_npy, data.y_npy, rows))
+    ds = grain.MapDataset.source(MemmapRows(data.x_npy, data.y_npy, rows))
     ds = ds.shuffle(seed=spec.seed).batch(spec.batch_size)
     if spec.setting == "threads":
         return ds.to_iter_dataset(grain.ReadOptions(num_threads=WORKERS, prefetch_buffer_size=10))

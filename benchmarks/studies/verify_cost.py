@@ -7,43 +7,22 @@ over ``x`` (256-row batches, ``ShardSequence`` without Keras) with
 ``verify="headers"`` (the default) and ``verify="checksums"``, from a warm and
 from a cold page cache, plus a second pass (shards already hashed), the open
 itself, and the raw hashing rate. Prints a markdown table and writes
-``benchmarks/results/verify.json``.
+``benchmarks/results/verify_cost.json``.
 
-    python benchmarks/bench_verify.py [--size-gb 1.0] [--repeat 3]
+    python -m benchmarks.studies.verify_cost [--size-gb 1.0] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
-import json
 import os
-import platform
 import statistics
-import sys
 import time
 
-import numpy as np
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-import npyseq  # noqa: E402
-from bench_read import ROW_SHAPE, make_dataset  # noqa: E402
-from memcap import drop_page_cache  # noqa: E402
-from npyseq import _npy  # noqa: E402
-
-
-
-def shard_paths(ds: npyseq.Dataset) -> list[str]:
-    return [os.path.join(ds.path, s.path) for a in ds.manifest.arrays.values() for s in a.shards]
-
-
-def drop(ds: npyseq.Dataset) -> None:
-    ds.close()
-    gc.collect()
-    for path in shard_paths(ds):
-        drop_page_cache(path)
+import npyseq
+from benchmarks.common import DATA, RESULTS, drop_cache, image_dataset, markdown_table, shard_files, write_result
+from npyseq import _npy
+from tools.synthetic import ROW_SHAPE
 
 
 def one_pass(ds: npyseq.Dataset, batch_size: int) -> float:
@@ -56,7 +35,7 @@ def one_pass(ds: npyseq.Dataset, batch_size: int) -> float:
 
 def measure(path: str, verify: str, cold: bool, batch_size: int) -> dict:
     if cold:
-        drop(npyseq.open_shards(path, verify="none"))
+        drop_cache(npyseq.open_shards(path, verify="none"))
     t = time.perf_counter()
     ds = npyseq.open_shards(path, verify=verify)
     opened = time.perf_counter() - t
@@ -67,7 +46,7 @@ def measure(path: str, verify: str, cold: bool, batch_size: int) -> dict:
 
 
 def hash_rate(ds: npyseq.Dataset) -> float:
-    path = shard_paths(ds)[0]
+    path = shard_files(ds)[0]
     _npy.file_checksum(path)  # warm
     t = time.perf_counter()
     _npy.file_checksum(path)
@@ -75,15 +54,15 @@ def hash_rate(ds: npyseq.Dataset) -> float:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size-gb", type=float, default=1.0)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.studies.verify_cost", description=__doc__.splitlines()[0])
+    p.add_argument("--size-gb", type=float, default=1.0, help="size of x (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--data", default=os.path.join(HERE, "data", "verify"))
-    p.add_argument("--out", default=os.path.join(HERE, "results", "verify.json"))
+    p.add_argument("--data", default=os.path.join(DATA, "verify"))
+    p.add_argument("--out", default=os.path.join(RESULTS, "verify_cost.json"))
     args = p.parse_args()
 
-    ds = make_dataset(args.data, args.size_gb)
+    ds = image_dataset(args.data, args.size_gb)
     nbytes = ds.nbytes
     runs = []
     for cache in ("warm", "cold"):
@@ -99,29 +78,23 @@ def main() -> int:
                     "ratio": by[(c, "checksums")]["first_pass_s"] / by[(c, "headers")]["first_pass_s"]}
                 for c in ("warm", "cold")}
     report = {
-        "benchmark": "verify", "dataset_bytes": nbytes, "rows": len(ds),
+        "benchmark": "verify_cost", "dataset_bytes": nbytes, "rows": len(ds),
         "shards_per_array": ds.num_shards, "row_shape": ROW_SHAPE, "batch_size": args.batch_size,
         "repeat": args.repeat, "xxh3_gb_per_s_warm": hash_rate(ds),
         "first_pass_overhead": overhead, "runs": runs,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "numpy": np.__version__, "platform": platform.platform()},
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
     print(f"one sequential pass over {nbytes / 1e9:.2f} GB ({ds.num_shards} shards of x and of y), "
           f"batch {args.batch_size}, median of {args.repeat}; xxh3 alone "
           f"{report['xxh3_gb_per_s_warm']:.1f} GB/s from page cache\n")
-    print("| cache | verify | open | first pass | first pass GB/s | second pass |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for r in runs:
-        print(f"| {r['cache']} | `{r['verify']}` | {r['open_s'] * 1e3:.1f} ms | {r['first_pass_s']:.2f} s | "
-              f"{r['first_pass_gb_per_s']:.2f} | {r['second_pass_s']:.2f} s |")
-    for c, o in overhead.items():
-        print(f"\n{c} cache: checksums add {o['seconds']:.2f} s to the first pass ({o['ratio']:.2f}x)")
-    print(f"\nwrote {args.out}")
+    table = markdown_table(["cache", "verify", "open", "first pass", "first pass GB/s", "second pass"],
+                           [(r["cache"], f"`{r['verify']}`", f"{r['open_s'] * 1e3:.1f} ms", f"{r['first_pass_s']:.2f} s",
+                             f"{r['first_pass_gb_per_s']:.2f}", f"{r['second_pass_s']:.2f} s") for r in runs],
+                           "llrrrr")
+    table += "".join(f"\n\n{c} cache: checksums add {o['seconds']:.2f} s to the first pass ({o['ratio']:.2f}x)"
+                     for c, o in overhead.items())
+    write_result(args.out, report, table=table)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

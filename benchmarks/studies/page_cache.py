@@ -13,8 +13,9 @@ two ways, after the cache was filled two ways:
 is fast from large folios and slower from small ones; a copy out of a memmap
 whose pages are already mapped (the minimal PyDataset) is a plain memcpy
 either way. Writes ``benchmarks/results/page_cache.json`` and prints a table.
+The suite runs it too, on its 1x dataset (its ``read`` phase).
 
-    python benchmarks/bench_page_cache.py [--data benchmarks/data/suite-81327] [--repeats 3]
+    python -m benchmarks.studies.page_cache [--data benchmarks/data/suite-81327] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -22,29 +23,24 @@ from __future__ import annotations
 import argparse
 import gc
 import glob
-import json
 import os
 import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
 os.environ.setdefault("KERAS_BACKEND", "numpy")  # npyseq.ShardSequence imports Keras; no backend needed
 
 import numpy as np  # noqa: E402
 
-from bench_data import ROW_BYTES  # noqa: E402
-from memcap import drop_page_cache  # noqa: E402
+from benchmarks.common import DATA, RESULTS, ShardMemmaps, drop_cache, markdown_table, write_result  # noqa: E402
+from tools.synthetic import ROW_BYTES  # noqa: E402
 
 BATCH = 256
 
 
 def fill(files: list[str], how: str, seed: int) -> None:
     gc.collect()  # unmap the memmaps of the previous measurement: mapped pages cannot be dropped
-    for f in files:
-        drop_page_cache(f)
+    drop_cache(files)
     if how == "sequential":
         subprocess.run(["cat", *files], check=True, stdout=subprocess.DEVNULL)
         return
@@ -72,19 +68,7 @@ def warm_rates(shards: str, repeats: int, seed: int) -> dict:
     # budget; its default for data that fits is to copy out of memory maps, the second column).
     seq = npyseq.ShardSequence(npyseq.open_shards(shards, read="pread"), x="x", y="y", batch_size=BATCH)
     ds = seq.dataset
-    maps = {n: [np.load(os.path.join(ds.path, s.path), mmap_mode="r") for s in ds.manifest.arrays[n].shards]
-            for n in ("x", "y")}
-    offsets = np.concatenate(([0], np.cumsum(ds.manifest.shard_rows)))
-
-    def memmap_rows(name: str, a: int, b: int) -> np.ndarray:
-        """Rows [a, b) copied out of the memmaps (a batch may straddle two shards)."""
-        k = int(np.searchsorted(offsets, a, side="right")) - 1
-        parts = []
-        while a < b:
-            hi = min(b, int(offsets[k + 1]))
-            parts.append(maps[name][k][a - offsets[k]:hi - offsets[k]])
-            a, k = hi, k + 1
-        return np.concatenate(parts) if len(parts) > 1 else np.array(parts[0])
+    x, y = ShardMemmaps(ds, "x"), ShardMemmaps(ds, "y")
 
     rng = np.random.default_rng(seed)
     out = {"npyseq_pread": [], "memmap_copy": []}
@@ -96,22 +80,22 @@ def warm_rates(shards: str, repeats: int, seed: int) -> dict:
         t = time.perf_counter()
         for i in order:
             a, b = i * BATCH, min(len(ds), (i + 1) * BATCH)
-            memmap_rows("x", a, b), memmap_rows("y", a, b)
+            x.rows(a, b), y.rows(a, b)
         out["memmap_copy"].append(rows * ROW_BYTES / (time.perf_counter() - t) / 1e9)
     return {k: max(v) for k, v in out.items()} | {"runs": out}
 
 
 def _smallest_suite_dataset() -> str | None:
-    folders = [f for f in glob.glob(os.path.join(HERE, "data", "suite-*")) if os.path.isdir(os.path.join(f, "shards"))]
+    folders = [f for f in glob.glob(os.path.join(DATA, "suite-*")) if os.path.isdir(os.path.join(f, "shards"))]
     return min(folders, key=lambda f: int(f.rsplit("-", 1)[1]), default=None)
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.studies.page_cache", description=__doc__.splitlines()[0])
     p.add_argument("--data", default=_smallest_suite_dataset(),
                    help="a suite dataset folder (default: the smallest in benchmarks/data)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", default=os.path.join(HERE, "results", "page_cache.json"))
+    p.add_argument("--out", default=os.path.join(RESULTS, "page_cache.json"))
     args = p.parse_args()
     if not args.data:
         print("no dataset: run `make bench` first, or give --data")
@@ -124,16 +108,12 @@ def main() -> int:
         results.append({"filled_by": how, **warm_rates(shards, args.repeats, seed=2)})
     report = {"benchmark": "page_cache", "data": args.data, "bytes": sum(os.path.getsize(f) for f in files),
               "batch_size": BATCH, "kernel": os.uname().release, "results": results}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
     print(f"warm reads of {report['bytes'] / 1e9:.2f} GB in shuffled batches of {BATCH} rows, "
           f"best of {args.repeats} (kernel {report['kernel']})\n")
-    print('| page cache filled by | npyseq `seq[i]`, `read="pread"`, GB/s | memmap copy GB/s |')
-    print("| --- | ---: | ---: |")
-    for r in results:
-        print(f"| {r['filled_by']} | {r['npyseq_pread']:.2f} | {r['memmap_copy']:.2f} |")
-    print(f"\nwrote {args.out}")
+    table = markdown_table(["page cache filled by", 'npyseq `seq[i]`, `read="pread"`, GB/s', "memmap copy GB/s"],
+                           [(r["filled_by"], f"{r['npyseq_pread']:.2f}", f"{r['memmap_copy']:.2f}") for r in results],
+                           "lrr")
+    write_result(args.out, report, table=table)
     return 0
 
 

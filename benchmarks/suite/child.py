@@ -1,6 +1,6 @@
 """Run one method of the suite in this process and print its figures as one JSON line.
 
-The suite (``bench_suite.py``) starts this script once per measurement, so
+The suite (``python -m benchmarks.suite``) starts this module once per measurement, so
 that memory peaks of different methods never mix and every method starts from
 a fresh interpreter. The last line of stdout is ``RESULT {json}``.
 
@@ -23,9 +23,9 @@ Jobs (a JSON object on the command line):
     For the tests: for each of ``specs``, a digest of the multiset of rows
     ``(x row bytes, y)`` that each epoch yields.
 
-    python benchmarks/run_method.py '{"job": "pipeline", "spec": {"method": "npyseq"},
-                                      "data": {"folder": "...", "rows": 81380},
-                                      "epochs": ["cold", "warm"]}'
+    python -m benchmarks.suite.child '{"job": "pipeline", "spec": {"method": "npyseq"},
+                                       "data": {"folder": "...", "rows": 81380},
+                                       "epochs": ["cold", "warm"]}'
 """
 
 from __future__ import annotations
@@ -35,22 +35,14 @@ import os
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-from bench_data import ROW_BYTES, Data  # noqa: E402
-
-
-def drop_cache(files: list[str]) -> None:
-    from memcap import drop_page_cache
-
-    for f in files:
-        drop_page_cache(f)
+from benchmarks.common import drop_cache, print_result
+from benchmarks.suite.data import Data
+from tools.synthetic import CLASSES, ROW_BYTES, ROW_SHAPE
 
 
 def time_epoch(iterator, *, max_seconds: float | None = None) -> dict:
     """Pull the batches of one epoch; rows, seconds and rates."""
-    from methods import epoch_batches
+    from benchmarks.suite.methods import epoch_batches
 
     rows = batches = 0
     start = time.perf_counter()
@@ -68,8 +60,8 @@ def time_epoch(iterator, *, max_seconds: float | None = None) -> dict:
 
 
 def run_pipeline(job: dict) -> dict:
-    from memwatch import PeakMemory
-    from methods import Spec, build
+    from benchmarks.suite.methods import Spec, build
+    from tools.memwatch import PeakMemory
 
     spec, data = Spec.from_json(job["spec"]), Data.from_json(job["data"])
     epochs = []
@@ -103,8 +95,6 @@ def _memory(peak) -> dict:
 def build_model(name: str):
     import keras
 
-    from bench_data import CLASSES, ROW_SHAPE
-
     inputs = keras.Input(ROW_SHAPE)
     if name == "mlp":  # 3072-64-10: cheap, so the input pipeline shows
         h = keras.layers.Dense(64, activation="relu")(keras.layers.Flatten()(inputs))
@@ -123,39 +113,35 @@ def build_model(name: str):
 def run_fit(job: dict) -> dict:
     import keras
 
-    from memwatch import PeakMemory
-    from methods import Spec, build
+    from benchmarks.suite.methods import Spec, build
+    from tools.memwatch import PeakMemory
+    from tools.timing import EpochTimer
 
     spec, data = Spec.from_json(job["spec"]), Data.from_json(job["data"])
     kinds = job.get("epochs", ["warmup", "warm"])
-    times = []
-
-    class EpochTimer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if kinds[epoch] == "cold":
-                drop_cache(files)
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.start)
 
     keras.utils.set_random_seed(0)
     with PeakMemory() as peak:
         start = time.perf_counter()
         pipe = build(spec, data)
-        files = pipe.files
         model = build_model(job["model"])
         setup = time.perf_counter() - start
-        hist = model.fit(pipe.x, epochs=len(kinds), verbose=0, callbacks=[EpochTimer()], **pipe.fit_kwargs)
+
+        def before_epoch(epoch: int) -> None:
+            if kinds[epoch] == "cold":
+                drop_cache(pipe.files)
+
+        timer = EpochTimer(before_epoch)
+        hist = model.fit(pipe.x, epochs=len(kinds), verbose=0, callbacks=[timer], **pipe.fit_kwargs)
     epochs = [{"cache": k, "seconds": t, "rows_per_s": pipe.rows / t,
-               "accuracy": float(a)} for k, t, a in zip(kinds, times, hist.history["accuracy"])]
+               "accuracy": float(a)} for k, t, a in zip(kinds, timer.seconds, hist.history["accuracy"])]
     return {"rows": pipe.rows, "model": job["model"], "setup_seconds": setup, "epochs": epochs,
             "backend": keras.backend.backend(), **_memory(peak), "load_average": os.getloadavg()[0]}
 
 
 def run_check(job: dict) -> dict:
     """Digest of the rows each spec yields per epoch (see tests/test_benchmarks.py)."""
-    from methods import Spec, build, epoch_batches
+    from benchmarks.suite.methods import Spec, build, epoch_batches
 
     data = Data.from_json(job["data"])
     out = {}
@@ -189,7 +175,7 @@ def main() -> int:
     job = json.loads(sys.argv[1])
     runner = {"pipeline": run_pipeline, "fit": run_fit, "check": run_check}[job["job"]]
     result = runner(job)
-    print("RESULT " + json.dumps(result), flush=True)
+    print_result(result)
     # Worker pools, loaders and tf.data threads left behind must not delay the exit.
     os._exit(0)
 

@@ -12,12 +12,15 @@ Runs, on the same data and in this order:
 5. **capped**: the 4x dataset under a cgroup memory cap at least 3x smaller:
    which methods are killed, and npyseq's throughput.
 
-Each measurement runs in its own process (``run_method.py``), so memory
-peaks never mix. Writes ``benchmarks/results/suite-<plan>.json`` (machine,
+Each measurement runs in its own process (``python -m benchmarks.suite.child``),
+so memory peaks never mix. Writes ``benchmarks/results/suite-<plan>.json`` (machine,
 versions, every figure), ``.md`` (the tables) and ``.png`` plots, and prints
 the tables.
 
-    python benchmarks/bench_suite.py [--plan quick|full] [--only pipeline,fit]
+The targets P1-P7 that the ratios are checked against are defined in
+``benchmarks/suite/targets.py``.
+
+    python -m benchmarks.suite [--plan quick|full] [--only pipeline,fit]
 """
 
 from __future__ import annotations
@@ -26,19 +29,16 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+from benchmarks import common
+from benchmarks.common import ROOT, log
+from benchmarks.suite import report, targets
+from benchmarks.suite.data import Data, make_sources, rows_for
+from benchmarks.suite.methods import IN_RAM, METHODS, SETTINGS, Spec, available
 
-from bench_data import Data, make_sources, rows_for  # noqa: E402
-from methods import IN_RAM, METHODS, SETTINGS, Spec, available  # noqa: E402
-
-MODES = [False, "batches", "blocks", "global"]
 # The npyseq setting of the memory figures (P4) and of the capped training.
 MEMORY_SPEC = {"method": "npyseq", "setting": "threads", "shuffle": "blocks"}
 
@@ -52,10 +52,6 @@ PLANS = {
                  fit_epochs=["warmup", "warm", "warm", "warm"], capped_seconds=60, memory_seconds=600,
                  convert_repeats=3, child_timeout=1200, full=True),
 }
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 # -- what runs ---------------------------------------------------------------
@@ -122,27 +118,21 @@ def _env(backend: str) -> dict:
     return env
 
 
-def _parse(stdout: str) -> dict | None:
-    for line in reversed(stdout.splitlines()):
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    return None
-
-
-def run_child(argv: list[str], *, backend: str, timeout: float, cap: int | None = None) -> dict:
-    """Run a child; {status: ok|failed|killed|timeout, result, wall_seconds, ...}."""
+def run_child(module: str, *args: str, backend: str, timeout: float, cap: int | None = None) -> dict:
+    """Run ``python -m module args`` from the repository root; {status: ok|failed|killed|timeout, result, ...}."""
+    argv = [sys.executable, "-m", module, *args]
     start = time.perf_counter()
     env = _env(backend)
     if cap is None:
         try:
-            p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
         except subprocess.TimeoutExpired:
             return {"status": "timeout", "wall_seconds": time.perf_counter() - start}
         code, out, err, extra = p.returncode, p.stdout, p.stderr, {}
     else:
-        from memcap import run_capped
+        from tools.memcap import run_capped
 
-        r = run_capped(argv, cap, timeout=timeout, env=env)
+        r = run_capped(argv, cap, timeout=timeout, env=env, cwd=ROOT)
         code, out, err = r.returncode, r.stdout, r.stderr
         extra = {"cap_bytes": cap, "cgroup_max_usage_bytes": r.max_usage_bytes, "oom_killed": r.oom_killed,
                  "returncode": r.returncode}
@@ -150,7 +140,7 @@ def run_child(argv: list[str], *, backend: str, timeout: float, cap: int | None 
             return {"status": "timeout", "wall_seconds": r.seconds, **extra}
         if r.oom_killed:
             return {"status": "killed", "wall_seconds": r.seconds, **extra}
-    result = _parse(out)
+    result = common.parse_result(out)
     if code != 0 or result is None:
         tail = (err or "").strip().splitlines()[-3:]
         return {"status": "failed", "returncode": code, "error": " | ".join(tail)[-600:],
@@ -172,7 +162,7 @@ class Suite:
                        "started": datetime.datetime.now().isoformat(timespec="seconds"),
                        "config": dict(self.plan, memory_spec=MEMORY_SPEC, batch_size=256,
                                       keras_backend_pipeline="numpy", keras_backend_fit="tensorflow"),
-                       "machine": machine(), "versions": versions(), "skipped_methods": self.skipped,
+                       "machine": common.machine(), "versions": versions(), "skipped_methods": self.skipped,
                        "datasets": {k: {"rows": d.rows, "bytes": d.nbytes, "folder": d.folder}
                                     for k, d in self.data.items()},
                        "conversion": {}, "runs": []}
@@ -180,7 +170,7 @@ class Suite:
     # -- phases
 
     def make_data(self) -> None:
-        from bench_io import convert_vs_cp
+        from benchmarks.suite.io import convert_vs_cp
 
         for size, data in self.data.items():
             t = time.perf_counter()
@@ -195,8 +185,8 @@ class Suite:
     def read(self) -> None:
         job = {"data": self.data["1x"].to_json(), "repeats": self.plan["repeats"],
                "min_seconds": self.plan["min_warm_seconds"] / 2}
-        r = run_child([sys.executable, os.path.join(HERE, "bench_io.py"), "read-loop", json.dumps(job)],
-                      backend="numpy", timeout=self.plan["child_timeout"])
+        r = run_child("benchmarks.suite.io", "read-loop", json.dumps(job), backend="numpy",
+                      timeout=self.plan["child_timeout"])
         if r["status"] != "ok":
             log(f"[read] {r['status']}: {r.get('error', '')}")
             return
@@ -205,9 +195,10 @@ class Suite:
         log(f"[read] memcpy {loop['memcpy_gb_per_s']:.2f} GB/s; seq[i] warm GB/s: {modes}; cold "
             f"{loop['cold_sequential']['gb_per_s']:.2f} vs dd {loop['dd']['gb_per_s']:.2f} GB/s")
         out = os.path.join(self.out_dir, "page_cache.json")
-        r = subprocess.run([sys.executable, os.path.join(HERE, "bench_page_cache.py"), "--data",
+        r = subprocess.run([sys.executable, "-m", "benchmarks.studies.page_cache", "--data",
                             self.data["1x"].folder, "--repeats", str(self.plan["repeats"]), "--out", out],
-                           capture_output=True, text=True, env=_env("numpy"), timeout=self.plan["child_timeout"])
+                           capture_output=True, text=True, env=_env("numpy"), cwd=ROOT,
+                           timeout=self.plan["child_timeout"])
         if r.returncode == 0:
             with open(out) as f:
                 self.report["page_cache"] = pc = json.load(f)
@@ -236,9 +227,8 @@ class Suite:
                 return
         job = {"job": "fit" if model else "pipeline", "spec": spec.to_json(), "data": data.to_json(),
                "epochs": epochs, "model": model, **job_extra}
-        run.update(run_child([sys.executable, os.path.join(HERE, "run_method.py"), json.dumps(job)],
-                             backend="tensorflow" if model else "numpy", timeout=self.plan["child_timeout"],
-                             cap=cap))
+        run.update(run_child("benchmarks.suite.child", json.dumps(job), backend="tensorflow" if model else "numpy",
+                             timeout=self.plan["child_timeout"], cap=cap))
         self.report["runs"].append(run)
         log(f"[{phase} {size}{' capped' if cap else ''}{' ' + model if model else ''}] {spec.label}: "
             f"{summary(run)}")
@@ -260,7 +250,7 @@ class Suite:
         self.measure("fit", "4x", Spec(**MEMORY_SPEC), model="mlp", epochs=["any"])
 
     def capped(self) -> None:
-        from memcap import cgroup_available
+        from tools.memcap import cgroup_available
 
         ok, why = cgroup_available()
         cap = self.plan["cap_mb"] * 2**20
@@ -320,19 +310,6 @@ def mem_available() -> int:
     return 0
 
 
-def machine() -> dict:
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
-    except OSError:
-        pass
-    with open("/proc/meminfo") as f:
-        total = int(f.readline().split()[1]) * 1024
-    return {"cpus": os.cpu_count(), "cpu_model": cpu, "memory_bytes": total, "platform": platform.platform(),
-            "python": platform.python_version(), "load_average_start": os.getloadavg()}
-
-
 def versions() -> dict:
     from importlib import metadata
 
@@ -342,47 +319,35 @@ def versions() -> dict:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "npyseq"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        out["git"] = commit + (" (npyseq/ modified)" if dirty else "")
-    except OSError:
-        pass
+    dirty = any(path.startswith("npyseq/") for path in common.modified_code())
+    out["git"] = common.git_commit(short=True) + (" (npyseq/ modified)" if dirty else "")
     return out
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__.splitlines()[0])
     p.add_argument("--plan", choices=sorted(PLANS), default="quick")
     p.add_argument("--only", default="read,pipeline,fit,capped",
                    help="comma-separated phases after data (default: all)")
-    p.add_argument("--data", default=os.path.join(HERE, "data"), help="where the datasets go")
-    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--data", default=common.DATA, help="where the datasets go (default: benchmarks/data)")
+    p.add_argument("--out", default=common.RESULTS, help="where the results go (default: benchmarks/results)")
     p.add_argument("--size-gb", type=float, help="size of the 1x dataset (default: the plan's)")
     p.add_argument("--cap-mb", type=int, help="memory cap of the capped runs (default: the plan's)")
     p.add_argument("--clean", action="store_true", help="delete the datasets at the end")
     args = p.parse_args()
 
-    import report
-
     suite = Suite(args.plan, args.data, args.out, size_gb=args.size_gb, cap_mb=args.cap_mb)
     result = suite.run(set(args.only.split(",")))
-    import targets
-
     result["targets"] = targets.evaluate(result)
-    os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, f"suite-{args.plan}")
-    with open(base + ".json", "w") as f:
-        json.dump(result, f, indent=1)
+    common.write_result(base + ".json", result)
     text = report.markdown(result)
     with open(base + ".md", "w") as f:
         f.write(text)
     plots = report.plots(result, base)
     log("")
     log(text)
-    log(f"wrote {base}.json, {base}.md, " + ", ".join(plots))
+    log(f"wrote {base}.md, " + ", ".join(plots))
     log(f"suite took {result['seconds']:.0f} s")
     if args.clean:
         import shutil

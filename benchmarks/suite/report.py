@@ -1,17 +1,17 @@
-"""Tables (markdown) and plots (PNG) of a suite report; see ``bench_suite.py``.
+"""Tables (markdown) and plots (PNG) of a suite report; see ``benchmarks/suite/__main__.py``.
 
 >>> text = markdown(json.load(open("benchmarks/results/suite-quick.json")))
 >>> plots(report, "benchmarks/results/suite-quick")   # -> ["...-rows.png", "...-memory.png", "...-fit.png"]
 
-or from the command line: ``python benchmarks/report.py benchmarks/results/suite-quick.json``.
+or from the command line: ``python -m benchmarks.suite.report benchmarks/results/suite-quick.json``.
 """
 
 from __future__ import annotations
 
 import os
 
-from bench_data import ROW_BYTES
-from targets import peak_anon, warm_epoch_seconds, warm_rows_per_s
+from benchmarks.suite.targets import peak_anon, warm_epoch_seconds, warm_rows_per_s
+from tools.synthetic import ROW_BYTES
 
 FAMILY_COLORS = {"npyseq": "#1f77b4", "minimal": "#ff7f0e", "numpy": "#2ca02c", "tf.data": "#d62728",
                  "generator": "#9467bd", "raw_bytes": "#8c564b", "torch": "#e377c2", "grain": "#17becf",
@@ -91,7 +91,7 @@ def _io(report: dict) -> list[str]:
     pc = report.get("page_cache")
     if pc:
         out += ["Warm reads in shuffled batch order depend on how the page cache was filled "
-                "(`benchmarks/bench_page_cache.py`):", "",
+                "(`python -m benchmarks.studies.page_cache`):", "",
                 "| page cache filled by | npyseq `seq[i]`, `read=\"pread\"`, GB/s | copy out of a mapped memmap GB/s |",
                 "| --- | ---: | ---: |"]
         out += [f"| {r['filled_by']} | {r['npyseq_pread']:.2f} | {r['memmap_copy']:.2f} |" for r in pc["results"]]
@@ -281,7 +281,7 @@ def _save(fig, path: str) -> str:
 
 
 def main() -> int:
-    """Render the tables and plots of a suite JSON again: ``python benchmarks/report.py JSON``."""
+    """Render the tables and plots of a suite JSON again: ``python -m benchmarks.suite.report JSON``."""
     import json
     import sys
 

@@ -3,11 +3,13 @@
 Every method of the suite reads the same rows: the plain ``.npy`` sources (for
 the methods that read NumPy files: arrays in RAM, tf.data, the generator, the
 raw-bytes reader, the minimal PyDataset, PyTorch, Grain) and the shards that
-``npyseq convert`` makes of them (for npyseq). ``x`` holds float32 rows of
-32x32x3 (12,288 bytes, a CIFAR-sized image), ``y`` int64 labels that depend on
-``x`` so that a model can learn them.
+``npyseq convert`` makes of them (for npyseq). The sources are those of
+:mod:`tools.synthetic` (the demo's): ``x`` holds float32 rows of 32x32x3
+(12,288 bytes, a CIFAR-sized image), ``y`` int64 labels that depend on ``x``
+so that a model can learn them.
 
->>> data = make_data("benchmarks/data/suite-81380", rows=81380)   # sources only
+>>> data = Data("benchmarks/data/suite-81380", rows=81380)
+>>> make_sources(data)                  # the sources only; False when they are already there
 >>> data.x_npy, data.y_npy, data.shards
 """
 
@@ -18,9 +20,7 @@ import os
 
 import numpy as np
 
-ROW_SHAPE = (32, 32, 3)
-CLASSES = 10
-ROW_BYTES = 4 * int(np.prod(ROW_SHAPE)) + 8  # x (float32) and y (int64)
+from tools.synthetic import ROW_BYTES, source_paths, write_sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,11 +32,11 @@ class Data:
 
     @property
     def x_npy(self) -> str:
-        return os.path.join(self.folder, "source", "x.npy")
+        return source_paths(os.path.join(self.folder, "source"))[0]
 
     @property
     def y_npy(self) -> str:
-        return os.path.join(self.folder, "source", "y.npy")
+        return source_paths(os.path.join(self.folder, "source"))[1]
 
     @property
     def shards(self) -> str:
@@ -71,31 +71,9 @@ def rows_for(size_gb: float) -> int:
 
 
 def make_sources(data: Data, *, chunk: int = 8192, seed: int = 0) -> bool:
-    """Write ``x.npy`` and ``y.npy`` of ``data.rows`` rows chunk by chunk; False if they exist.
-
-    The arrays are never whole in memory. A stamp file marks a finished pair,
-    so an interrupted run writes them again.
-    """
-    from numpy.lib.format import open_memmap
-
-    stamp = os.path.join(data.folder, "source", f"done-{data.rows}")
-    if os.path.exists(stamp):
-        return False
-    os.makedirs(os.path.dirname(data.x_npy), exist_ok=True)
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((64, CLASSES)).astype(np.float32)
-    x = open_memmap(data.x_npy, mode="w+", dtype=np.float32, shape=(data.rows,) + ROW_SHAPE)
-    y = open_memmap(data.y_npy, mode="w+", dtype=np.int64, shape=(data.rows,))
-    for a in range(0, data.rows, chunk):
-        b = min(data.rows, a + chunk)
-        block = rng.random((b - a,) + ROW_SHAPE, dtype=np.float32) - 0.5
-        x[a:b] = block
-        y[a:b] = np.argmax(block.reshape(b - a, -1)[:, :64] @ w, axis=1)
-        x.flush()
-    y.flush()
-    del x, y
-    open(stamp, "w").close()
-    return True
+    """Write ``x.npy`` and ``y.npy`` of ``data.rows`` rows (:func:`tools.synthetic.write_sources`);
+    False if they exist."""
+    return write_sources(os.path.dirname(data.x_npy), data.rows, chunk=chunk, seed=seed)
 
 
 def read_rows(data: Data) -> tuple[np.ndarray, np.ndarray]:

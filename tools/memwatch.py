@@ -7,6 +7,7 @@ anonymous pages with the parent, so the total is the sum of ``Pss_Anon``
 (anonymous pages, each shared page divided among its sharers) over the
 process and its children: every anonymous page is counted exactly once.
 
+>>> from tools.memwatch import PeakMemory
 >>> with PeakMemory() as peak:
 ...     model.fit(seq)
 >>> peak.max_bytes, peak.main_bytes, peak.children_bytes
