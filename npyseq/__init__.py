@@ -25,6 +25,7 @@ from npyseq.errors import (
     ShardError,
     UnsupportedDtypeError,
     WorkerDiedError,
+    WriteFailedError,
 )
 from npyseq.manifest import FORMAT_VERSION, Manifest
 from npyseq.ragged import RaggedArray, RaggedSource
@@ -75,6 +76,7 @@ __all__ = [
     "ShardedArray",
     "UnsupportedDtypeError",
     "WorkerDiedError",
+    "WriteFailedError",
     "open_shards",
     "parse_size",
     "write_shards",

@@ -24,7 +24,17 @@ from npyseq import __version__
 from npyseq.errors import NpyseqError, ShardError
 from npyseq.reader import open_shards
 from npyseq.ragged import RaggedSource
-from npyseq.writer import DEFAULT_SHARD_SIZE, NpzMember, RawSource, write_shards
+from npyseq.manifest import MAX_COUNT
+from npyseq.writer import (
+    DEFAULT_SHARD_SIZE,
+    MAX_JOBS,
+    NpzMember,
+    RawSource,
+    _check_count,
+    _short,
+    parse_size,
+    write_shards,
+)
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -37,6 +47,8 @@ def _parse_shape(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"--shape must be comma-separated ints like 32,32,3, got {text!r}")
     if any(d < 0 for d in shape):
         raise argparse.ArgumentTypeError(f"--shape entries must be non-negative, got {text!r}")
+    if any(d > MAX_COUNT for d in shape):
+        raise argparse.ArgumentTypeError(f"--shape entries must be at most 2**62, got {_short(text)}")
     return shape
 
 
@@ -125,7 +137,19 @@ def _expand_sources(args) -> list[tuple[str, object]]:
     return out
 
 
+def _check_numbers(args) -> None:
+    """The numeric options, checked like the library checks its arguments, named as typed."""
+    if args.rows_per_shard is not None:
+        _check_count(args.rows_per_shard, "--rows-per-shard")
+    else:
+        parse_size(args.shard_size, "--shard-size")
+    if args.jobs is not None:
+        _check_count(args.jobs, "--jobs", maximum=MAX_JOBS)
+    _check_count(args.offset, "--offset", minimum=0, what="a non-negative int")
+
+
 def _convert(args) -> int:
+    _check_numbers(args)
     arrays = dict(_expand_sources(args))
     for option, kind in (("--ragged", "offsets"), ("--ragged-lengths", "lengths")):
         for name, values, bounds in getattr(args, option[2:].replace("-", "_")):

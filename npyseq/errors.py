@@ -34,6 +34,7 @@ __all__ = [
     "UnsupportedDtypeError",
     "WorkerDiedError",
     "DiskFullError",
+    "WriteFailedError",
 ]
 
 
@@ -98,4 +99,15 @@ class DiskFullError(NpyseqError, OSError):
 
     Nothing was published: no manifest points at the partial data, and the
     temporary ``.partial`` files were removed.
+    """
+
+
+class WriteFailedError(NpyseqError):
+    """A writer stopped part-way through appending rows, and refuses to publish.
+
+    Raised by :meth:`npyseq.ShardWriter.append` when writing a batch fails
+    with an ``OSError`` (e.g. ``EFBIG`` from a file-size limit), and by every
+    later ``append`` or ``close`` of a writer whose append failed part-way for
+    any reason (an exception, ``KeyboardInterrupt``): some arrays may hold
+    rows of the failed batch and others not, so no manifest is ever written.
     """

@@ -179,6 +179,12 @@ MANIFEST_NAME = "manifest.json"
 CHECKSUM_ALGORITHM = "xxh3_64"
 PARTIAL_SUFFIX = ".partial"
 
+# The largest count or size a manifest records (rows, bytes, shape entries),
+# and the most dimensions a row may have: the reader refuses more, so the
+# writers do too, before they write anything.
+MAX_COUNT = 2**62
+MAX_ROW_DIMS = 32
+
 # A manifest bigger than this is refused before parsing: a dataset of a
 # million shards still fits, a hostile file cannot exhaust memory.
 MAX_MANIFEST_BYTES = 256 * 2**20
@@ -393,7 +399,7 @@ def _fail(source: str, message: str) -> ManifestError:
 def _int(value: Any, what: str, source: str, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _fail(source, f"{what} must be an integer, found {value!r:.80}")
-    if value < minimum or value > 2**62:
+    if value < minimum or value > MAX_COUNT:
         raise _fail(source, f"{what} must be in [{minimum}, 2**62], found {value}")
     return value
 
@@ -474,8 +480,9 @@ def _parse(doc: Any, source: str) -> Manifest:
         if logical is not None and (not isinstance(logical, str) or not logical.isidentifier()):
             raise _fail(source, f"{where} logical_dtype must be null or a name, found {logical!r:.80}")
         shape = spec.get("shape")
-        if not isinstance(shape, list) or len(shape) > 32:
-            raise _fail(source, f"{where} shape must be a list of at most 32 ints, found {shape!r:.80}")
+        if not isinstance(shape, list) or len(shape) > MAX_ROW_DIMS:
+            raise _fail(source, f"{where} shape must be a list of at most {MAX_ROW_DIMS} ints, "
+                                f"found {shape!r:.80}")
         shape = tuple(_int(d, f"{where} shape entry", source) for d in shape)
         shards_doc = spec.get("shards")
         if not isinstance(shards_doc, list) or len(shards_doc) != len(shard_rows):

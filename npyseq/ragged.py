@@ -161,9 +161,12 @@ def check_rows(name: str, rows: Any, dtype: np.dtype | None = None,
                 "like the rows before it"
             )
         if r.dtype != dtype:
-            if not np.can_cast(r.dtype, dtype, casting="same_kind"):
+            problem = _npy.cast_problem(r, dtype)
+            if problem is not None:
                 raise InvalidArgumentError(
-                    f"array {name!r}: row {i} has dtype {r.dtype}, expected {dtype} like the rows before it"
+                    f"array {name!r}: row {i} has dtype {r.dtype}, expected {dtype} like the rows before "
+                    f"it: {problem}. Rows are cast only when no value can change; cast them yourself "
+                    f"(.astype({str(dtype)!r})) if that is what you mean"
                 )
             rows[i] = r.astype(dtype)
     return rows

@@ -8,6 +8,7 @@ manifest last), with memory bounded by the batch being appended.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from typing import Any, Iterator, Mapping
 
@@ -15,7 +16,7 @@ import numpy as np
 import xxhash
 
 from npyseq import _npy
-from npyseq.errors import InvalidArgumentError
+from npyseq.errors import InvalidArgumentError, WriteFailedError
 from npyseq.manifest import (
     OFFSETS_DTYPE,
     PARTIAL_SUFFIX,
@@ -23,12 +24,12 @@ from npyseq.manifest import (
     Manifest,
     ShardInfo,
     fsync_dir,
-    storage_dtype,
     write_manifest,
 )
 from npyseq.ragged import check_rows, concat_rows, is_row_list
 from npyseq.writer import (
     DEFAULT_SHARD_SIZE,
+    _check_count,
     _check_name,
     _disk_full_error,
     _is_disk_full,
@@ -39,6 +40,7 @@ from npyseq.writer import (
     _remove_strays,
     _rows_per_shard,
     _shard_path,
+    _storable,
     _swap_in,
     _write_file,
     parse_size,
@@ -52,7 +54,7 @@ class _Spec:
 
     def __init__(self, dtype: np.dtype, shape: tuple[int, ...], ragged: bool, name: str):
         self.dtype, self.shape, self.ragged = dtype, shape, ragged
-        self.store, self.logical = storage_dtype(dtype, name)
+        self.store, self.logical = _storable(name, dtype, shape)
         self.item_bytes = self.store.itemsize * int(np.prod(shape, dtype=np.int64))
 
 
@@ -68,6 +70,26 @@ class ShardWriter:
     arrays, one per row; its values files stay under ``shard_size`` (a row
     bigger than that gets a shard of its own).
 
+    The first ``append`` decides each array's dtype. A later batch of another
+    dtype is cast to it only when no value can change (``int32 -> int64``,
+    ``float32 -> float64``, ``'S3' -> 'S5'``; integers of another range when
+    every value fits, such as int64 labels 0-9 into an int8 array); any other
+    cast (``float64 -> float32``, floats to integers, 300 into int8, -1 into
+    uint8, ``int64 -> float64``) raises :class:`~npyseq.InvalidArgumentError`:
+    cast the batch yourself if the change is meant.
+    (:func:`npyseq._npy.cast_problem` states the rule in full.)
+
+    An ``append`` that fails while writing (an ``OSError`` such as ``EFBIG``
+    from a file-size limit, ``KeyboardInterrupt``, any exception) may leave
+    some arrays holding rows of that batch and others not. The writer then
+    stops: it removes its ``.partial`` files, every later ``append`` and
+    ``close`` raise :class:`~npyseq.WriteFailedError`, and no manifest is
+    ever written (complete shards stay on disk, as after :meth:`abort`).
+    An ``OSError`` is raised as ``WriteFailedError`` (``DiskFullError`` for a
+    full disk); other exceptions propagate as they are. An append refused for
+    its arguments (shape, dtype, names, row counts) writes nothing and leaves
+    the writer usable.
+
     Example:
 
     >>> with npyseq.ShardWriter(tmp / "features", shard_size="64MB") as writer:
@@ -81,12 +103,17 @@ class ShardWriter:
 
     def __init__(self, out_dir: str | os.PathLike, shard_size: int | str = DEFAULT_SHARD_SIZE,
                  *, rows: int | None = None, overwrite: bool = False):
-        self._limit = parse_size(shard_size) if rows is None else None  # validated now, not at append
+        # Validated now, before the folder is made, not at the first append.
+        self._limit = parse_size(shard_size) if rows is None else None
+        if rows is not None:
+            _check_count(rows, "rows")
         self._shard_size, self._rows_arg = shard_size, rows
         self._root, self._replaces = _prepare_output(os.fspath(out_dir), overwrite)
         self._lock = _locked(self._root)
         self._lock.__enter__()
         self._closed = False
+        self._failure: str | None = None  # why an append or close failed part-way
+        self._writing = ""  # the file being written, to name it when a write fails
         self._per_shard = 0
         self._specs: dict[str, _Spec] = {}
         self._files: dict[str, Any] = {}
@@ -117,28 +144,34 @@ class ShardWriter:
         A fixed array is an array of rows; a ragged array a list of arrays,
         one per row (the first ``append`` decides which an array is).
         """
+        self._refuse_if_failed("append()")
         if self._closed:
             raise InvalidArgumentError("append() called on a closed ShardWriter")
         if not arrays:
             raise InvalidArgumentError("append() needs at least one array, e.g. append(x=..., y=...)")
-        if not self._specs:
+        specs, per_shard = self._specs, self._per_shard
+        if not specs:
             if all(isinstance(v, (list, tuple)) and len(v) == 0 for v in arrays.values()):
                 return  # no rows: nothing tells yet which arrays are ragged
-            arrays = {n: (list(v) if is_row_list(v) else _asarray(n, v)) for n, v in arrays.items()}
-            self._start(arrays)
-        if set(arrays) != set(self._specs):
+            arrays = _first_batch(arrays)
+            specs = _plan(arrays)
+            per_shard = _per_shard(specs, self._shard_size, self._rows_arg)
+        if set(arrays) != set(specs):
             raise InvalidArgumentError(
-                f"append() got arrays {sorted(arrays)}, but this writer holds {sorted(self._specs)}"
+                f"append() got arrays {sorted(arrays)}, but this writer holds {sorted(specs)}"
             )
-        arrays = {n: self._check(n, v) for n, v in arrays.items()}
+        arrays = {n: _check(specs[n], n, v) for n, v in arrays.items()}
         lengths = {n: len(a) for n, a in arrays.items()}
         if len(set(lengths.values())) != 1:
             raise InvalidArgumentError(f"append() arrays must have the same number of rows, got {lengths}")
+        # Everything is checked: from here on, a failure stops the writer.
         n = next(iter(lengths.values()))
-        row_lengths = {name: np.fromiter((len(r) for r in a), np.int64, count=len(a))
-                       for name, a in arrays.items() if self._specs[name].ragged}
-        pos = 0
-        with self._disk_full_guard():
+        with self._stop_on_failure(f"append() of rows {self.rows} to {self.rows + n}"):
+            if not self._specs:
+                self._start(specs, per_shard)
+            row_lengths = {name: np.fromiter((len(r) for r in a), np.int64, count=len(a))
+                           for name, a in arrays.items() if self._specs[name].ragged}
+            pos = 0
             while pos < n:
                 if not self._files:
                     self._open_shard()
@@ -155,6 +188,7 @@ class ShardWriter:
                         self._ends[name].append(ends)
                     else:
                         data = a[pos:pos + take]
+                    self._writing = self._files[name].name
                     self._files[name].write(_npy.hash_array_rows(self._hashers[name], data.view(spec.store)))
                 self._rows_in_shard += take
                 pos += take
@@ -163,13 +197,18 @@ class ShardWriter:
         self.rows += n
 
     def close(self):
-        """Finish the last shard and write the manifest; return the dataset."""
+        """Finish the last shard and write the manifest; return the dataset.
+
+        Raises :class:`~npyseq.WriteFailedError`, and publishes nothing, if an
+        ``append`` failed part-way (see the class docstring).
+        """
+        self._refuse_if_failed("close()")
         if self._closed:
             return self.dataset
         if not self._specs:
             self.abort()
             raise InvalidArgumentError("ShardWriter closed before any append(); nothing to write")
-        with self._disk_full_guard():
+        with self._stop_on_failure("close()"):
             if self._files:
                 self._finish_shard()
             infos = {}
@@ -212,61 +251,43 @@ class ShardWriter:
         self._lock.__exit__(None, None, None)
 
     @contextlib.contextmanager
-    def _disk_full_guard(self) -> Iterator[None]:
-        """Turn ENOSPC/EDQUOT into DiskFullError, after aborting (no .partial left)."""
+    def _stop_on_failure(self, doing: str) -> Iterator[None]:
+        """On any exception, stop the writer for good: it may hold a batch in
+        some arrays and not in others. Abort (no .partial left), and raise an
+        OSError as DiskFullError or WriteFailedError, anything else as it is."""
         try:
             yield
-        except OSError as e:
-            if not _is_disk_full(e):
-                raise
-            self.abort()
-            raise _disk_full_error(self._root, e, self._replaces,
-                                   again="write the dataset again") from None
+        except BaseException as e:
+            where = getattr(e, "filename", None) or self._writing
+            self._failure = f"{doing} failed" + (f" writing {where}" if where else "") + f" ({_reason(e)})"
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                self.abort()
+            if _is_disk_full(e):
+                raise _disk_full_error(self._root, e, self._replaces,
+                                       again="write the dataset again") from None
+            if isinstance(e, OSError):
+                raise WriteFailedError(
+                    f"{self._root}: {self._failure}. {_STOPPED} Fix the cause (for EFBIG, a file-size "
+                    "limit such as `ulimit -f`: lower shard_size) and write the dataset again."
+                ) from e
+            raise
+
+    def _refuse_if_failed(self, what: str) -> None:
+        if self._failure is not None:
+            raise WriteFailedError(
+                f"{self._root}: {what} refused: an earlier {self._failure}, so the arrays may not hold "
+                f"the same rows. {_STOPPED} Write the dataset again with a new ShardWriter."
+            )
 
     # -- internals
 
-    def _start(self, arrays: Mapping[str, Any]) -> None:
-        for n, a in arrays.items():
-            _check_name(n)
-            if isinstance(a, list):
-                rows = check_rows(n, a)
-                self._specs[n] = _Spec(rows[0].dtype, tuple(rows[0].shape[1:]), True, n)
-                self._values[n], self._offset_files[n], self._ends[n] = [], [], []
-            else:
-                if a.ndim == 0:
-                    raise InvalidArgumentError(
-                        f"append(): array {n!r} is a scalar; arrays need a first axis of rows")
-                self._specs[n] = _Spec(a.dtype, tuple(a.shape[1:]), False, n)
-            self._shards[n] = []
-            os.makedirs(os.path.join(self._root, n), exist_ok=True)
-        # Offsets files take 8 bytes a row: they bound a shard's rows like a fixed array.
-        dtypes = {n: (OFFSETS_DTYPE if s.ragged else s.store) for n, s in self._specs.items()}
-        shapes = {n: (() if s.ragged else s.shape) for n, s in self._specs.items()}
-        self._per_shard = _rows_per_shard(self._shard_size, self._rows_arg, dtypes, shapes)
-
-    def _check(self, name: str, value: Any) -> Any:
-        """``value`` as the rows of array ``name``: cast, with the shape checked."""
-        spec = self._specs[name]
-        if spec.ragged:
-            if isinstance(value, np.ndarray) or not isinstance(value, (list, tuple)):
-                raise InvalidArgumentError(
-                    f"append(): array {name!r} is ragged: give its rows as a list of arrays, "
-                    f"got {type(value).__name__}")
-            return check_rows(name, value, spec.dtype, spec.shape)
-        a = _asarray(name, value)
-        if a.ndim == 0:
-            raise InvalidArgumentError(f"append(): array {name!r} is a scalar; arrays need a first axis of rows")
-        if a.shape[1:] != spec.shape:
-            raise InvalidArgumentError(
-                f"append(): array {name!r} rows must have shape {spec.shape}, got {a.shape[1:]}"
-            )
-        if a.dtype != spec.dtype:
-            if not np.can_cast(a.dtype, spec.dtype, casting="same_kind"):
-                raise InvalidArgumentError(
-                    f"append(): array {name!r} must have dtype {spec.dtype}, got {a.dtype}"
-                )
-            a = a.astype(spec.dtype)
-        return a
+    def _start(self, specs: Mapping[str, "_Spec"], per_shard: int) -> None:
+        for name, spec in specs.items():
+            os.makedirs(os.path.join(self._root, name), exist_ok=True)
+            self._shards[name] = []
+            if spec.ragged:
+                self._values[name], self._offset_files[name], self._ends[name] = [], [], []
+        self._specs, self._per_shard = dict(specs), per_shard
 
     def _values_in_shard(self, name: str) -> int:
         ends = self._ends[name]
@@ -291,6 +312,7 @@ class ShardWriter:
         k = len(self._shard_rows)
         for name, spec in self._specs.items():
             path = os.path.join(self._root, _shard_path(name, k)) + PARTIAL_SUFFIX
+            self._writing = path
             f = open(path, "wb")
             # A ragged array's values count is known at the end: its header is rewritten then.
             header = _npy.header_bytes(spec.store, ((0 if spec.ragged else self._per_shard),) + spec.shape)
@@ -306,6 +328,7 @@ class ShardWriter:
             f = self._files[name]
             rel = _shard_path(name, k)
             partial = os.path.join(self._root, rel) + PARTIAL_SUFFIX
+            self._writing = partial
             count = self._values_in_shard(name) if spec.ragged else rows
             if spec.ragged or rows != self._per_shard:
                 written = 0 if spec.ragged else self._per_shard
@@ -324,6 +347,7 @@ class ShardWriter:
             _npy.drop_from_cache(final)
             self._shards[name].append(ShardInfo(path=rel, bytes=os.path.getsize(final), checksum=checksum))
             if spec.ragged:
+                self._writing = os.path.join(self._root, _offsets_path(name, k))
                 offsets = np.concatenate([np.zeros(1, OFFSETS_DTYPE)] + self._ends[name]).astype(OFFSETS_DTYPE)
                 self._values[name].append(count)
                 self._offset_files[name].append(_write_file(
@@ -334,6 +358,73 @@ class ShardWriter:
         self._files.clear()
         self._hashers.clear()
         self._rows_in_shard = 0
+
+
+_STOPPED = ("The writer stopped and publishes nothing: no manifest was written and its .partial files "
+            "were removed; complete shards stay on disk, and the folder is an incomplete dataset.")
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.errno is not None:
+        return f"{errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def _first_batch(arrays: Mapping[str, Any]) -> dict[str, Any]:
+    """The first batch's arrays: lists of row arrays stay lists (ragged), the rest become arrays."""
+    return {n: (list(v) if is_row_list(v) else _asarray(n, v)) for n, v in arrays.items()}
+
+
+def _plan(arrays: Mapping[str, Any]) -> dict[str, "_Spec"]:
+    """What each array of a first batch (from :func:`_first_batch`) makes the writer hold;
+    raises, before anything is written, for what the reader could not open."""
+    specs = {}
+    for n, a in arrays.items():
+        _check_name(n)
+        if isinstance(a, list):
+            rows = check_rows(n, a)
+            specs[n] = _Spec(rows[0].dtype, tuple(rows[0].shape[1:]), True, n)
+        else:
+            if a.ndim == 0:
+                raise InvalidArgumentError(
+                    f"append(): array {n!r} is a scalar; arrays need a first axis of rows")
+            specs[n] = _Spec(a.dtype, tuple(a.shape[1:]), False, n)
+    return specs
+
+
+def _per_shard(specs: Mapping[str, "_Spec"], shard_size: int | str, rows: int | None) -> int:
+    """Rows per shard; offsets files take 8 bytes a row: they bound a shard's rows like a fixed array."""
+    dtypes = {n: (OFFSETS_DTYPE if s.ragged else s.store) for n, s in specs.items()}
+    shapes = {n: (() if s.ragged else s.shape) for n, s in specs.items()}
+    return _rows_per_shard(shard_size, rows, dtypes, shapes)
+
+
+def _check(spec: "_Spec", name: str, value: Any) -> Any:
+    """``value`` as the rows of array ``name``: cast, with the shape checked."""
+    if spec.ragged:
+        if isinstance(value, np.ndarray) or not isinstance(value, (list, tuple)):
+            raise InvalidArgumentError(
+                f"append(): array {name!r} is ragged: give its rows as a list of arrays, "
+                f"got {type(value).__name__}")
+        return check_rows(name, value, spec.dtype, spec.shape)
+    a = _asarray(name, value)
+    if a.ndim == 0:
+        raise InvalidArgumentError(f"append(): array {name!r} is a scalar; arrays need a first axis of rows")
+    if a.shape[1:] != spec.shape:
+        raise InvalidArgumentError(
+            f"append(): array {name!r} rows must have shape {spec.shape}, got {a.shape[1:]}"
+        )
+    if a.dtype != spec.dtype:
+        problem = _npy.cast_problem(a, spec.dtype)
+        if problem is not None:
+            raise InvalidArgumentError(
+                f"append(): array {name!r} must have dtype {spec.dtype}, got {a.dtype}: {problem}. "
+                f"The writer casts a batch only when no value can change; cast it yourself "
+                f"(.astype({str(spec.dtype)!r})) if that is what you mean, or give the first "
+                "batch a dtype that holds every batch"
+            )
+        a = a.astype(spec.dtype)
+    return a
 
 
 def _asarray(name: str, value: Any) -> np.ndarray:

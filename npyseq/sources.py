@@ -8,15 +8,19 @@ yields its rows in chunks, so that no writer ever holds a whole array.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import os
 import zipfile
+import zlib
 from typing import Any, Iterator
 
 import numpy as np
 
 from npyseq import _npy
 from npyseq.errors import InvalidArgumentError, NpyseqError
+from npyseq.manifest import MAX_COUNT
 from npyseq.ragged import RaggedInput, open_ragged
 
 __all__ = ["RawSource", "NpzMember"]
@@ -115,14 +119,29 @@ class _NpzStreamSource(_Source):
         self.dtype, self.shape, self.fortran = dtype, shape, fortran
 
     def chunks(self, start: int, stop: int, chunk_rows: int) -> Iterator[np.ndarray]:
-        row_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
-        with zipfile.ZipFile(self.path) as z, z.open(self.member) as f:
+        row_bytes = self.dtype.itemsize * math.prod(self.shape[1:])
+        with _damaged_member(self.path, self.member), zipfile.ZipFile(self.path) as z, \
+                z.open(self.member) as f:
             _npy.read_header_from(f)
             _skip(f, start * row_bytes)
             for a in range(start, stop, chunk_rows):
                 n = min(stop, a + chunk_rows) - a
-                data = _read_exact(f, n * row_bytes, self.path)
+                data = _read_exact(f, n * row_bytes, f"{self.path}:{self.member}")
+                if a + n == self.shape[0]:
+                    f.read(1)  # reach the member's end, where zipfile checks its CRC-32
                 yield np.frombuffer(data, dtype=self.dtype).reshape((n,) + self.shape[1:])
+
+
+@contextlib.contextmanager
+def _damaged_member(path: str, member: str) -> Iterator[None]:
+    """Name the archive and the member when zipfile or zlib finds them damaged."""
+    try:
+        yield
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise InvalidArgumentError(
+            f"{path}: member {member!r} of the .npz archive is damaged ({type(e).__name__}: {e}); "
+            "nothing was published. Recreate the archive (np.savez) or convert the arrays from "
+            "their .npy files") from None
 
 
 def _skip(f, nbytes: int) -> None:
@@ -170,9 +189,26 @@ def _file_source(name: str, array: np.ndarray, path: str) -> _ArraySource:
 
 
 def _open_raw(src: RawSource) -> np.ndarray:
-    dtype = np.dtype(src.dtype)
-    shape = tuple(int(d) for d in src.shape)
-    row_bytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    from npyseq.writer import _check_count  # writer imports this module
+
+    try:
+        dtype = np.dtype(src.dtype)
+    except TypeError:
+        raise InvalidArgumentError(
+            f"{src.path}: RawSource dtype must be a numpy dtype such as 'float32', got {src.dtype!r:.80}"
+        ) from None
+    if dtype.hasobject or dtype.itemsize == 0:
+        raise InvalidArgumentError(f"{src.path}: RawSource dtype {dtype} is not plain data of a fixed size")
+    if isinstance(src.shape, (str, bytes)) or not hasattr(src.shape, "__iter__"):
+        raise InvalidArgumentError(f"{src.path}: RawSource shape must be a tuple of ints, got {src.shape!r:.80}")
+    shape = tuple(_check_count(d, f"{src.path}: RawSource shape entry", minimum=0,
+                               what="a non-negative int") for d in src.shape)
+    _check_count(src.offset, f"{src.path}: RawSource offset", minimum=0, what="a non-negative int")
+    row_bytes = dtype.itemsize * math.prod(shape)
+    if row_bytes > MAX_COUNT:
+        raise InvalidArgumentError(
+            f"{src.path}: rows of dtype {dtype} and shape {shape} would take {row_bytes} bytes each, "
+            "more than the 2**62 a manifest records; check --dtype and --shape")
     size = os.path.getsize(src.path)
     if src.offset < 0 or src.offset > size:
         raise InvalidArgumentError(f"{src.path}: offset {src.offset} is outside the file ({size} bytes)")
@@ -190,14 +226,18 @@ def _open_raw(src: RawSource) -> np.ndarray:
 
 
 def _open_npz_member(name: str, src: NpzMember) -> _Source:
-    with zipfile.ZipFile(src.path) as z:
+    try:
+        z = zipfile.ZipFile(src.path)
+    except zipfile.BadZipFile as e:
+        raise InvalidArgumentError(f"{src.path}: not a valid .npz archive ({e})") from None
+    with z:
         try:
             info = z.getinfo(src.member)
         except KeyError:
             raise InvalidArgumentError(
                 f"{src.path}: has no member {src.member!r}; members are {z.namelist()}"
             ) from None
-        with z.open(info) as f:
+        with _damaged_member(src.path, src.member), z.open(info) as f:
             try:
                 shape, fortran, dtype = _npy.read_header_from(f)
             except (ValueError, EOFError, SyntaxError) as e:

@@ -19,8 +19,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import fractions
 import functools
+import io
 import itertools
+import json
+import math
 import os
 import re
 import shutil
@@ -30,11 +34,19 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 import xxhash
+from numpy.lib import format as npy_format
 
 from npyseq import _npy
-from npyseq.errors import DatasetExistsError, DiskFullError, InvalidArgumentError, NpyseqError
+from npyseq.errors import (
+    DatasetExistsError,
+    DiskFullError,
+    InvalidArgumentError,
+    NpyseqError,
+    UnsupportedDtypeError,
+)
 from npyseq.manifest import (
     MANIFEST_NAME,
+    MAX_COUNT,
     OFFSETS_DTYPE,
     PARTIAL_SUFFIX,
     ArrayInfo,
@@ -50,6 +62,7 @@ from npyseq.sources import NpzMember, RawSource, _open_source, _Source
 __all__ = ["write_shards", "parse_size", "RawSource", "NpzMember", "RaggedSource"]
 
 DEFAULT_SHARD_SIZE = "256MB"
+MAX_JOBS = 1024  # threads writing shards at once
 _LOCK_NAME = ".npyseq.lock"
 _SHARD_FILE_RE = re.compile(r"^\d{6,}(\.offsets)?\.npy(\.partial)?$")
 _UNITS = {
@@ -60,8 +73,10 @@ _UNITS = {
 }
 
 
-def parse_size(value: int | str) -> int:
+def parse_size(value: int | str, argument: str = "shard_size") -> int:
     """Bytes from an int or a string like ``"64MB"``, ``"1GiB"``, ``"512k"``.
+
+    At most 2**62 bytes; ``argument`` names the value in errors.
 
     >>> parse_size("64MB"), parse_size("1GiB"), parse_size(4096)
     (64000000, 1073741824, 4096)
@@ -72,15 +87,37 @@ def parse_size(value: int | str) -> int:
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
         if not m or m.group(2).lower() not in _UNITS:
             raise InvalidArgumentError(
-                f"shard_size must be a number of bytes such as 268435456, '256MB' or '1GiB', "
-                f"got {value!r}"
+                f"{argument} must be a number of bytes such as 268435456, '256MB' or '1GiB', "
+                f"got {_short(value)}"
             )
-        n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+        # Exact (a float would turn a 400-digit number into inf), rounded down.
+        n = int(fractions.Fraction(m.group(1)) * _UNITS[m.group(2).lower()])
     else:
-        raise InvalidArgumentError(f"shard_size must be an int or a string like '256MB', got {value!r}")
+        raise InvalidArgumentError(f"{argument} must be an int or a string like '256MB', got {_short(value)}")
     if n <= 0:
-        raise InvalidArgumentError(f"shard_size must be positive, got {value!r}")
+        raise InvalidArgumentError(f"{argument} must be positive, got {_short(value)}")
+    if n > MAX_COUNT:
+        raise InvalidArgumentError(
+            f"{argument} must be at most 2**62 bytes (4.6 EB; the largest size a manifest records), "
+            f"got {_short(value)}")
     return n
+
+
+def _short(value: Any) -> str:
+    """``repr(value)`` for a message, shortened if long (a 400-digit number)."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
+
+
+def _check_count(value: Any, argument: str, minimum: int = 1, maximum: int = MAX_COUNT,
+                 what: str = "a positive int") -> int:
+    """``value`` as an int in ``[minimum, maximum]``, or an error naming ``argument``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InvalidArgumentError(f"{argument} must be {what}, got {_short(value)}")
+    if value > maximum:
+        limit = "2**62" if maximum == MAX_COUNT else str(maximum)
+        raise InvalidArgumentError(f"{argument} must be at most {limit}, got {_short(value)}")
+    return int(value)
 
 
 # --- planning -----------------------------------------------------------------
@@ -91,9 +128,7 @@ def _rows_per_shard(
     shapes: Mapping[str, tuple[int, ...]],
 ) -> int:
     if rows is not None:
-        if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows <= 0:
-            raise InvalidArgumentError(f"rows must be a positive int, got {rows!r}")
-        return int(rows)
+        return _check_count(rows, "rows")
     limit = parse_size(shard_size if shard_size is not None else DEFAULT_SHARD_SIZE)
     best = None
     for name, dtype in dtypes.items():
@@ -129,6 +164,98 @@ def _check_name(name: Any) -> str:
             f"got {name!r}"
         )
     return name
+
+
+def _storable(name: str, dtype: np.dtype, row_shape: tuple[int, ...]) -> tuple[np.dtype, str | None]:
+    """``storage_dtype`` of an array whose rows have ``row_shape`` (a ragged
+    array's element shape), once sure that the reader opens what the writers
+    would write for it; else an error, raised before anything is written.
+
+    The checks replay the reader's: the dtype description must come back
+    from the manifest's JSON as the same dtype, and a shard's ``.npy`` header
+    (for the largest row count a shard can have) must be writable in format
+    1.0 or 2.0 (latin-1 field names) and parse back, within numpy's
+    ``max_header_size``, as the same dtype and shape.
+    """
+    from npyseq.manifest import MAX_ROW_DIMS, _parse_dtype, logical_dtype
+
+    store, logical = storage_dtype(dtype, name)
+    row_shape = tuple(row_shape)
+    if len(row_shape) > MAX_ROW_DIMS:
+        raise InvalidArgumentError(
+            f"array {name!r}: rows of shape {row_shape} have {len(row_shape)} dimensions; npyseq "
+            f"stores rows of at most {MAX_ROW_DIMS} dimensions (its reader refuses more). "
+            "Reshape the rows (e.g. merge axes) before writing them")
+    if store.itemsize * math.prod(row_shape) > MAX_COUNT:
+        raise InvalidArgumentError(
+            f"array {name!r}: one row of shape {row_shape} and dtype {_describe(dtype)} would take "
+            f"{store.itemsize * math.prod(row_shape)} bytes, more than the 2**62 a manifest records")
+    refused = f"array {name!r} has dtype {_describe(dtype)}, which npyseq cannot store so that it reads it back"
+    if _has_titles(store):
+        # The manifest's JSON would hold [title, name] lists where numpy needs
+        # tuples: a reader working from the format's specification would fail.
+        raise UnsupportedDtypeError(
+            f"{refused}: its fields have titles, which npyseq does not store; drop them "
+            "(np.dtype({'names': ..., 'formats': ...}) without 'titles') before writing")
+    try:
+        descr = json.loads(json.dumps(npy_format.dtype_to_descr(store)))
+        same = _parse_dtype(descr, "dtype", "manifest.json") == store
+    except (TypeError, ValueError):  # not JSON, or a ManifestError
+        same = False
+    if not same:
+        raise UnsupportedDtypeError(
+            f"{refused}: its description does not survive manifest.json (JSON) unchanged; "
+            "use plain field names and formats")
+    shape = (MAX_COUNT,) + row_shape
+    try:
+        header = _npy.header_bytes(store, shape)
+    except UnicodeEncodeError as e:
+        raise UnsupportedDtypeError(
+            f"{refused}: a .npy header (format 1.0 and 2.0, which np.load and npyseq read) holds "
+            f"only latin-1 text, and {e.object[e.start:e.end]!r} in its field names is not latin-1; "
+            "rename the fields") from None
+    try:
+        found_shape, fortran, found = _npy.read_header_from(io.BytesIO(header))
+    except ValueError as e:
+        limit = _max_header_size()
+        text = len(header) - (10 if header[6] == 1 else 12)  # magic, version and length come first
+        raise UnsupportedDtypeError(
+            f"{refused}: its shards' .npy header "
+            + (f"would hold {text} characters, more than the {limit} that np.load and npyseq read "
+               "(numpy's max_header_size); use fewer or shorter-named fields, or split the "
+               "struct into several arrays" if text > limit else f"does not parse back ({e})")) from None
+    if found != store or tuple(found_shape) != shape or fortran:
+        raise UnsupportedDtypeError(f"{refused}: its .npy header reads back as dtype {found}")
+    if logical is not None:
+        try:
+            logical_dtype(store, logical)
+        except NpyseqError as e:
+            raise UnsupportedDtypeError(f"{refused}: the reader refuses its logical dtype ({e})") from None
+    return store, logical
+
+
+def _has_titles(dtype: np.dtype) -> bool:
+    """Whether a field of ``dtype`` (or of a struct nested in it) has a title."""
+    if dtype.subdtype is not None:
+        return _has_titles(dtype.subdtype[0])
+    if dtype.fields is None:
+        return False
+    return any(len(spec) > 2 or _has_titles(spec[0]) for spec in dtype.fields.values())
+
+
+def _describe(dtype: np.dtype) -> str:
+    """A dtype as a message names it: in full unless it is a long struct."""
+    text = str(dtype)
+    if len(text) <= 120:
+        return text
+    return f"{text[:80]}... (a struct of {len(dtype.names or ())} fields)"
+
+
+def _max_header_size() -> int:
+    """The longest ``.npy`` header numpy reads by default (10000 in numpy 1.24 to 2.x)."""
+    import inspect
+
+    return inspect.signature(npy_format.read_array_header_1_0).parameters["max_header_size"].default
 
 
 # --- the writing protocol ------------------------------------------------------
@@ -378,7 +505,7 @@ def write_shards(
             ``"256MB"`` / ``"1GiB"``.
         rows: rows per shard instead of ``shard_size``.
         jobs: shards written at once (threads; numpy, file I/O and hashing
-            release the GIL). ``None``: one per CPU, at most 4.
+            release the GIL), at most 1024. ``None``: one per CPU, at most 4.
         progress: show a tqdm progress bar.
         overwrite: replace an existing dataset. The new dataset is built beside
             the old one and swapped in at the end.
@@ -397,8 +524,11 @@ def write_shards(
         raise InvalidArgumentError(f"arrays must be a non-empty dict of name -> array, got {arrays!r:.80}")
     if jobs is None:
         jobs = max(1, min(4, os.cpu_count() or 1))
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise InvalidArgumentError(f"jobs must be a positive int or None, got {jobs!r}")
+    jobs = _check_count(jobs, "jobs", maximum=MAX_JOBS, what="a positive int or None")
+    if rows is not None:
+        _check_count(rows, "rows")
+    if rows is None:
+        parse_size(shard_size)
     for n in arrays:
         _check_name(n)
     if any(_is_row_iterable(v) for v in arrays.values()):
@@ -411,7 +541,8 @@ def write_shards(
     if len(set(n_rows.values())) > 1:
         raise InvalidArgumentError(f"all arrays must have the same number of rows, got {n_rows}")
     total = next(iter(n_rows.values()))
-    stores = {n: storage_dtype(s.dtype, n) for n, s in sources.items()}
+    stores = {n: _storable(n, s.dtype, s.element_shape if isinstance(s, RaggedInput) else s.shape[1:])
+              for n, s in sources.items()}
     ragged = [s for s in sources.values() if isinstance(s, RaggedInput)]
     # Fixed arrays bound the rows of a shard by their row size; a ragged
     # array by its offsets (8 bytes a row) and, below, by its values.
@@ -548,27 +679,42 @@ def _write_streamed(out_dir, arrays, shard_size, rows, progress, overwrite):
     if len(fixed_rows) > 1:
         raise InvalidArgumentError(
             f"all arrays must have the same number of rows, got { {n: s.shape[0] for n, s in fixed.items()} }")
+    total = next(iter(fixed_rows), None)
+    chunk = 1024
+
+    def next_batch(pos: int) -> dict | None:
+        """The next rows of every array, or None at the end."""
+        batch = {n: list(itertools.islice(it, chunk)) for n, it in iterators.items()}
+        counts = {n: len(b) for n, b in batch.items()}
+        n = max(counts.values())
+        if len(set(counts.values())) > 1 or (total is not None and n > total - pos):
+            given = dict(counts, **{name: total - pos for name in fixed})
+            raise InvalidArgumentError(
+                f"all arrays must have the same number of rows; after row {pos} the next rows "
+                f"were {given} (at most {chunk} read at a time)")
+        if n == 0:
+            return None
+        batch.update({name: src.rows(pos, pos + n) for name, src in fixed.items()})
+        return batch
+
+    # The first rows decide every array's dtype and shape: check them before
+    # the writer makes the folder, so that what it would refuse writes nothing.
+    batch = next_batch(0)
+    if batch is not None:
+        from npyseq.shard_writer import _first_batch, _per_shard, _plan
+
+        _per_shard(_plan(_first_batch(batch)), shard_size, rows)
     from tqdm.auto import tqdm
 
-    total = next(iter(fixed_rows), None)
-    pos, chunk = 0, 1024
+    pos = 0
     with ShardWriter(out_dir, shard_size, rows=rows, overwrite=overwrite) as writer, \
             tqdm(unit=" rows", desc="npyseq write", disable=not progress) as bar:
-        while True:
-            batch = {n: list(itertools.islice(it, chunk)) for n, it in iterators.items()}
-            counts = {n: len(b) for n, b in batch.items()}
-            n = max(counts.values())
-            if len(set(counts.values())) > 1 or (total is not None and n > total - pos):
-                given = dict(counts, **{name: total - pos for name in fixed})
-                raise InvalidArgumentError(
-                    f"all arrays must have the same number of rows; after row {pos} the next rows "
-                    f"were {given} (at most {chunk} read at a time)")
-            if n == 0:
-                break
-            batch.update({name: src.rows(pos, pos + n) for name, src in fixed.items()})
+        while batch is not None:
+            n = len(next(iter(batch.values())))
             writer.append(**batch)
             pos += n
             bar.update(n)
+            batch = next_batch(pos)
         if total is not None and pos != total:
             raise InvalidArgumentError(
                 f"all arrays must have the same number of rows: the iterables ended after {pos} rows, "
