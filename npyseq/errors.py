@@ -34,6 +34,7 @@ __all__ = [
     "UnsupportedDtypeError",
     "WorkerDiedError",
     "DiskFullError",
+    "ForeignFilesError",
 ]
 
 
@@ -98,4 +99,14 @@ class DiskFullError(NpyseqError, OSError):
 
     Nothing was published: no manifest points at the partial data, and the
     temporary ``.partial`` files were removed.
+    """
+
+
+class ForeignFilesError(NpyseqError):
+    """Writing would delete, replace or follow something npyseq did not write; nothing was written.
+
+    Raised when ``overwrite=True`` finds files, folders or symbolic links in
+    the dataset folder that are not the dataset's own, and when a path npyseq
+    writes inside the dataset (an array folder, a shard, a temporary file,
+    the lock) is a symbolic link or of the wrong kind.
     """

@@ -145,6 +145,7 @@ they do not know.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
 import math
@@ -155,7 +156,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from numpy.lib import format as npy_format
 
-from npyseq.errors import ManifestError, UnsupportedDtypeError
+from npyseq.errors import ForeignFilesError, ManifestError, UnsupportedDtypeError
 
 __all__ = [
     "FORMAT_NAME",
@@ -309,11 +310,28 @@ def write_manifest(root: str | os.PathLike, manifest: Manifest) -> None:
     root = os.fspath(root)
     final = os.path.join(root, MANIFEST_NAME)
     partial = final + PARTIAL_SUFFIX
-    with open(partial, "w", encoding="utf-8") as f:
-        f.write(manifest.to_json())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, final)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(partial, flags, 0o666)  # never through a link
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.EISDIR):
+            raise
+        raise ForeignFilesError(
+            f"{root}: {MANIFEST_NAME + PARTIAL_SUFFIX} is a symbolic link or a folder, where npyseq "
+            f"writes its temporary manifest; nothing was published. Move {partial} away and run again."
+        ) from None
+    try:
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(manifest.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, final)
+    except BaseException:  # a full disk, Ctrl-C: leave no temporary manifest behind
+        try:
+            os.unlink(partial)
+        except OSError:
+            pass
+        raise
     fsync_dir(root)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import xxhash
 
 from npyseq import _npy
+from npyseq._output import TMP_SUFFIX, Output, create_file
 from npyseq.errors import InvalidArgumentError
 from npyseq.manifest import (
     OFFSETS_DTYPE,
@@ -24,22 +25,16 @@ from npyseq.manifest import (
     ShardInfo,
     fsync_dir,
     storage_dtype,
-    write_manifest,
 )
 from npyseq.ragged import check_rows, concat_rows, is_row_list
 from npyseq.writer import (
     DEFAULT_SHARD_SIZE,
-    _check_name,
+    _check_names,
     _disk_full_error,
     _is_disk_full,
-    _locked,
     _offsets_path,
-    _prepare_output,
-    _remove_partials,
-    _remove_strays,
     _rows_per_shard,
     _shard_path,
-    _swap_in,
     _write_file,
     parse_size,
 )
@@ -83,9 +78,9 @@ class ShardWriter:
                  *, rows: int | None = None, overwrite: bool = False):
         self._limit = parse_size(shard_size) if rows is None else None  # validated now, not at append
         self._shard_size, self._rows_arg = shard_size, rows
-        self._root, self._replaces = _prepare_output(os.fspath(out_dir), overwrite)
-        self._lock = _locked(self._root)
-        self._lock.__enter__()
+        # Resolves out_dir once, takes the lock, decides in place or beside (see npyseq._output).
+        self._output = Output(out_dir, overwrite)
+        self._root, self._replaces = self._output.root, self._output.replacing
         self._closed = False
         self._per_shard = 0
         self._specs: dict[str, _Spec] = {}
@@ -181,14 +176,8 @@ class ShardWriter:
             manifest = Manifest(rows=self.rows, shard_rows=tuple(self._shard_rows), arrays=infos)
             for name in self._specs:
                 fsync_dir(os.path.join(self._root, name))
-            _remove_strays(self._root, manifest)
-            write_manifest(self._root, manifest)
+            root = self._output.publish(manifest)  # writes the manifest, swaps, unlocks
         self._closed = True
-        self._lock.__exit__(None, None, None)
-        root = self._root
-        if self._replaces is not None:
-            _swap_in(self._root, self._replaces)
-            root = self._replaces
         from npyseq.reader import open_shards
 
         self.dataset = open_shards(root)
@@ -197,19 +186,24 @@ class ShardWriter:
     def abort(self) -> None:
         """Stop without writing a manifest.
 
-        The shard being written (its ``.partial`` files) is deleted; complete
-        shards stay on disk, and the folder is an incomplete dataset that
-        :func:`npyseq.open_shards` refuses.
+        The shard being written (its ``.partial`` files, the only temporary
+        files this writer has) is deleted; complete shards stay on disk, and
+        the folder is an incomplete dataset that :func:`npyseq.open_shards`
+        refuses. Nothing else in the folder is touched.
         """
         if self._closed:
             return
+        k = len(self._shard_rows)
         for f in self._files.values():
             with contextlib.suppress(OSError):  # flushing may fail again on a full disk
                 f.close()
+        for name in self._files:
+            for suffix in (PARTIAL_SUFFIX, TMP_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self._root, _shard_path(name, k)) + suffix)
         self._files.clear()
-        _remove_partials(self._root)
         self._closed = True
-        self._lock.__exit__(None, None, None)
+        self._output.release()
 
     @contextlib.contextmanager
     def _disk_full_guard(self) -> Iterator[None]:
@@ -226,8 +220,8 @@ class ShardWriter:
     # -- internals
 
     def _start(self, arrays: Mapping[str, Any]) -> None:
+        _check_names(arrays)
         for n, a in arrays.items():
-            _check_name(n)
             if isinstance(a, list):
                 rows = check_rows(n, a)
                 self._specs[n] = _Spec(rows[0].dtype, tuple(rows[0].shape[1:]), True, n)
@@ -238,7 +232,7 @@ class ShardWriter:
                         f"append(): array {n!r} is a scalar; arrays need a first axis of rows")
                 self._specs[n] = _Spec(a.dtype, tuple(a.shape[1:]), False, n)
             self._shards[n] = []
-            os.makedirs(os.path.join(self._root, n), exist_ok=True)
+            self._output.array_folder(n)  # refuses a link there
         # Offsets files take 8 bytes a row: they bound a shard's rows like a fixed array.
         dtypes = {n: (OFFSETS_DTYPE if s.ragged else s.store) for n, s in self._specs.items()}
         shapes = {n: (() if s.ragged else s.shape) for n, s in self._specs.items()}
@@ -291,7 +285,8 @@ class ShardWriter:
         k = len(self._shard_rows)
         for name, spec in self._specs.items():
             path = os.path.join(self._root, _shard_path(name, k)) + PARTIAL_SUFFIX
-            f = open(path, "wb")
+            f = create_file(path, self._root)  # never through a link
+            self._files[name] = f
             # A ragged array's values count is known at the end: its header is rewritten then.
             header = _npy.header_bytes(spec.store, ((0 if spec.ragged else self._per_shard),) + spec.shape)
             f.write(header)
@@ -357,7 +352,7 @@ def _fix_header(f, partial: str, old: bytes, new: bytes, data_bytes: int):
     # The header changed length across a 64-byte boundary: copy the data once.
     f.close()
     tmp = partial + ".tmp"
-    with open(partial, "rb") as src, open(tmp, "wb") as dst:
+    with open(partial, "rb") as src, create_file(tmp, os.path.dirname(os.path.dirname(partial))) as dst:
         dst.write(new)
         src.seek(len(old))
         remaining = data_bytes
