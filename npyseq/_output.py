@@ -88,13 +88,14 @@ def _kind(path: str, st: os.stat_result) -> str:
     return "a special file (FIFO, socket or device)"
 
 
-def _not_ours(root: str, rel: str, st: os.stat_result, expected: str) -> ForeignFilesError:
+def _not_ours(root: str, rel: str, st: os.stat_result, expected: str,
+              done: str = "Nothing was written") -> ForeignFilesError:
     path = os.path.join(root, rel)
     link = (" npyseq never follows a symbolic link inside a dataset it writes, so that it never "
             "writes or deletes anything outside the folder." if stat.S_ISLNK(st.st_mode) else "")
     return ForeignFilesError(
-        f"{root}: {rel} is {_kind(path, st)}, where npyseq writes {expected}.{link} Nothing was "
-        f"written. Move {path} away, or write the dataset to another folder."
+        f"{root}: {rel} is {_kind(path, st)}, where npyseq writes {expected}.{link} {done}. "
+        f"Move {path} away, or write the dataset to another folder."
     )
 
 
@@ -119,11 +120,13 @@ def create_file(path: str, root: str):
         st = _lstat(path)
         if st is None:
             raise
-        raise _not_ours(root, os.path.relpath(path, root), st, "a temporary file of its own") from None
+        raise _not_ours(root, os.path.relpath(path, root), st, "a temporary file of its own",
+                        "Nothing was published") from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):  # a FIFO with a reader
         os.close(fd)
-        raise _not_ours(root, os.path.relpath(path, root), st, "a temporary file of its own")
+        raise _not_ours(root, os.path.relpath(path, root), st, "a temporary file of its own",
+                        "Nothing was published")
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     return os.fdopen(fd, "wb")
 
@@ -389,6 +392,7 @@ class Output:
         self.staging = self.target + STAGING_SUFFIX
         self.replaces: Manifest | None = None  # the dataset being replaced
         self.root = self.target
+        self.published = False  # the manifest is in place: an error after it loses nothing
         self._locks: list[_Lock] = []
         st = _lstat(self.target)
         if st is not None and not stat.S_ISDIR(st.st_mode):
@@ -492,8 +496,10 @@ class Output:
                         if stat.S_ISREG(st.st_mode) and _is_temp(rel)]
                 _unlink_files(self.root, temp)
             write_manifest(self.root, manifest)
+            self.published = self.replaces is None
             if self.replaces is not None:
                 old = _swap_in(self.staging, self.target, self._check_leftover)
+                self.published = True
                 # The lock files moved with their folders.
                 self._locks[0].path = os.path.join(old, LOCK_NAME)
                 self._locks[1].path = os.path.join(self.target, LOCK_NAME)

@@ -365,6 +365,8 @@ def write_shards(
         root = output.publish(manifest)
     except BaseException as e:
         output.release()
+        if output.published:  # interrupted while deleting the old dataset: the new one is in place
+            raise
         if isinstance(e, KeyboardInterrupt):
             raise KeyboardInterrupt(_interrupted_message(output)) from None
         if _is_disk_full(e):

@@ -468,8 +468,10 @@ CTRL_C_SCRIPT = textwrap.dedent("""
     def slow(hasher, chunk):
         with lock:
             calls[0] += 1
-            if calls[0] == 10:
-                print("PAUSED", flush=True)
+            paused = calls[0] == 10
+        if paused:  # inside a shard: its .partial file stays while the test looks
+            print("PAUSED", flush=True)
+            time.sleep(0.5)
         time.sleep(0.01)
         return real(hasher, chunk)
 
