@@ -134,6 +134,19 @@ Writers make datasets atomic and resumable:
    incomplete dataset, and readers refuse it.
 3. A rerun of the same conversion keeps every final-named shard whose checksum
    equals that of the rows it should hold, and rewrites the others.
+4. A writer holds ``.npyseq.lock`` (``flock``, exclusive) in the dataset folder
+   while it writes, and decides under that lock whether the folder already
+   holds a dataset. It follows no symbolic link inside the folder and deletes
+   only the temporary files it created, the temporary files (names above)
+   left in its array folders, and, when it replaces a dataset, the files that
+   dataset's manifest names.
+5. Replacing a dataset: the new one is written to the folder
+   ``<folder>.npyseq-new`` beside it, and the two folders are exchanged once
+   its manifest is written. Only a folder holding nothing but ``manifest.json``,
+   the files it names, their folders and the temporary files and lock above
+   is replaced. Array names ``manifest.json`` and names ending in
+   ``.partial``, ``.partial.tmp``, ``.npyseq-new`` or ``.npyseq-old`` are
+   reserved (compared without case).
 
 Versioning
 ----------

@@ -63,6 +63,14 @@ class ShardWriter:
     arrays, one per row; its values files stay under ``shard_size`` (a row
     bigger than that gets a shard of its own).
 
+    ``out_dir`` and ``overwrite`` work as in :func:`npyseq.write_shards`: the
+    path is resolved once (a symbolic link is followed to its folder, and
+    stays), no link inside the dataset is followed, and ``overwrite=True``
+    replaces only a dataset npyseq wrote (else
+    :class:`~npyseq.errors.ForeignFilesError`). An exception in the ``with``
+    block (Ctrl-C included) deletes the ``.partial`` files of the shard being
+    written, and nothing else.
+
     Example:
 
     >>> with npyseq.ShardWriter(tmp / "features", shard_size="64MB") as writer:

@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import threading
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import xxhash
@@ -549,12 +549,13 @@ def _write_streamed(out_dir, arrays, shard_size, rows, progress, overwrite):
         raise InvalidArgumentError(
             f"all arrays must have the same number of rows, got { {n: s.shape[0] for n, s in fixed.items()} }")
     total = next(iter(fixed_rows), None)
-    pos, chunk = 0, 1024
     check_sources(out_dir, _source_files(arrays.values()))
     writer = ShardWriter(out_dir, shard_size, rows=rows, overwrite=overwrite)
     try:
-        _stream(writer, iterators, fixed, total, chunk, progress)
+        _stream(writer, iterators, fixed, total, 1024, progress)
     except KeyboardInterrupt:
+        if writer._output.published:
+            raise
         raise KeyboardInterrupt(_interrupted_message(
             writer._output, again="run it again to write the dataset (an iterable of rows is read "
             "again from its start)")) from None
