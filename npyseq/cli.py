@@ -84,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--shard-size", default=DEFAULT_SHARD_SIZE, help="largest shard, e.g. 64MB, 1GiB (default %(default)s)")
     c.add_argument("--rows-per-shard", type=int, default=None, help="rows per shard instead of --shard-size")
     c.add_argument("--jobs", type=int, default=None, help="shards written at once (default: CPUs, at most 4)")
-    c.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace an existing dataset (only one npyseq wrote: a folder holding other "
+                        "files is refused)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.add_argument("--dtype", default=None, help="dtype of raw binary sources, e.g. float32")
     c.add_argument("--shape", type=_parse_shape, default=(), help="per-row shape of raw sources, e.g. 32,32,3")
@@ -149,6 +151,12 @@ def _check_numbers(args) -> None:
 
 
 def _convert(args) -> int:
+    if not args.output.strip():
+        raise NpyseqError(
+            f"-o/--output is empty ({args.output!r}); give the folder to write the dataset to. An "
+            "empty path would mean the current folder (and, with --overwrite, all of it): pass -o . "
+            "to write there on purpose."
+        )
     _check_numbers(args)
     arrays = dict(_expand_sources(args))
     for option, kind in (("--ragged", "offsets"), ("--ragged-lengths", "lengths")):
@@ -247,8 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (NpyseqError, OSError, ValueError, TypeError, zipfile.BadZipFile) as e:
         print(f"npyseq {args.command}: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"npyseq {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        # write_shards says what was kept and that the same command resumes the conversion.
+        detail = f": {e.args[0]}" if e.args and isinstance(e.args[0], str) else ""
+        print(f"npyseq {args.command}: interrupted{detail}", file=sys.stderr)
         return 130
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "WorkerDiedError",
     "DiskFullError",
     "WriteFailedError",
+    "ForeignFilesError",
 ]
 
 
@@ -110,4 +111,14 @@ class WriteFailedError(NpyseqError):
     later ``append`` or ``close`` of a writer whose append failed part-way for
     any reason (an exception, ``KeyboardInterrupt``): some arrays may hold
     rows of the failed batch and others not, so no manifest is ever written.
+    """
+
+
+class ForeignFilesError(NpyseqError):
+    """Writing would delete, replace or follow something npyseq did not write; nothing was written.
+
+    Raised when ``overwrite=True`` finds files, folders or symbolic links in
+    the dataset folder that are not the dataset's own, and when a path npyseq
+    writes inside the dataset (an array folder, a shard, a temporary file,
+    the lock) is a symbolic link or of the wrong kind.
     """

@@ -134,6 +134,19 @@ Writers make datasets atomic and resumable:
    incomplete dataset, and readers refuse it.
 3. A rerun of the same conversion keeps every final-named shard whose checksum
    equals that of the rows it should hold, and rewrites the others.
+4. A writer holds ``.npyseq.lock`` (``flock``, exclusive) in the dataset folder
+   while it writes, and decides under that lock whether the folder already
+   holds a dataset. It follows no symbolic link inside the folder and deletes
+   only the temporary files it created, the temporary files (names above)
+   left in its array folders, and, when it replaces a dataset, the files that
+   dataset's manifest names.
+5. Replacing a dataset: the new one is written to the folder
+   ``<folder>.npyseq-new`` beside it, and the two folders are exchanged once
+   its manifest is written. Only a folder holding nothing but ``manifest.json``,
+   the files it names, their folders and the temporary files and lock above
+   is replaced. Array names ``manifest.json`` and names ending in
+   ``.partial``, ``.partial.tmp``, ``.npyseq-new`` or ``.npyseq-old`` are
+   reserved (compared without case).
 
 Versioning
 ----------
@@ -145,6 +158,7 @@ they do not know.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
 import math
@@ -155,7 +169,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from numpy.lib import format as npy_format
 
-from npyseq.errors import ManifestError, UnsupportedDtypeError
+from npyseq.errors import ForeignFilesError, ManifestError, UnsupportedDtypeError
 
 __all__ = [
     "FORMAT_NAME",
@@ -315,11 +329,28 @@ def write_manifest(root: str | os.PathLike, manifest: Manifest) -> None:
     root = os.fspath(root)
     final = os.path.join(root, MANIFEST_NAME)
     partial = final + PARTIAL_SUFFIX
-    with open(partial, "w", encoding="utf-8") as f:
-        f.write(manifest.to_json())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, final)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(partial, flags, 0o666)  # never through a link
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.EISDIR):
+            raise
+        raise ForeignFilesError(
+            f"{root}: {MANIFEST_NAME + PARTIAL_SUFFIX} is a symbolic link or a folder, where npyseq "
+            f"writes its temporary manifest; nothing was published. Move {partial} away and run again."
+        ) from None
+    try:
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(manifest.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, final)
+    except BaseException:  # a full disk, Ctrl-C: leave no temporary manifest behind
+        try:
+            os.unlink(partial)
+        except OSError:
+            pass
+        raise
     fsync_dir(root)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import xxhash
 
 from npyseq import _npy
+from npyseq._output import TMP_SUFFIX, Output, create_file
 from npyseq.errors import InvalidArgumentError, WriteFailedError
 from npyseq.manifest import (
     OFFSETS_DTYPE,
@@ -24,24 +25,18 @@ from npyseq.manifest import (
     Manifest,
     ShardInfo,
     fsync_dir,
-    write_manifest,
 )
 from npyseq.ragged import check_rows, concat_rows, is_row_list
 from npyseq.writer import (
     DEFAULT_SHARD_SIZE,
     _check_count,
-    _check_name,
+    _check_names,
     _disk_full_error,
     _is_disk_full,
-    _locked,
     _offsets_path,
-    _prepare_output,
-    _remove_partials,
-    _remove_strays,
     _rows_per_shard,
     _shard_path,
     _storable,
-    _swap_in,
     _write_file,
     parse_size,
 )
@@ -90,6 +85,12 @@ class ShardWriter:
     its arguments (shape, dtype, names, row counts) writes nothing and leaves
     the writer usable.
 
+    ``out_dir`` and ``overwrite`` work as in :func:`npyseq.write_shards`: the
+    path is resolved once (a symbolic link is followed to its folder, and
+    stays), no link inside the dataset is followed, and ``overwrite=True``
+    replaces only a dataset npyseq wrote (else
+    :class:`~npyseq.errors.ForeignFilesError`).
+
     Example:
 
     >>> with npyseq.ShardWriter(tmp / "features", shard_size="64MB") as writer:
@@ -108,9 +109,9 @@ class ShardWriter:
         if rows is not None:
             _check_count(rows, "rows")
         self._shard_size, self._rows_arg = shard_size, rows
-        self._root, self._replaces = _prepare_output(os.fspath(out_dir), overwrite)
-        self._lock = _locked(self._root)
-        self._lock.__enter__()
+        # Resolves out_dir once, takes the lock, decides in place or beside (see npyseq._output).
+        self._output = Output(out_dir, overwrite)
+        self._root, self._replaces = self._output.root, self._output.replacing
         self._closed = False
         self._failure: str | None = None  # why an append or close failed part-way
         self._writing = ""  # the file being written, to name it when a write fails
@@ -220,14 +221,8 @@ class ShardWriter:
             manifest = Manifest(rows=self.rows, shard_rows=tuple(self._shard_rows), arrays=infos)
             for name in self._specs:
                 fsync_dir(os.path.join(self._root, name))
-            _remove_strays(self._root, manifest)
-            write_manifest(self._root, manifest)
+            root = self._output.publish(manifest)  # writes the manifest, swaps, unlocks
         self._closed = True
-        self._lock.__exit__(None, None, None)
-        root = self._root
-        if self._replaces is not None:
-            _swap_in(self._root, self._replaces)
-            root = self._replaces
         from npyseq.reader import open_shards
 
         self.dataset = open_shards(root)
@@ -236,19 +231,25 @@ class ShardWriter:
     def abort(self) -> None:
         """Stop without writing a manifest.
 
-        The shard being written (its ``.partial`` files) is deleted; complete
-        shards stay on disk, and the folder is an incomplete dataset that
-        :func:`npyseq.open_shards` refuses.
+        The shard being written (its ``.partial`` files, the only temporary
+        files this writer has) is deleted; complete shards stay on disk, and
+        the folder is an incomplete dataset that :func:`npyseq.open_shards`
+        refuses. Nothing else in the folder is touched.
         """
         if self._closed:
             return
+        k = len(self._shard_rows)
         for f in self._files.values():
             with contextlib.suppress(OSError):  # flushing may fail again on a full disk
                 f.close()
+        for name in self._specs:
+            for suffix in (PARTIAL_SUFFIX, TMP_SUFFIX):
+                for path in (_shard_path(name, k), _offsets_path(name, k)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self._root, path) + suffix)
         self._files.clear()
-        _remove_partials(self._root)
         self._closed = True
-        self._lock.__exit__(None, None, None)
+        self._output.release()
 
     @contextlib.contextmanager
     def _stop_on_failure(self, doing: str) -> Iterator[None]:
@@ -283,7 +284,7 @@ class ShardWriter:
 
     def _start(self, specs: Mapping[str, "_Spec"], per_shard: int) -> None:
         for name, spec in specs.items():
-            os.makedirs(os.path.join(self._root, name), exist_ok=True)
+            self._output.array_folder(name)  # refuses a link there
             self._shards[name] = []
             if spec.ragged:
                 self._values[name], self._offset_files[name], self._ends[name] = [], [], []
@@ -313,7 +314,7 @@ class ShardWriter:
         for name, spec in self._specs.items():
             path = os.path.join(self._root, _shard_path(name, k)) + PARTIAL_SUFFIX
             self._writing = path
-            f = open(path, "wb")
+            f = create_file(path, self._root)  # never through a link
             # A ragged array's values count is known at the end: its header is rewritten then.
             header = _npy.header_bytes(spec.store, ((0 if spec.ragged else self._per_shard),) + spec.shape)
             f.write(header)
@@ -378,9 +379,9 @@ def _first_batch(arrays: Mapping[str, Any]) -> dict[str, Any]:
 def _plan(arrays: Mapping[str, Any]) -> dict[str, "_Spec"]:
     """What each array of a first batch (from :func:`_first_batch`) makes the writer hold;
     raises, before anything is written, for what the reader could not open."""
+    _check_names(arrays)
     specs = {}
     for n, a in arrays.items():
-        _check_name(n)
         if isinstance(a, list):
             rows = check_rows(n, a)
             specs[n] = _Spec(rows[0].dtype, tuple(rows[0].shape[1:]), True, n)
@@ -448,7 +449,7 @@ def _fix_header(f, partial: str, old: bytes, new: bytes, data_bytes: int):
     # The header changed length across a 64-byte boundary: copy the data once.
     f.close()
     tmp = partial + ".tmp"
-    with open(partial, "rb") as src, open(tmp, "wb") as dst:
+    with open(partial, "rb") as src, create_file(tmp, os.path.dirname(os.path.dirname(partial))) as dst:
         dst.write(new)
         src.seek(len(old))
         remaining = data_bytes

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import fractions
 import functools
 import io
@@ -28,17 +27,24 @@ import math
 import os
 import re
 import shutil
-import sys
 import threading
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import xxhash
 from numpy.lib import format as npy_format
 
 from npyseq import _npy
+from npyseq._output import (
+    OLD_SUFFIX,
+    STAGING_SUFFIX,
+    TMP_SUFFIX,
+    Output,
+    check_file,
+    check_sources,
+    create_file,
+)
 from npyseq.errors import (
-    DatasetExistsError,
     DiskFullError,
     InvalidArgumentError,
     NpyseqError,
@@ -54,7 +60,6 @@ from npyseq.manifest import (
     ShardInfo,
     fsync_dir,
     storage_dtype,
-    write_manifest,
 )
 from npyseq.ragged import RaggedInput, RaggedSource, shard_bounds
 from npyseq.sources import NpzMember, RawSource, _open_source, _Source
@@ -63,8 +68,6 @@ __all__ = ["write_shards", "parse_size", "RawSource", "NpzMember", "RaggedSource
 
 DEFAULT_SHARD_SIZE = "256MB"
 MAX_JOBS = 1024  # threads writing shards at once
-_LOCK_NAME = ".npyseq.lock"
-_SHARD_FILE_RE = re.compile(r"^\d{6,}(\.offsets)?\.npy(\.partial)?$")
 _UNITS = {
     "": 1, "b": 1,
     "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -155,13 +158,31 @@ def _offsets_path(name: str, k: int) -> str:
     return f"{name}/{k:06d}.offsets.npy"
 
 
+_RESERVED_SUFFIXES = {
+    PARTIAL_SUFFIX: "its temporary files", TMP_SUFFIX: "its temporary files",
+    STAGING_SUFFIX: "the folders it builds and replaces datasets in", OLD_SUFFIX: "the folders it "
+    "builds and replaces datasets in",
+}
+
+
 def _check_name(name: Any) -> str:
+    """Refuse an array name the format does not allow, or one npyseq's own files use."""
     from npyseq.manifest import _NAME_RE
 
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise InvalidArgumentError(
             f"array names must be 1-128 letters, digits, '_', '-' or '.', not starting with '.'; "
             f"got {name!r}"
+        )
+    lower = name.lower()  # file systems that ignore case (macOS, Windows) make Manifest.json one
+    use = next((what for suffix, what in _RESERVED_SUFFIXES.items() if lower.endswith(suffix)), None)
+    if lower == MANIFEST_NAME or lower.startswith(MANIFEST_NAME + "."):
+        use = "its manifest and the manifest's temporary file"
+    if use is not None:
+        raise InvalidArgumentError(
+            f"array name {name!r} is reserved: an array's folder has the array's name, and npyseq "
+            f"uses such names for {use} in the dataset folder; choose another name "
+            f"(e.g. {name.replace('.', '_')!r})"
         )
     return name
 
@@ -258,27 +279,17 @@ def _max_header_size() -> int:
     return inspect.signature(npy_format.read_array_header_1_0).parameters["max_header_size"].default
 
 
-# --- the writing protocol ------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _locked(root: str) -> Iterator[None]:
-    path = os.path.join(root, _LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise NpyseqError(
-                f"{root}: another npyseq process is writing this dataset (lock {path} is held)"
-            ) from None
-        try:
-            yield
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-    finally:
-        os.close(fd)
+def _check_names(names) -> None:
+    """Every name allowed, and no two that one folder would hold on a case-insensitive file system."""
+    seen: dict[str, str] = {}
+    for name in names:
+        _check_name(name)
+        other = seen.setdefault(name.lower(), name)
+        if other != name:
+            raise InvalidArgumentError(
+                f"array names {other!r} and {name!r} differ only in case: on a file system that "
+                "ignores case (macOS, Windows) their folders would be one; rename one of them"
+            )
 
 
 # --- disk full ------------------------------------------------------------------
@@ -290,24 +301,6 @@ class _Cancelled(Exception):
 
 def _is_disk_full(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def _remove_partials(root: str) -> None:
-    """Delete every temporary file of a run: ``.partial`` shards, manifest, header copies."""
-    folders = [root] + [os.path.join(root, e) for e in _listdir(root)
-                        if os.path.isdir(os.path.join(root, e))]
-    for folder in folders:
-        for entry in _listdir(folder):
-            if entry.endswith((PARTIAL_SUFFIX, PARTIAL_SUFFIX + ".tmp")):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(folder, entry))
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except FileNotFoundError:
-        return []
 
 
 def _disk_full_error(root: str, e: OSError, replaces: str | None,
@@ -326,84 +319,6 @@ def _disk_full_error(root: str, e: OSError, replaces: str | None,
     )
 
 
-def _prepare_output(out_dir: str, overwrite: bool) -> tuple[str, str | None]:
-    """Return (folder to write into, folder it replaces at the end or None)."""
-    out_dir = os.path.abspath(out_dir)
-    if os.path.exists(os.path.join(out_dir, MANIFEST_NAME)):
-        if not overwrite:
-            raise DatasetExistsError(
-                f"{out_dir} already holds a dataset; pass overwrite=True (--overwrite) to replace it"
-            )
-        # Build the new dataset beside the old one, then swap folders, so a
-        # reader never sees old and new shards under one manifest.
-        staging = out_dir.rstrip("/") + ".npyseq-new"
-        os.makedirs(staging, exist_ok=True)
-        return staging, out_dir
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise InvalidArgumentError(f"{out_dir} exists and is not a folder")
-    os.makedirs(out_dir, exist_ok=True)
-    return out_dir, None
-
-
-def _swap_in(staging: str, target: str) -> None:
-    """Put the new dataset at ``target``; the old one is deleted.
-
-    On Linux the two folders are exchanged in one atomic step
-    (``renameat2(RENAME_EXCHANGE)``), so ``target`` always holds a complete
-    dataset, old or new. Elsewhere (or on a file system without it) two
-    renames leave ``target`` missing for an instant, and a reader opening it
-    then gets DatasetNotFoundError.
-    """
-    if _exchange(staging, target):
-        fsync_dir(os.path.dirname(target) or ".")
-        shutil.rmtree(staging)  # now the old dataset
-        return
-    old = target.rstrip("/") + ".npyseq-old"
-    if os.path.exists(old):
-        shutil.rmtree(old)
-    os.rename(target, old)
-    os.rename(staging, target)
-    fsync_dir(os.path.dirname(target) or ".")
-    shutil.rmtree(old)
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: str, b: str) -> bool:
-    """Atomically exchange two paths (Linux renameat2); False where not supported."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):  # no glibc 2.28+ symbol
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.ENOTSUP):  # fs or kernel without it
-        return False
-    raise OSError(err, os.strerror(err), a, None, b)
-
-
-def _remove_strays(root: str, manifest: Manifest) -> None:
-    """Delete shard files of earlier, different runs that the manifest does not list."""
-    listed = {s.path for a in manifest.arrays.values() for s in a.files}
-    for name in manifest.arrays:
-        folder = os.path.join(root, name)
-        if not os.path.isdir(folder):
-            continue
-        for entry in os.listdir(folder):
-            rel = f"{name}/{entry}"
-            if _SHARD_FILE_RE.match(entry) and rel not in listed:
-                os.unlink(os.path.join(folder, entry))
-
-
 def _write_file(root: str, path: str, header: bytes, data_bytes: int, chunks, reuse: bool,
                 progress, cancel: threading.Event | None = None) -> ShardInfo:
     """Write ``header`` and the arrays ``chunks()`` yields as the file ``path``; reuse it if equal.
@@ -415,9 +330,11 @@ def _write_file(root: str, path: str, header: bytes, data_bytes: int, chunks, re
     """
     final = os.path.join(root, path)
     nbytes = len(header) + data_bytes
-    if reuse and os.path.isfile(final) and os.path.getsize(final) == nbytes:
+    if reuse and check_file(root, path) == nbytes:  # a link or folder there is refused
         expected = xxhash.xxh3_64(header)
         for chunk in chunks():
+            if cancel is not None and cancel.is_set():
+                raise _Cancelled()
             _npy.hash_array_rows(expected, chunk)
         if _npy.checksum_string(expected) == _npy.file_checksum(final):
             if progress is not None:
@@ -425,8 +342,9 @@ def _write_file(root: str, path: str, header: bytes, data_bytes: int, chunks, re
             return ShardInfo(path=path, bytes=nbytes, checksum=_npy.checksum_string(expected))
     partial = final + PARTIAL_SUFFIX
     h = xxhash.xxh3_64(header)
+    f = create_file(partial, root)  # never through a link; this run's from now on
     try:
-        with open(partial, "wb") as f:
+        with f:
             f.write(header)
             for chunk in chunks():
                 if cancel is not None and cancel.is_set():
@@ -507,8 +425,24 @@ def write_shards(
         jobs: shards written at once (threads; numpy, file I/O and hashing
             release the GIL), at most 1024. ``None``: one per CPU, at most 4.
         progress: show a tqdm progress bar.
-        overwrite: replace an existing dataset. The new dataset is built beside
-            the old one and swapped in at the end.
+        overwrite: replace an existing dataset, one that npyseq wrote: the
+            folder may hold nothing but the dataset's files (its manifest, the
+            shards it names, their folders, npyseq's lock and temporary
+            files), else :class:`~npyseq.errors.ForeignFilesError` names what
+            else is there and nothing is written. The new dataset is built
+            beside the old one (in ``<out_dir>.npyseq-new``) and swapped in at
+            the end; then exactly the old dataset's files are deleted.
+
+    ``out_dir`` is resolved once, at the start: when it is (or passes through)
+    a symbolic link, the dataset is written into the folder the link points
+    to, and the link stays. Inside the dataset no link is followed: an array
+    folder, shard or temporary file that is a link is refused. An output path
+    that is a source of this call, or a folder holding one, is refused, and so
+    is an empty path.
+
+    Interrupted (Ctrl-C), a disk full or any other error: nothing is
+    published, the ``.partial`` files this call created are deleted, and the
+    complete shards stay, so that the same call run again resumes the work.
 
     Example:
 
@@ -529,8 +463,7 @@ def write_shards(
         _check_count(rows, "rows")
     if rows is None:
         parse_size(shard_size)
-    for n in arrays:
-        _check_name(n)
+    _check_names(arrays)
     if any(_is_row_iterable(v) for v in arrays.values()):
         return _write_streamed(out_dir, arrays, shard_size, rows, progress, overwrite)
     sources = {n: _open_source(n, v) for n, v in arrays.items()}
@@ -556,65 +489,108 @@ def write_shards(
                  default=0)
     bounds = shard_bounds(total, per_shard, ragged, limit, header)
 
-    root, replaces = _prepare_output(os.fspath(out_dir), overwrite)
+    output = Output(out_dir, overwrite, _source_files(arrays.values()))
     try:
-        _write_locked(root, sources, stores, bounds, jobs, progress, total)
-    except OSError as e:
-        if not _is_disk_full(e):
+        manifest = _write_all(output, sources, stores, bounds, jobs, progress, total)
+        root = output.publish(manifest)
+    except BaseException as e:
+        output.release()
+        if output.published:  # interrupted while deleting the old dataset: the new one is in place
             raise
-        _remove_partials(root)
-        raise _disk_full_error(root, e, replaces) from None
-    if replaces is not None:
-        _swap_in(root, replaces)
-        root = replaces
+        if isinstance(e, KeyboardInterrupt):
+            raise KeyboardInterrupt(_interrupted_message(output)) from None
+        if _is_disk_full(e):
+            raise _disk_full_error(output.root, e, output.replacing) from None
+        raise
     from npyseq.reader import open_shards
 
     return open_shards(root)
 
 
-def _write_locked(root, sources, stores, bounds, jobs, progress, total) -> None:
-    """Write every shard, then the manifest, holding the folder's lock."""
-    with _locked(root):
-        for name in sources:
-            os.makedirs(os.path.join(root, name), exist_ok=True)
-        tasks, nbytes = [], 0
-        for name, src in sources.items():
-            store = stores[name][0]
+def _interrupted_message(output: Output, again: str = "run the same conversion again (the same "
+                         "command or call) to resume it") -> str:
+    kept = f"{output.replacing} still holds the dataset it had; " if output.replacing else ""
+    return (f"{output.root}: writing was interrupted. Nothing was published: no manifest was written "
+            f"and the .partial files of this run were removed; {kept}the complete shards were kept: "
+            f"{again}.")
+
+
+def _source_files(values) -> list[str]:
+    """The files the sources of a write read: paths, and the files behind memmaps."""
+    out = []
+
+    def add(value: Any) -> None:
+        if isinstance(value, (str, bytes, os.PathLike)):
+            out.append(os.fsdecode(value))
+        elif isinstance(value, (RawSource, NpzMember)):
+            out.append(os.fsdecode(value.path))
+        elif isinstance(value, RaggedSource):
+            for part in (value.values, value.offsets, value.lengths):
+                add(part)
+        elif isinstance(value, (list, tuple)):
+            for row in value:
+                if isinstance(row, np.ndarray):
+                    add(row)
+        elif isinstance(value, np.ndarray):
+            while value is not None:  # a view of a memmap has it as a base
+                if isinstance(value, np.memmap) and getattr(value, "filename", None):
+                    out.append(value.filename)
+                    break
+                value = value.base if isinstance(value.base, np.ndarray) else None
+
+    for value in values:
+        add(value)
+    return list(dict.fromkeys(out))
+
+
+def _write_all(output: Output, sources, stores, bounds, jobs, progress, total) -> Manifest:
+    """Write every shard into ``output.root`` (holding its lock); return the manifest to publish."""
+    root = output.root
+    files = [MANIFEST_NAME]
+    for name, src in sources.items():
+        output.array_folder(name)
+        for k in range(len(bounds)):
+            files.append(_shard_path(name, k))
             if isinstance(src, RaggedInput):
-                nbytes += src.shape[0] * src.element_bytes + (total + len(bounds)) * OFFSETS_DTYPE.itemsize
-                tasks.extend([((name, k), functools.partial(_write_ragged_shard, root, name, k, src, a, b, store))]
-                             for k, (a, b) in enumerate(bounds))
-                continue
-            row_bytes = store.itemsize * int(np.prod(src.shape[1:], dtype=np.int64))
-            nbytes += total * row_bytes
-            chunk_rows = max(1, _npy.CHUNK_BYTES // max(1, row_bytes))
-            jobs_of_source = [
-                ((name, k), functools.partial(_write_shard, root, _shard_path(name, k), src, a, b, store,
-                                              chunk_rows))
-                for k, (a, b) in enumerate(bounds)
-            ]
-            if src.seekable:
-                tasks.extend([j] for j in jobs_of_source)
-            else:
-                tasks.append(jobs_of_source)  # one sequential stream
-        results = _run_tasks(tasks, jobs, progress, nbytes)
-        infos = {}
-        for name, src in sources.items():
-            done = [results[(name, k)] for k in range(len(bounds))]
-            if isinstance(src, RaggedInput):
-                infos[name] = ArrayInfo(
-                    dtype=stores[name][0], shape=src.element_shape, logical_dtype=stores[name][1],
-                    ragged=True, shards=tuple(d[0] for d in done), values=tuple(d[1] for d in done),
-                    offsets=tuple(d[2] for d in done),
-                )
-            else:
-                infos[name] = ArrayInfo(dtype=stores[name][0], shape=src.shape[1:], shards=tuple(done),
-                                        logical_dtype=stores[name][1])
-        manifest = Manifest(rows=total, shard_rows=tuple(b - a for a, b in bounds), arrays=infos)
-        for name in sources:
-            fsync_dir(os.path.join(root, name))
-        _remove_strays(root, manifest)
-        write_manifest(root, manifest)
+                files.append(_offsets_path(name, k))
+    output.check_files(files)
+    tasks, nbytes = [], 0
+    for name, src in sources.items():
+        store = stores[name][0]
+        if isinstance(src, RaggedInput):
+            nbytes += src.shape[0] * src.element_bytes + (total + len(bounds)) * OFFSETS_DTYPE.itemsize
+            tasks.extend([((name, k), functools.partial(_write_ragged_shard, root, name, k, src, a, b, store))]
+                         for k, (a, b) in enumerate(bounds))
+            continue
+        row_bytes = store.itemsize * int(np.prod(src.shape[1:], dtype=np.int64))
+        nbytes += total * row_bytes
+        chunk_rows = max(1, _npy.CHUNK_BYTES // max(1, row_bytes))
+        jobs_of_source = [
+            ((name, k), functools.partial(_write_shard, root, _shard_path(name, k), src, a, b, store,
+                                          chunk_rows))
+            for k, (a, b) in enumerate(bounds)
+        ]
+        if src.seekable:
+            tasks.extend([j] for j in jobs_of_source)
+        else:
+            tasks.append(jobs_of_source)  # one sequential stream
+    results = _run_tasks(tasks, jobs, progress, nbytes)
+    infos = {}
+    for name, src in sources.items():
+        done = [results[(name, k)] for k in range(len(bounds))]
+        if isinstance(src, RaggedInput):
+            infos[name] = ArrayInfo(
+                dtype=stores[name][0], shape=src.element_shape, logical_dtype=stores[name][1],
+                ragged=True, shards=tuple(d[0] for d in done), values=tuple(d[1] for d in done),
+                offsets=tuple(d[2] for d in done),
+            )
+        else:
+            infos[name] = ArrayInfo(dtype=stores[name][0], shape=src.shape[1:], shards=tuple(done),
+                                    logical_dtype=stores[name][1])
+    manifest = Manifest(rows=total, shard_rows=tuple(b - a for a, b in bounds), arrays=infos)
+    for name in sources:
+        fsync_dir(os.path.join(root, name))
+    return manifest
 
 
 def _run_tasks(tasks, jobs, progress, nbytes) -> dict:
@@ -629,8 +605,19 @@ def _run_tasks(tasks, jobs, progress, nbytes) -> dict:
     # joblib would return at the first error while the other threads still
     # write, leaving .partial files behind after the caller cleaned up.
     cancel = threading.Event()
+    running, idle = [0], threading.Condition()
 
     def run(task):
+        with idle:
+            running[0] += 1
+        try:
+            return run_task(task)
+        finally:
+            with idle:
+                running[0] -= 1
+                idle.notify_all()
+
+    def run_task(task):
         out = []
         for key, fn in task:
             if cancel.is_set():
@@ -645,11 +632,23 @@ def _run_tasks(tasks, jobs, progress, nbytes) -> dict:
         return None, out
 
     with bar:
-        done = Parallel(n_jobs=jobs, backend="threading")(delayed(run)(t) for t in tasks)
+        try:
+            done = Parallel(n_jobs=jobs, backend="threading")(delayed(run)(t) for t in tasks)
+        except KeyboardInterrupt:
+            # Ctrl-C reaches this thread only: stop the writing threads and wait
+            # for them to delete their .partial files, which they would
+            # otherwise leave behind at the exit of the process.
+            cancel.set()
+            with idle:
+                idle.wait_for(lambda: running[0] == 0, timeout=_STOP_TIMEOUT)
+            raise
     failures = [e for e, _ in done if e is not None]
     if failures:
         raise next((e for e in failures if _is_disk_full(e)), failures[0])
     return dict(pair for _, batch in done for pair in batch)
+
+
+_STOP_TIMEOUT = 60.0  # seconds a writing thread may take to stop after Ctrl-C (one chunk)
 
 
 def _is_row_iterable(value: Any) -> bool:
@@ -680,6 +679,7 @@ def _write_streamed(out_dir, arrays, shard_size, rows, progress, overwrite):
         raise InvalidArgumentError(
             f"all arrays must have the same number of rows, got { {n: s.shape[0] for n, s in fixed.items()} }")
     total = next(iter(fixed_rows), None)
+    check_sources(out_dir, _source_files(arrays.values()))
     chunk = 1024
 
     def next_batch(pos: int) -> dict | None:
@@ -704,11 +704,24 @@ def _write_streamed(out_dir, arrays, shard_size, rows, progress, overwrite):
         from npyseq.shard_writer import _first_batch, _per_shard, _plan
 
         _per_shard(_plan(_first_batch(batch)), shard_size, rows)
+    writer = ShardWriter(out_dir, shard_size, rows=rows, overwrite=overwrite)
+    try:
+        _stream(writer, batch, next_batch, total, progress)
+    except KeyboardInterrupt:
+        if writer._output.published:
+            raise
+        raise KeyboardInterrupt(_interrupted_message(
+            writer._output, again="run it again to write the dataset (an iterable of rows is read "
+            "again from its start)")) from None
+    return writer.dataset
+
+
+def _stream(writer, batch, next_batch, total, progress) -> None:
+    """Append ``batch`` and the batches ``next_batch(pos)`` gives to ``writer``, then close it."""
     from tqdm.auto import tqdm
 
     pos = 0
-    with ShardWriter(out_dir, shard_size, rows=rows, overwrite=overwrite) as writer, \
-            tqdm(unit=" rows", desc="npyseq write", disable=not progress) as bar:
+    with writer, tqdm(unit=" rows", desc="npyseq write", disable=not progress) as bar:
         while batch is not None:
             n = len(next(iter(batch.values())))
             writer.append(**batch)
@@ -719,4 +732,3 @@ def _write_streamed(out_dir, arrays, shard_size, rows, progress, overwrite):
             raise InvalidArgumentError(
                 f"all arrays must have the same number of rows: the iterables ended after {pos} rows, "
                 f"the arrays have {total}")
-    return writer.dataset

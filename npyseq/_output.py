@@ -1,0 +1,560 @@
+"""Where a write puts its dataset: the output folder, its locks, and what a write may delete.
+
+The writing protocol of :mod:`npyseq.manifest` (temporary names, fsync,
+rename, the manifest last) makes a dataset atomic. This module keeps a write
+from destroying anything that is not npyseq's:
+
+* The output path is resolved once, at the start (``os.path.realpath``): when
+  it is, or passes through, a symbolic link, the dataset is written into the
+  folder the link points to, and the link stays as it is. Inside the dataset
+  no link is ever followed: an array folder, shard, temporary file, lock or
+  manifest that is a symbolic link (or of the wrong file type) is refused
+  before anything is written, and files are created with ``O_NOFOLLOW``.
+* A write refuses an output path that is a source of the conversion or a
+  folder holding one (at any depth), and an empty path.
+* Every write takes the lock file of the dataset folder (``.npyseq.lock``,
+  ``flock``) and decides under it, not before, whether the folder already
+  holds a dataset.
+* ``overwrite=True`` replaces only a dataset npyseq wrote: the folder may hold
+  ``manifest.json``, the files that manifest names, their folders, and
+  npyseq's lock and temporary files, nothing else (no other file, folder or
+  link). The new dataset is built beside it, in ``<out>.npyseq-new``, the two
+  folders are exchanged, and of the old one exactly those files are deleted.
+* A failed or interrupted write deletes only the temporary files it created
+  itself; complete shards stay, for the rerun to keep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import stat
+import sys
+from typing import Iterable
+
+from npyseq.errors import (
+    DatasetExistsError,
+    ForeignFilesError,
+    InvalidArgumentError,
+    ManifestError,
+    NpyseqError,
+)
+from npyseq.manifest import (
+    MANIFEST_NAME,
+    PARTIAL_SUFFIX,
+    Manifest,
+    fsync_dir,
+    read_manifest,
+    write_manifest,
+)
+
+LOCK_NAME = ".npyseq.lock"
+STAGING_SUFFIX = ".npyseq-new"  # where overwrite=True builds the new dataset
+OLD_SUFFIX = ".npyseq-old"  # where the old one waits, where folders cannot be exchanged
+TMP_SUFFIX = PARTIAL_SUFFIX + ".tmp"  # a shard whose header is being rewritten
+_SHARD_FILE_RE = re.compile(r"^\d{6,}(\.offsets)?\.npy$")
+_TEMP_FILE_RE = re.compile(r"^\d{6,}(\.offsets)?\.npy\.partial(\.tmp)?$")
+_ROOT_FILES = (MANIFEST_NAME, MANIFEST_NAME + PARTIAL_SUFFIX, LOCK_NAME)
+_SHOWN = 10  # files named in an error message, at most
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+# --- what a path is -------------------------------------------------------------------
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _kind(path: str, st: os.stat_result) -> str:
+    """What a path is, for an error message: 'a symbolic link (to ...)', 'a folder' ..."""
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            return f"a symbolic link (to {os.readlink(path)})"
+        except OSError:
+            return "a symbolic link"
+    if stat.S_ISDIR(st.st_mode):
+        return "a folder"
+    if stat.S_ISREG(st.st_mode):
+        return "a file"
+    return "a special file (FIFO, socket or device)"
+
+
+def _not_ours(root: str, rel: str, st: os.stat_result, expected: str,
+              done: str = "Nothing was written") -> ForeignFilesError:
+    path = os.path.join(root, rel)
+    link = (" npyseq never follows a symbolic link inside a dataset it writes, so that it never "
+            "writes or deletes anything outside the folder." if stat.S_ISLNK(st.st_mode) else "")
+    return ForeignFilesError(
+        f"{root}: {rel} is {_kind(path, st)}, where npyseq writes {expected}.{link} {done}. "
+        f"Move {path} away, or write the dataset to another folder."
+    )
+
+
+def check_file(root: str, rel: str) -> int | None:
+    """The size of the regular file ``root/rel``, None if there is none; refuse anything else."""
+    st = _lstat(os.path.join(root, rel))
+    if st is None:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_ours(root, rel, st, "a file of its own")
+    return st.st_size
+
+
+def create_file(path: str, root: str):
+    """Create (or truncate) the temporary file ``path`` for writing, never through a link."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC,
+                     0o666)
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise
+        st = _lstat(path)
+        if st is None:
+            raise
+        raise _not_ours(root, os.path.relpath(path, root), st, "a temporary file of its own",
+                        "Nothing was published") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):  # a FIFO with a reader
+        os.close(fd)
+        raise _not_ours(root, os.path.relpath(path, root), st, "a temporary file of its own",
+                        "Nothing was published")
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    return os.fdopen(fd, "wb")
+
+
+# --- the lock ---------------------------------------------------------------------------
+
+
+class _Lock:
+    """``folder/.npyseq.lock``, held with ``flock`` until :meth:`release`."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.path = os.path.join(folder, LOCK_NAME)
+        self.fd: int | None = None
+
+    def _held(self) -> NpyseqError:
+        return NpyseqError(
+            f"{self.folder}: another npyseq process is writing this dataset (lock {self.path} is held)"
+        )
+
+    def acquire(self) -> None:
+        for _ in range(10):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC, 0o644)
+            except OSError as e:
+                st = _lstat(self.path)
+                if st is None or e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                    raise
+                raise _not_ours(self.folder, LOCK_NAME, st, "its lock file") from None
+            try:
+                mine = os.fstat(fd)
+                if not stat.S_ISREG(mine.st_mode):
+                    raise _not_ours(self.folder, LOCK_NAME, mine, "its lock file")
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise self._held() from None
+            except BaseException:
+                os.close(fd)
+                raise
+            # The writer before may have unlinked the file after this one opened
+            # it; a newer lock file may then be another writer's: open again.
+            now = _lstat(self.path)
+            if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+                self.fd = fd
+                return
+            os.close(fd)
+        raise self._held()
+
+    def release(self) -> None:
+        """Delete the lock file (if it is still this lock's) and release the lock."""
+        if self.fd is None:
+            return
+        try:
+            mine, now = os.fstat(self.fd), _lstat(self.path)
+            if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _lock_folder(folder: str) -> _Lock:
+    lock = _Lock(folder)
+    lock.acquire()
+    return lock
+
+
+# --- sources and paths -------------------------------------------------------------------
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_sources(out_dir: str | os.PathLike, sources: Iterable[str]) -> None:
+    """Refuse an output path that is a source file, or a folder holding one (at any depth)."""
+    target = _resolve(out_dir)
+    folders = (target, target + STAGING_SUFFIX, target + OLD_SUFFIX)
+    for src in sources:
+        src = os.fsdecode(src)
+        absolute = os.path.abspath(src)
+        # The file itself, and (when it is a link) the link: deleting either loses it.
+        candidates = {os.path.realpath(absolute),
+                      os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))}
+        for path in candidates:
+            if path == target:
+                raise InvalidArgumentError(
+                    f"{target}: the output path is {src}, a source of this conversion; give the "
+                    "dataset a folder of its own (e.g. the source's name without its extension)"
+                )
+            for folder in folders:
+                if _inside(path, folder):
+                    raise InvalidArgumentError(
+                        f"{target}: the output folder holds {src}, a source of this conversion "
+                        f"(under {folder}); writing the dataset there could replace or delete it, "
+                        "and overwrite=True (--overwrite) would. Write the dataset to a folder "
+                        "that holds no source, e.g. a new one beside the sources."
+                    )
+
+
+def _resolve(out_dir: str | os.PathLike) -> str:
+    """The output folder as an absolute path with every symbolic link resolved (once)."""
+    try:
+        path = os.fsdecode(os.fspath(out_dir))
+    except TypeError:
+        raise InvalidArgumentError(f"out_dir must be a path (str or os.PathLike), got {out_dir!r:.80}") from None
+    if not path.strip():
+        raise InvalidArgumentError(
+            f"out_dir is empty ({path!r}); give the folder to write the dataset to. An empty path "
+            "would mean the current folder (and, with overwrite=True, all of it): pass '.' to write "
+            "there on purpose."
+        )
+    target = os.path.realpath(path)
+    if os.path.dirname(target) == target:
+        raise InvalidArgumentError(f"out_dir {path!r} is a file system root; give a folder of its own")
+    if target.endswith((STAGING_SUFFIX, OLD_SUFFIX)):
+        raise InvalidArgumentError(
+            f"{target}: names ending in {STAGING_SUFFIX!r} or {OLD_SUFFIX!r} are reserved for the "
+            "folders npyseq builds and replaces datasets in; choose another name"
+        )
+    return target
+
+
+# --- what npyseq wrote --------------------------------------------------------------------
+
+
+def _named(manifest: Manifest) -> tuple[set[str], set[str]]:
+    """The files a manifest names, and their folders (array folders included), relative."""
+    files = {s.path for a in manifest.arrays.values() for s in a.files}
+    folders = set(manifest.arrays)
+    for path in files:
+        parts = path.split("/")
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    return files, folders
+
+
+def _walk(root: str, descend=lambda rel: True, rel: str = "") -> Iterable[tuple[str, os.stat_result]]:
+    """``(relative path, lstat)`` of everything under ``root/rel``, a folder before what it
+    holds, never through a link, into the folders ``descend(rel)`` accepts."""
+    folder = os.path.join(root, rel) if rel else root
+    for entry in sorted(os.listdir(folder)):
+        path = f"{rel}/{entry}" if rel else entry
+        st = _lstat(os.path.join(root, path))
+        if st is None:
+            continue  # deleted meanwhile
+        yield path, st
+        if stat.S_ISDIR(st.st_mode) and descend(path):
+            yield from _walk(root, descend, path)
+
+
+def _is_temp(rel: str) -> bool:
+    """An npyseq lock or temporary file (at the root, or in a folder of shards)."""
+    folder, _, name = rel.rpartition("/")
+    return name in _ROOT_FILES[1:] if not folder else bool(_TEMP_FILE_RE.match(name))
+
+
+def _foreign(root: str, manifest: Manifest) -> list[str]:
+    """Everything under ``root`` that is not part of the dataset ``manifest`` describes."""
+    files, folders = _named(manifest)
+    found = []
+    for rel, st in _walk(root, lambda rel: rel in folders):
+        if stat.S_ISDIR(st.st_mode):
+            if rel not in folders:
+                found.append(rel + "/")
+        elif not stat.S_ISREG(st.st_mode):
+            found.append(f"{rel} ({_kind(os.path.join(root, rel), st)})")
+        elif not (rel in files or rel == MANIFEST_NAME or _is_temp(rel)):
+            found.append(rel)
+    return found
+
+
+def _looks_npyseq(rel: str) -> bool:
+    """A file name npyseq writes in a folder of its own: manifest, lock, shards, temporaries."""
+    from npyseq.manifest import _NAME_RE
+
+    folder, _, name = rel.rpartition("/")
+    if not folder:
+        return name in _ROOT_FILES
+    return ("/" not in folder and bool(_NAME_RE.match(folder))
+            and bool(_SHARD_FILE_RE.match(name) or _TEMP_FILE_RE.match(name)))
+
+
+def _not_npyseq_shaped(root: str) -> list[str]:
+    """What under ``root`` (a folder only npyseq writes) is not named like npyseq's files."""
+    from npyseq.manifest import _NAME_RE
+
+    found = []
+    for rel, st in _walk(root, lambda rel: "/" not in rel and bool(_NAME_RE.match(rel))):
+        if stat.S_ISDIR(st.st_mode):
+            if "/" in rel or not _NAME_RE.match(rel):
+                found.append(rel + "/")
+        elif not stat.S_ISREG(st.st_mode):
+            found.append(f"{rel} ({_kind(os.path.join(root, rel), st)})")
+        elif not _looks_npyseq(rel):
+            found.append(rel)
+    return found
+
+
+def _listing(found: list[str]) -> str:
+    more = f" and {len(found) - _SHOWN} more" if len(found) > _SHOWN else ""
+    return ", ".join(found[:_SHOWN]) + more
+
+
+def _unlink_files(root: str, files: Iterable[str]) -> None:
+    for rel in sorted(files):
+        path = os.path.join(root, rel)
+        st = _lstat(path)
+        if st is not None and stat.S_ISREG(st.st_mode):
+            os.unlink(path)
+
+
+def _remove_empty_folders(root: str, keep: set[str] = frozenset(), itself: bool = True) -> None:
+    """Remove the folders under ``root`` left empty (deepest first) but ``keep``, then ``root``."""
+    folders = [rel for rel, st in _walk(root) if stat.S_ISDIR(st.st_mode)]
+    for rel in reversed(folders):
+        if rel not in keep:
+            with contextlib.suppress(FileNotFoundError, OSError):
+                os.rmdir(os.path.join(root, rel))  # fails (and stays) unless empty
+    if itself:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            os.rmdir(root)
+
+
+def _delete_dataset(root: str, manifest: Manifest) -> None:
+    """Delete the dataset ``manifest`` describes (the manifest first) and npyseq's temporary
+    files beside it; anything else stays, and so do the folders holding it."""
+    files, _ = _named(manifest)
+    temp = {rel for rel, st in _walk(root) if stat.S_ISREG(st.st_mode) and _is_temp(rel)}
+    _unlink_files(root, [MANIFEST_NAME])
+    _unlink_files(root, files | temp)
+    _remove_empty_folders(root)
+
+
+def _delete_leftovers(root: str, keep_files: set[str] = frozenset(),
+                      keep_folders: set[str] = frozenset()) -> None:
+    """In a folder only npyseq writes (staging): delete its files but ``keep_files``."""
+    doomed = {rel for rel, st in _walk(root)
+              if stat.S_ISREG(st.st_mode) and rel not in keep_files and _looks_npyseq(rel)}
+    _unlink_files(root, doomed)
+    _remove_empty_folders(root, keep_folders, itself=not keep_files)
+
+
+# --- the output of one write ------------------------------------------------------------
+
+
+class Output:
+    """The folder one write (a :func:`write_shards` call, a ``ShardWriter``) writes into.
+
+    Creating it resolves the path, refuses what must not be written to, takes
+    the lock and decides, under the lock, whether the write builds the dataset
+    in place or beside an existing one it replaces (``overwrite=True``).
+    ``root`` is the folder to write shards and the manifest into;
+    :meth:`publish` then puts the dataset at ``target``, and :meth:`release`
+    gives up (the locks only: complete shards stay).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, overwrite: bool, sources: Iterable[str] = ()):
+        self.target = _resolve(out_dir)
+        check_sources(self.target, sources)
+        self.staging = self.target + STAGING_SUFFIX
+        self.replaces: Manifest | None = None  # the dataset being replaced
+        self.root = self.target
+        self.published = False  # the manifest is in place: an error after it loses nothing
+        self._locks: list[_Lock] = []
+        st = _lstat(self.target)
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            raise InvalidArgumentError(f"{self.target} exists and is not a folder")
+        if not overwrite and os.path.lexists(os.path.join(self.target, MANIFEST_NAME)):
+            raise self._exists()
+        os.makedirs(self.target, exist_ok=True)
+        self._locks.append(_lock_folder(self.target))
+        try:
+            self._decide(overwrite)
+        except BaseException:
+            self.release()
+            raise
+
+    @property
+    def replacing(self) -> str | None:
+        """The folder whose dataset this write replaces, or None."""
+        return self.target if self.replaces is not None else None
+
+    def _exists(self) -> DatasetExistsError:
+        return DatasetExistsError(
+            f"{self.target} already holds a dataset; pass overwrite=True (--overwrite) to replace it"
+        )
+
+    def _decide(self, overwrite: bool) -> None:
+        """Under the target's lock: write in place, or beside the dataset found there."""
+        manifest = os.path.join(self.target, MANIFEST_NAME)
+        if not os.path.lexists(manifest):
+            return  # no dataset (yet): write in place, resuming an interrupted write
+        if not overwrite:
+            raise self._exists()  # published by another writer since the check before the lock
+        self.replaces = self._read_replaced()
+        foreign = _foreign(self.target, self.replaces)
+        if foreign:
+            raise ForeignFilesError(
+                f"{self.target}: overwrite=True replaces only a dataset npyseq wrote, but this "
+                f"folder also holds what npyseq did not write (or its manifest does not name): "
+                f"{_listing(foreign)}. Replacing the dataset would delete them, so nothing was "
+                f"written. Move them out of {self.target}, or write the dataset to another folder."
+            )
+        self._check_leftover(self.staging)
+        os.makedirs(self.staging, exist_ok=True)
+        self._locks.append(_lock_folder(self.staging))
+        self.root = self.staging
+
+    def _read_replaced(self) -> Manifest:
+        path = os.path.join(self.target, MANIFEST_NAME)
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_ours(self.target, MANIFEST_NAME, st, "its manifest")
+        try:
+            return read_manifest(self.target)[0]
+        except ManifestError as e:
+            raise ManifestError(
+                f"{self.target}: overwrite=True replaces only a dataset npyseq wrote and tells its "
+                f"files by the manifest, which cannot be read ({e}); nothing was written. Delete the "
+                "folder yourself if it holds nothing you need, or write the dataset to another folder."
+            ) from None
+
+    def _check_leftover(self, folder: str) -> None:
+        """A staging folder left by an interrupted overwrite may be reused if only npyseq wrote it."""
+        st = _lstat(folder)
+        if st is None:
+            return
+        found = ([f"{os.path.basename(folder)} ({_kind(folder, st)})"] if not stat.S_ISDIR(st.st_mode)
+                 else _not_npyseq_shaped(folder))
+        if found:
+            raise ForeignFilesError(
+                f"{folder}: npyseq uses this folder to replace the dataset at {self.target} (this "
+                f"one is left by an interrupted overwrite), but it holds what npyseq does not write there: "
+                f"{_listing(found)}; nothing was written. Move them away (or delete the folder) and "
+                "run again."
+            )
+
+    def array_folder(self, name: str) -> str:
+        """Create (or keep) the folder of array ``name`` in ``root``; refuse a link or a file there."""
+        path = os.path.join(self.root, name)
+        st = _lstat(path)
+        if st is None:
+            os.mkdir(path)
+        elif not stat.S_ISDIR(st.st_mode):
+            raise _not_ours(self.root, name, st, f"the folder of array {name!r}")
+        return path
+
+    def check_files(self, rels: Iterable[str]) -> None:
+        """Refuse, before writing, a link or folder where the write puts a file or its temporary."""
+        for rel in rels:
+            for path in (rel, rel + PARTIAL_SUFFIX):
+                check_file(self.root, path)
+
+    def publish(self, manifest: Manifest) -> str:
+        """Once every file ``manifest`` names is in ``root``: write the manifest, put the
+        dataset at ``target``, release the locks; return ``target``."""
+        try:
+            files, folders = _named(manifest)
+            if self.replaces is not None:  # a folder only npyseq writes: no leftover is published
+                _delete_leftovers(self.staging, files | {MANIFEST_NAME, LOCK_NAME}, folders)
+            else:  # temporary files an earlier, killed run left in the array folders
+                temp = [rel for name in manifest.arrays if os.path.isdir(os.path.join(self.root, name))
+                        for rel, st in _walk(self.root, lambda rel: False, name)
+                        if stat.S_ISREG(st.st_mode) and _is_temp(rel)]
+                _unlink_files(self.root, temp)
+            write_manifest(self.root, manifest)
+            self.published = self.replaces is None
+            if self.replaces is not None:
+                old = _swap_in(self.staging, self.target, self._check_leftover)
+                self.published = True
+                # The lock files moved with their folders.
+                self._locks[0].path = os.path.join(old, LOCK_NAME)
+                self._locks[1].path = os.path.join(self.target, LOCK_NAME)
+                _delete_dataset(old, self.replaces)
+        finally:
+            self.release()
+        return self.target
+
+    def release(self) -> None:
+        """Release the locks (deleting their files); idempotent."""
+        while self._locks:
+            self._locks.pop().release()
+
+
+def _swap_in(staging: str, target: str, check_leftover=lambda folder: None) -> str:
+    """Put the new dataset at ``target``; return where the old one now is.
+
+    On Linux the two folders are exchanged in one atomic step
+    (``renameat2(RENAME_EXCHANGE)``), so ``target`` always holds a complete
+    dataset, old or new. Elsewhere (or on a file system without it) two
+    renames leave ``target`` missing for an instant, and a reader opening it
+    then gets DatasetNotFoundError.
+    """
+    if _exchange(staging, target):
+        fsync_dir(os.path.dirname(target) or ".")
+        return staging  # now the old dataset
+    old = target + OLD_SUFFIX
+    if os.path.lexists(old):  # left by an interrupted swap: deleted if it holds only npyseq's files
+        check_leftover(old)
+        _delete_leftovers(old)
+    os.rename(target, old)
+    os.rename(staging, target)
+    fsync_dir(os.path.dirname(target) or ".")
+    return old
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically exchange two paths (Linux renameat2); False where not supported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # no glibc 2.28+ symbol
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.ENOTSUP):  # fs or kernel without it
+        return False
+    raise OSError(err, os.strerror(err), a, None, b)
