@@ -128,7 +128,9 @@ def create_file(path: str, root: str):
         raise _not_ours(root, os.path.relpath(path, root), st, "a temporary file of its own",
                         "Nothing was published")
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-    return os.fdopen(fd, "wb")
+    f = os.fdopen(fd, "wb")
+    f.raw.name = path  # name the file, not its descriptor, in errors
+    return f
 
 
 # --- the lock ---------------------------------------------------------------------------

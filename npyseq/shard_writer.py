@@ -242,11 +242,10 @@ class ShardWriter:
         for f in self._files.values():
             with contextlib.suppress(OSError):  # flushing may fail again on a full disk
                 f.close()
-        for name in self._specs:
+        for name in self._files:  # only what this writer created: a refused link stays
             for suffix in (PARTIAL_SUFFIX, TMP_SUFFIX):
-                for path in (_shard_path(name, k), _offsets_path(name, k)):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(self._root, path) + suffix)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self._root, _shard_path(name, k)) + suffix)
         self._files.clear()
         self._closed = True
         self._output.release()
@@ -315,6 +314,7 @@ class ShardWriter:
             path = os.path.join(self._root, _shard_path(name, k)) + PARTIAL_SUFFIX
             self._writing = path
             f = create_file(path, self._root)  # never through a link
+            self._files[name] = f
             # A ragged array's values count is known at the end: its header is rewritten then.
             header = _npy.header_bytes(spec.store, ((0 if spec.ragged else self._per_shard),) + spec.shape)
             f.write(header)

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 import npyseq
-from npyseq import shard_writer
+from npyseq import _output, shard_writer
 from npyseq.cli import main
 from npyseq.errors import (
     IncompleteDatasetError,
@@ -66,7 +66,16 @@ def fail_nth_write(monkeypatch, relative: str, nth: int, error: BaseException) -
             return _FailingFile(f, error, nth)
         return f
 
+    real_create = shard_writer.create_file
+
+    def fake_create(path, root):  # how the writer creates its shard files (never through a link)
+        f = real_create(path, root)
+        if str(path).endswith(os.sep + relative.replace("/", os.sep) + ".partial"):
+            return _FailingFile(f, error, nth)
+        return f
+
     monkeypatch.setattr(shard_writer, "open", fake_open, raising=False)
+    monkeypatch.setattr(shard_writer, "create_file", fake_create)
 
 
 def efbig() -> OSError:
@@ -186,7 +195,7 @@ def test_a_failure_in_close_publishes_nothing(tmp_path, monkeypatch, where):
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         raise RuntimeError("manifest lost")
 
-    monkeypatch.setattr(*((os, "fsync") if where == "fsync" else (shard_writer, "write_manifest")), fail)
+    monkeypatch.setattr(*((os, "fsync") if where == "fsync" else (_output, "write_manifest")), fail)
     if where == "fsync":
         with pytest.raises(WriteFailedError, match=re.escape(
                 f"{root}: close() failed writing {root / 'a0' / '000001.npy.partial'} (EIO: Input/output error)")):
