@@ -8,12 +8,19 @@ A thin layer over the library; it never imports Keras, so it starts at once.
     npyseq convert labels.npy --ragged tokens values.npy offsets.npy -o data/text
     npyseq info data/train
     npyseq verify data/train
+
+Output: a progress bar on stderr, and a one-line summary (``wrote ...``,
+``OK: ...``) on stdout; ``-q``/``--quiet`` hides the bar, ``-qq``/``--silent``
+the summary too. Errors are one line on stderr (exit 1). A closed pipe
+(``npyseq info DIR | head -1``) ends the command quietly with exit status 141,
+as for a program killed by ``SIGPIPE``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import zipfile
 from typing import Sequence
@@ -35,6 +42,18 @@ from npyseq.writer import (
     parse_size,
     write_shards,
 )
+
+
+def _plural(n: int, thing: str, things: str | None = None) -> str:
+    """``"1 shard"``, ``"2 shards"``: a count and the word in the number it takes."""
+    return f"{n} {thing if n == 1 else things or thing + 's'}"
+
+
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-q", "--quiet", action="count", default=0,
+                        help="no progress bar; -qq: no summary line either")
+    parser.add_argument("--silent", action="store_const", const=2, dest="quiet",
+                        help="the same as -qq: print nothing but errors")
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -87,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true",
                    help="replace an existing dataset (only one npyseq wrote: a folder holding other "
                         "files is refused)")
-    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quiet(c)
     c.add_argument("--dtype", default=None, help="dtype of raw binary sources, e.g. float32")
     c.add_argument("--shape", type=_parse_shape, default=(), help="per-row shape of raw sources, e.g. 32,32,3")
     c.add_argument("--offset", type=int, default=0, help="bytes to skip at the start of raw sources")
@@ -97,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", help="recompute every shard checksum")
     v.add_argument("dataset", metavar="DIR")
-    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quiet(v)
     return p
 
 
@@ -117,8 +136,8 @@ def _expand_sources(args) -> list[tuple[str, object]]:
             if not members:
                 raise NpyseqError(f"{src}: the .npz archive holds no .npy members")
             out.extend((m[:-4], NpzMember(src, m)) for m in members)
-        elif src.endswith(".npy"):
-            out.append((stem, src))
+        elif src.endswith(".npy") or src.lower().endswith((".csv", ".tsv")):
+            out.append((stem, src))  # write_shards says what to do with a CSV file
         elif args.dtype is not None:
             out.append((stem, RawSource(src, _parse_dtype(args.dtype), args.shape, args.offset)))
         else:
@@ -129,8 +148,8 @@ def _expand_sources(args) -> list[tuple[str, object]]:
     if args.name:
         if len(args.name) != len(out):
             raise NpyseqError(
-                f"--name given {len(args.name)} times but the sources hold {len(out)} arrays "
-                f"({', '.join(n for n, _ in out)})"
+                f"--name given {_plural(len(args.name), 'time')} but the sources hold "
+                f"{_plural(len(out), 'array')} ({', '.join(n for n, _ in out)})"
             )
         out = [(name, src) for name, (_, src) in zip(args.name, out)]
     names = [n for n, _ in out]
@@ -171,11 +190,11 @@ def _convert(args) -> int:
         raise NpyseqError("nothing to convert: give source files and/or --ragged NAME VALUES OFFSETS")
     ds = write_shards(
         args.output, arrays, args.shard_size, rows=args.rows_per_shard, jobs=args.jobs,
-        progress=not args.quiet, overwrite=args.overwrite,
+        progress=args.quiet == 0, overwrite=args.overwrite,
     )
-    if not args.quiet:
-        print(f"wrote {ds.path}: {len(ds)} rows, {len(ds.names)} arrays, "
-              f"{ds.num_shards} shards per array, {_human(ds.nbytes)}")
+    if args.quiet < 2:
+        print(f"wrote {ds.path}: {_plural(len(ds), 'row')}, {_plural(len(ds.names), 'array')}, "
+              f"{_plural(ds.num_shards, 'shard')} per array, {_human(ds.nbytes)}")
     return 0
 
 
@@ -187,7 +206,18 @@ def _human(n: float) -> str:
     return f"{n} B"
 
 
+def _check_folder(path: str, command: str) -> None:
+    """Refuse a file where a dataset folder is expected, saying what the command takes."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        source = path if path.endswith((".npy", ".npz")) else "FILE"
+        raise NpyseqError(
+            f"{path}: is a file, not a dataset folder; `npyseq {command}` takes a dataset folder "
+            f"(the one holding manifest.json); `npyseq convert {source} -o DIR` makes one"
+        )
+
+
 def _info(args) -> int:
+    _check_folder(args.dataset, "info")
     ds = open_shards(args.dataset)
     m = ds.manifest
     print(f"dataset   {ds.path}")
@@ -195,7 +225,8 @@ def _info(args) -> int:
     print(f"rows      {len(ds)}")
     rows = m.shard_rows
     if rows:
-        print(f"shards    {m.num_shards} per array, {min(rows)}-{max(rows)} rows each")
+        each = f"{min(rows)}-{max(rows)} rows" if min(rows) != max(rows) else _plural(rows[0], "row")
+        print(f"shards    {m.num_shards} per array, {each} each")
     else:
         print("shards    0")
     print(f"bytes     {m.nbytes} ({_human(m.nbytes)})")
@@ -216,10 +247,11 @@ def _verify(args) -> int:
 
     from npyseq import _npy
 
+    _check_folder(args.dataset, "verify")
     ds = open_shards(args.dataset, verify="none")
     bad = []
     total = ds.nbytes
-    with tqdm(total=total, unit="B", unit_scale=True, desc="npyseq verify", disable=args.quiet) as bar:
+    with tqdm(total=total, unit="B", unit_scale=True, desc="npyseq verify", disable=args.quiet > 0) as bar:
         for name, info in ds.manifest.arrays.items():
             for k in range(len(info.shards)):
                 files = [(info.shards[k], lambda: ds._check_shard(name, info, k))]
@@ -241,9 +273,11 @@ def _verify(args) -> int:
     if bad:
         for line in bad:
             print(f"BAD {line}")
-        print(f"{len(bad)} of {n} shards are bad")
+        print(f"{len(bad)} of {_plural(n, 'shard')} {'is' if len(bad) == 1 else 'are'} bad")
         return 1
-    print(f"OK: {n} shards, {_human(total)}, all checksums match")
+    if args.quiet < 2:
+        print(f"OK: {_plural(n, 'shard')}, {_human(total)}, "
+              f"{'its checksum matches' if n == 1 else 'all checksums match'}")
     return 0
 
 
@@ -251,7 +285,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = {"convert": _convert, "info": _info, "verify": _verify}[args.command]
     try:
-        return command(args)
+        code = command(args)
+        sys.stdout.flush()  # so that a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except (NpyseqError, OSError, ValueError, TypeError, zipfile.BadZipFile) as e:
         print(f"npyseq {args.command}: error: {e}", file=sys.stderr)
         return 1
@@ -260,6 +298,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         detail = f": {e.args[0]}" if e.args and isinstance(e.args[0], str) else ""
         print(f"npyseq {args.command}: interrupted{detail}", file=sys.stderr)
         return 130
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``npyseq info DIR | head -1``): stop quietly.
+
+    As the Python documentation recommends for SIGPIPE (the ``signal``
+    module's notes): point stdout at devnull, so that flushing it at exit
+    does not fail again. The exit status is what a shell shows for a program
+    killed by SIGPIPE (128 + 13), as ``cat`` or ``ls`` would end.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout has no descriptor (captured)
+        pass
+    return 128 + getattr(signal, "SIGPIPE", 13)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
+import itertools
 import math
 import os
+import re
 import threading
 from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
@@ -102,7 +105,12 @@ def open_shards(path: str | os.PathLike, *, verify: str = "headers", max_open: i
         raise InvalidArgumentError(f"read must be one of {_READ_MODES}, got {read!r}")
     root = os.path.abspath(os.fspath(path))
     for attempt in range(3):
-        folder = Folder(root)
+        try:
+            folder = Folder(root)
+        except DatasetNotFoundError:
+            if os.path.exists(root):  # a file, not a folder
+                raise _not_a_folder_error(root) from None
+            raise
         try:
             manifest, raw = _load_manifest(folder)
             ds = Dataset(folder, manifest, xxhash.xxh3_64_hexdigest(raw), verify, max_open, read)
@@ -122,16 +130,103 @@ def _load_manifest(folder: Folder) -> tuple[Manifest, bytes]:
     try:
         fd = folder.open(MANIFEST_NAME)
     except FileNotFoundError:
-        if any(e.is_dir() for e in os.scandir(folder.fd)):
-            raise IncompleteDatasetError(
-                f"{root}: incomplete dataset: shard folders exist but {MANIFEST_NAME} does not. "
-                "A conversion was interrupted; run it again to finish it (complete shards are kept)."
-            ) from None
-        raise DatasetNotFoundError(f"{root}: not an npyseq dataset ({MANIFEST_NAME} not found)") from None
+        raise _no_manifest_error(folder) from None
     try:
         return read_manifest(root, fd=fd)
     finally:
         os.close(fd)
+
+
+# What a write that did not finish leaves in a dataset folder (see writer.py):
+# its lock file and temporary files at the top, shard files in array folders.
+_WRITE_TRACE_RE = re.compile(r"^(\.npyseq\.lock|.*\.partial(\.tmp)?)$")
+_SHARD_FILE_RE = re.compile(r"^\d{6,}(\.offsets)?\.npy(\.partial)?$")
+_MAX_NAMED = 5  # dataset folders named in an error message
+_MAX_SCANNED = 1000  # folders looked into when searching for datasets inside a folder
+
+
+def _no_manifest_error(folder: Folder) -> DatasetNotFoundError:
+    """The error for a folder without a manifest, saying what the folder holds instead.
+
+    A write that did not finish (its lock or temporary files are there, or
+    shard files, or only empty array folders), a folder above dataset
+    folders (named, up to two levels deep), or neither.
+    """
+    root = folder.root
+    top = list(os.scandir(folder.fd))
+    subfolders = sorted(e.name for e in top if e.is_dir())
+    if subfolders and any(_WRITE_TRACE_RE.match(e.name) for e in top if not e.is_dir()):
+        return _incomplete(root)
+    inside = _datasets_inside(root, subfolders)
+    if inside:
+        named = ", ".join(inside[:_MAX_NAMED])
+        if len(inside) > _MAX_NAMED:
+            named += f" and {len(inside) - _MAX_NAMED} more"
+        return DatasetNotFoundError(
+            f"{root}: not an npyseq dataset ({MANIFEST_NAME} not found), but dataset folders are "
+            f"inside it: {named}. Open one of those, e.g. {os.path.join(root, inside[0])}"
+        )
+    shards, empty = False, True
+    for name in subfolders[:_MAX_SCANNED]:
+        with _scandir(os.path.join(root, name)) as entries:
+            for e in itertools.islice(entries, 16):
+                empty = False
+                shards = shards or bool(_SHARD_FILE_RE.match(e.name))
+        if shards:
+            break
+    if subfolders and (shards or empty):
+        return _incomplete(root)
+    return DatasetNotFoundError(
+        f"{root}: not an npyseq dataset ({MANIFEST_NAME} not found"
+        + (", nor in the folders inside it, two levels down" if subfolders else "")
+        + f"); give the folder that holds {MANIFEST_NAME}, or make a dataset with "
+        "npyseq.write_shards or `npyseq convert`"
+    )
+
+
+def _not_a_folder_error(root: str) -> DatasetNotFoundError:
+    what = "is a file, not a dataset folder" if os.path.isfile(root) else "is not a folder"
+    return DatasetNotFoundError(
+        f"{root}: {what}; open_shards takes the folder that holds "
+        f"{MANIFEST_NAME}. A .npy file becomes a dataset with npyseq.write_shards(folder, "
+        "{name: path}) or `npyseq convert FILE -o FOLDER`"
+    )
+
+
+def _incomplete(root: str) -> IncompleteDatasetError:
+    return IncompleteDatasetError(
+        f"{root}: incomplete dataset: shard folders exist but {MANIFEST_NAME} does not. "
+        "A conversion was interrupted; run it again to finish it (complete shards are kept)."
+    )
+
+
+def _datasets_inside(root: str, subfolders: list[str]) -> list[str]:
+    """Folders one or two levels below ``root`` that hold a manifest, relative to it, sorted."""
+    found, scanned = [], 0
+    level = [name for name in subfolders if ".npyseq-" not in name]  # not a writer's staging folder
+    for depth in (1, 2):
+        below = []
+        for rel in level:
+            scanned += 1
+            if scanned > _MAX_SCANNED:
+                return sorted(found)
+            path = os.path.join(root, rel)
+            if os.path.isfile(os.path.join(path, MANIFEST_NAME)):
+                found.append(rel)
+            elif depth == 1:
+                with _scandir(path) as entries:
+                    below.extend(os.path.join(rel, e.name) for e in entries
+                                 if e.is_dir() and ".npyseq-" not in e.name)
+        level = sorted(below)
+    return sorted(found)
+
+
+def _scandir(path: str):
+    """``os.scandir(path)``, or nothing for a folder that cannot be read."""
+    try:
+        return os.scandir(path)
+    except OSError:
+        return contextlib.nullcontext(iter(()))
 
 
 def _reopen(root: str, checksum: str, verify: str, max_open: int, read: str = "auto") -> "Dataset":

@@ -165,6 +165,8 @@ def _open_source(name: str, value: Any) -> _Source | RaggedInput:
         return ragged
     if isinstance(value, (str, os.PathLike)):
         path = os.fspath(value)
+        if path.lower().endswith((".csv", ".tsv")):
+            raise InvalidArgumentError(_text_file_message(name, path))
         array = _npy.map_npy(path, name, npz_hint=f"; pass npyseq.NpzMember({path!r}, member)")
         return _file_source(name, array, path)
     if isinstance(value, RawSource):
@@ -178,6 +180,18 @@ def _open_source(name: str, value: Any) -> _Source | RaggedInput:
     raise InvalidArgumentError(
         f"array {name!r}: expected a numpy array, a memmap, a path to a .npy file, a RawSource "
         f"or an NpzMember, got {type(value).__name__}"
+    )
+
+
+def _text_file_message(name: str, path: str) -> str:
+    """What to do with a CSV file, which npyseq cannot read as it is."""
+    delimiter = "\t" if path.lower().endswith(".tsv") else ","
+    npy = os.path.splitext(path)[0] + ".npy"
+    return (
+        f"array {name!r}: {path} is a CSV file (text), not an array file; npyseq reads .npy files "
+        f"(and .npz archives and raw binary files). Make a .npy of it first, e.g. "
+        f"np.save({npy!r}, np.loadtxt({path!r}, delimiter={delimiter!r})) (skiprows=1 for a header "
+        "row; a file bigger than memory: read it in chunks and append them to an npyseq.ShardWriter)"
     )
 
 

@@ -338,7 +338,7 @@ def _write_file(root: str, path: str, header: bytes, data_bytes: int, chunks, re
             _npy.hash_array_rows(expected, chunk)
         if _npy.checksum_string(expected) == _npy.file_checksum(final):
             if progress is not None:
-                progress.update(nbytes)
+                progress.update(data_bytes)  # the bar counts data bytes, headers left out
             return ShardInfo(path=path, bytes=nbytes, checksum=_npy.checksum_string(expected))
     partial = final + PARTIAL_SUFFIX
     h = xxhash.xxh3_64(header)
@@ -558,7 +558,9 @@ def _write_all(output: Output, sources, stores, bounds, jobs, progress, total) -
     for name, src in sources.items():
         store = stores[name][0]
         if isinstance(src, RaggedInput):
-            nbytes += src.shape[0] * src.element_bytes + (total + len(bounds)) * OFFSETS_DTYPE.itemsize
+            # The progress counts data bytes: every value, and rows + 1 offsets per shard.
+            n_values = int(src.offsets[-1]) if len(src.offsets) else 0
+            nbytes += n_values * src.element_bytes + (total + len(bounds)) * OFFSETS_DTYPE.itemsize
             tasks.extend([((name, k), functools.partial(_write_ragged_shard, root, name, k, src, a, b, store))]
                          for k, (a, b) in enumerate(bounds))
             continue

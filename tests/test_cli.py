@@ -102,10 +102,10 @@ def sources(tmp_path):
 
 
 def test_convert_npy_names_arrays_after_file_stems(tmp_path, sources):
-    proc = run_cli("convert", "x.npy", "labels.npy", "-o", "out", "--quiet", cwd=tmp_path)
+    proc = run_cli("convert", "x.npy", "labels.npy", "-o", "out", "--silent", cwd=tmp_path)
 
     assert proc.returncode == 0, proc.stderr
-    assert (proc.stdout, proc.stderr) == ("", "")  # --quiet: nothing at all
+    assert (proc.stdout, proc.stderr) == ("", "")  # --silent: nothing at all
     doc = manifest_json(tmp_path / "out")
     assert list(doc["arrays"]) == ["x", "labels"]
     assert doc["rows"] == N
@@ -170,7 +170,7 @@ def test_convert_raw_binary_with_dtype_shape_offset(tmp_path, capsys, shape_arg)
 
     rc, out, err = call_main(capsys, "convert", tmp_path / "frames.bin", "--dtype", "<u2",
                              "--shape", shape_arg, "--offset", "16", "-o", tmp_path / "out",
-                             "--rows-per-shard", "10", "--quiet")
+                             "--rows-per-shard", "10", "--silent")
 
     assert (rc, out, err) == (0, "", "")
     doc = manifest_json(tmp_path / "out")
@@ -249,7 +249,8 @@ def test_name_count_differing_from_arrays_is_an_error(tmp_path, sources, names):
 
     proc = run_cli("convert", "x.npy", "labels.npy", *args, "-o", "out", cwd=tmp_path)
 
-    assert_one_error_line(proc, "convert", f"--name given {len(names)} times",
+    times = "1 time" if len(names) == 1 else f"{len(names)} times"
+    assert_one_error_line(proc, "convert", f"--name given {times}",
                           "the sources hold 2 arrays (x, labels)")
     assert not (tmp_path / "out").exists()
 

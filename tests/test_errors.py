@@ -286,7 +286,7 @@ def test_dataset_not_found(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=re.escape(f"{tmp_path / 'nope'}: no such dataset folder")):
         npyseq.open_shards(tmp_path / "nope")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(DatasetNotFoundError, match=re.escape(f"{tmp_path / 'file'}: no such dataset folder")):
+    with pytest.raises(DatasetNotFoundError, match=re.escape(f"{tmp_path / 'file'}: is a file, not a dataset folder")):
         npyseq.open_shards(tmp_path / "file")
     os.makedirs(tmp_path / "empty")
     with pytest.raises(DatasetNotFoundError, match=re.escape(

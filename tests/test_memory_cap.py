@@ -98,7 +98,7 @@ def test_convert_a_npy_5x_larger_than_the_memory_cap(big_npy, tmp_path, jobs):
     out = tmp_path / "out"
     drop_page_cache(big_npy)  # read it from disk, charged to the capped group
     argv = [sys.executable, "-m", "npyseq", "convert", str(big_npy), "-o", str(out),
-            "--shard-size", "32MB", "--quiet"] + ([] if jobs is None else ["--jobs", str(jobs)])
+            "--shard-size", "32MB", "--silent"] + ([] if jobs is None else ["--jobs", str(jobs)])
 
     try:
         r = run_capped(argv, CAP, timeout=120)

@@ -377,7 +377,7 @@ def test_decreasing_offsets_in_a_shard_are_refused(stored):
         npyseq.open_shards(root, verify="checksums")["t"][12]
     proc = subprocess.run([sys.executable, "-m", "npyseq", "verify", root, "--quiet"], capture_output=True, text=True)
     assert proc.returncode == 1 and f"BAD {path}: checksum" in proc.stdout
-    assert proc.stdout.splitlines()[-1] == "1 of 8 shards are bad"
+    assert proc.stdout.splitlines()[-1] == "1 of 8 shards is bad"
 
 
 def test_offsets_that_overrun_the_values_are_refused(stored):
