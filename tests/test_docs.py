@@ -213,3 +213,24 @@ def test_readme_is_a_front_door():
     assert "make test    # runs the test suite" in readme and "make test" in ci  # CI runs what it says
     assert "make demo    #" in readme
     assert 'pip install "npyseq[tensorflow]"` fails today' in readme  # no release on PyPI yet
+
+
+def headings_of(page: str) -> set[str]:
+    with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+        return {line.lstrip("#").strip() for line in f.read().splitlines() if re.match(r"^#{1,6} ", line)}
+
+
+def test_the_sections_benchmarks_readme_cites_exist():
+    """Each benchmark's "cited by" cell names doc sections: `docs/page.md`: "Title", "Title"."""
+    with open(os.path.join(ROOT, "benchmarks", "README.md"), encoding="utf-8") as f:
+        rows = [line for line in f.read().splitlines() if line.startswith("| `python -m benchmarks.")]
+    cited = []
+    for row in rows:
+        cell = row.rstrip(" |").rsplit(" | ", 1)[1]
+        parts = re.split(r"`(docs/[\w.-]+\.md)`:", cell)
+        assert len(parts) >= 3, f"benchmarks/README.md cites no doc section: {row[:80]}"
+        for page, titles in zip(parts[1::2], parts[2::2]):
+            cited += [(page, title) for title in re.findall(r'"([^"]+)"', titles)]
+    assert len(rows) >= 7 and len(cited) >= 10
+    missing = [(page, title) for page, title in cited if title not in headings_of(page)]
+    assert not missing, f"benchmarks/README.md cites sections these pages lack: {missing}"
