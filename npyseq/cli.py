@@ -32,7 +32,7 @@ from npyseq.errors import NpyseqError, ShardError
 from npyseq.reader import open_shards
 from npyseq.ragged import RaggedSource
 from npyseq.manifest import MAX_COUNT
-from npyseq.writer import (
+from npyseq.storage.writer import (
     DEFAULT_SHARD_SIZE,
     MAX_JOBS,
     NpzMember,

@@ -33,7 +33,7 @@ import pytest
 
 import npyseq
 from npyseq import _npy
-from npyseq import writer as writer_module
+from npyseq.storage import writer as writer_module
 from npyseq.errors import DatasetNotFoundError, DiskFullError, IncompleteDatasetError
 
 from _helpers import LOCK_NAME, assert_same_array, tree_bytes

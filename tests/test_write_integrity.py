@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 import npyseq
-from npyseq import _output, shard_writer
+from npyseq.storage import output as _output, shard_writer
 from npyseq.cli import main
 from npyseq.errors import (
     IncompleteDatasetError,

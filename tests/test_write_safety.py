@@ -36,7 +36,8 @@ import numpy as np
 import pytest
 
 import npyseq
-from npyseq import _npy, _output
+from npyseq import _npy
+from npyseq.storage import output as _output
 from npyseq.cli import main
 from npyseq.errors import (
     DatasetExistsError,

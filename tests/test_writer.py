@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import npyseq
 from npyseq import _npy
-from npyseq import writer as writer_module
+from npyseq.storage import writer as writer_module
 from npyseq.errors import (
     DatasetChangedError,
     DatasetExistsError,

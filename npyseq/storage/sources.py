@@ -203,7 +203,7 @@ def _file_source(name: str, array: np.ndarray, path: str) -> _ArraySource:
 
 
 def _open_raw(src: RawSource) -> np.ndarray:
-    from npyseq.writer import _check_count  # writer imports this module
+    from npyseq.storage.writer import _check_count  # writer imports this module
 
     try:
         dtype = np.dtype(src.dtype)

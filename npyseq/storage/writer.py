@@ -35,7 +35,7 @@ import xxhash
 from numpy.lib import format as npy_format
 
 from npyseq import _npy
-from npyseq._output import (
+from npyseq.storage.output import (
     OLD_SUFFIX,
     STAGING_SUFFIX,
     TMP_SUFFIX,
@@ -62,7 +62,7 @@ from npyseq.manifest import (
     storage_dtype,
 )
 from npyseq.ragged import RaggedInput, RaggedSource, shard_bounds
-from npyseq.sources import NpzMember, RawSource, _open_source, _Source
+from npyseq.storage.sources import NpzMember, RawSource, _open_source, _Source
 
 __all__ = ["write_shards", "parse_size", "RawSource", "NpzMember", "RaggedSource"]
 
@@ -663,7 +663,7 @@ def _is_row_iterable(value: Any) -> bool:
 
 def _write_streamed(out_dir, arrays, shard_size, rows, progress, overwrite):
     """write_shards with an iterable of ragged rows: stream everything through a ShardWriter."""
-    from npyseq.shard_writer import ShardWriter
+    from npyseq.storage.shard_writer import ShardWriter
 
     iterators = {n: iter(v) for n, v in arrays.items() if _is_row_iterable(v)}
     fixed = {}
@@ -703,7 +703,7 @@ def _write_streamed(out_dir, arrays, shard_size, rows, progress, overwrite):
     # the writer makes the folder, so that what it would refuse writes nothing.
     batch = next_batch(0)
     if batch is not None:
-        from npyseq.shard_writer import _first_batch, _per_shard, _plan
+        from npyseq.storage.shard_writer import _first_batch, _per_shard, _plan
 
         _per_shard(_plan(_first_batch(batch)), shard_size, rows)
     writer = ShardWriter(out_dir, shard_size, rows=rows, overwrite=overwrite)

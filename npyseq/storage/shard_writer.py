@@ -16,7 +16,7 @@ import numpy as np
 import xxhash
 
 from npyseq import _npy
-from npyseq._output import TMP_SUFFIX, Output, create_file
+from npyseq.storage.output import TMP_SUFFIX, Output, create_file
 from npyseq.errors import InvalidArgumentError, WriteFailedError
 from npyseq.manifest import (
     OFFSETS_DTYPE,
@@ -27,7 +27,7 @@ from npyseq.manifest import (
     fsync_dir,
 )
 from npyseq.ragged import check_rows, concat_rows, is_row_list
-from npyseq.writer import (
+from npyseq.storage.writer import (
     DEFAULT_SHARD_SIZE,
     _check_count,
     _check_names,
@@ -109,7 +109,7 @@ class ShardWriter:
         if rows is not None:
             _check_count(rows, "rows")
         self._shard_size, self._rows_arg = shard_size, rows
-        # Resolves out_dir once, takes the lock, decides in place or beside (see npyseq._output).
+        # Resolves out_dir once, takes the lock, decides in place or beside (see npyseq.storage.output).
         self._output = Output(out_dir, overwrite)
         self._root, self._replaces = self._output.root, self._output.replacing
         self._closed = False
