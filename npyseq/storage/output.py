@@ -486,9 +486,14 @@ class Output:
                 check_file(self.root, path)
 
     def publish(self, manifest: Manifest) -> str:
-        """Once every file ``manifest`` names is in ``root``: write the manifest, put the
-        dataset at ``target``, release the locks; return ``target``."""
+        """Once every file ``manifest`` names is in ``root``: make the array folders durable,
+        write the manifest, put the dataset at ``target``, release the locks; return ``target``.
+
+        This ends every write (both writers); an error here releases the locks too.
+        """
         try:
+            for name in manifest.arrays:  # the renames of the shards into them
+                fsync_dir(os.path.join(self.root, name))
             files, folders = _named(manifest)
             if self.replaces is not None:  # a folder only npyseq writes: no leftover is published
                 _delete_leftovers(self.staging, files | {MANIFEST_NAME, LOCK_NAME}, folders)
@@ -509,6 +514,14 @@ class Output:
         finally:
             self.release()
         return self.target
+
+    def interrupted_message(self, again: str) -> str:
+        """What a write stopped by Ctrl-C says (before :meth:`publish` put the dataset in place);
+        ``again``: how to finish it."""
+        kept = f"{self.replacing} still holds the dataset it had; " if self.replacing else ""
+        return (f"{self.root}: writing was interrupted. Nothing was published: no manifest was written "
+                f"and the .partial files of this run were removed; {kept}the complete shards were kept: "
+                f"{again}.")
 
     def release(self) -> None:
         """Release the locks (deleting their files); idempotent."""
