@@ -48,7 +48,14 @@ from npyseq.manifest import (
     storage_dtype,
 )
 from npyseq.manifest import _parse_dtype  # the reader's own parser (public in the format package)
-from npyseq.storage.output import OLD_SUFFIX, STAGING_SUFFIX, TMP_SUFFIX, check_file, create_file
+from npyseq.storage.ownership import (
+    OLD_SUFFIX,
+    STAGING_SUFFIX,
+    TMP_SUFFIX,
+    check_file,
+    create_file,
+    is_array_name,
+)
 
 DEFAULT_SHARD_SIZE = "256MB"  # the largest shard file of an array
 _UNITS = {
@@ -171,9 +178,7 @@ _RESERVED_SUFFIXES = {
 
 def check_name(name: Any) -> str:
     """Refuse an array name the format does not allow, or one npyseq's own files use."""
-    from npyseq.manifest import _NAME_RE
-
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not is_array_name(name):
         raise InvalidArgumentError(
             f"array names must be 1-128 letters, digits, '_', '-' or '.', not starting with '.'; "
             f"got {name!r}"

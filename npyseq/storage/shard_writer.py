@@ -20,7 +20,8 @@ from npyseq.errors import InvalidArgumentError, WriteFailedError
 from npyseq.manifest import OFFSETS_DTYPE, PARTIAL_SUFFIX, ArrayInfo, Manifest, ShardInfo
 from npyseq.ragged import check_rows, concat_rows, is_row_list
 from npyseq.reader import Dataset, open_shards
-from npyseq.storage.output import TMP_SUFFIX, Output, create_file
+from npyseq.storage.output import Output
+from npyseq.storage.ownership import TMP_SUFFIX, create_file
 from npyseq.storage.protocol import (
     DEFAULT_SHARD_SIZE,
     check_count,
