@@ -22,7 +22,7 @@ import fcntl
 import os
 import re
 import stat
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from npyseq.errors import ForeignFilesError
 from npyseq.manifest import _NAME_RE  # public in the format package
@@ -136,7 +136,8 @@ def named_files(manifest: Manifest) -> tuple[set[str], set[str]]:
     return files, folders
 
 
-def _walk(root: str, descend: Callable[[str], bool] = lambda rel: True, rel: str = "") -> Iterable[tuple[str, os.stat_result]]:
+def _walk(root: str, descend: Callable[[str], bool] = lambda rel: True,
+          rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
     """``(relative path, lstat)`` of everything under ``root/rel``, a folder before what it
     holds, never through a link, into the folders ``descend(rel)`` accepts."""
     folder = os.path.join(root, rel) if rel else root
@@ -231,7 +232,7 @@ def delete_dataset(root: str, manifest: Manifest) -> None:
 
 
 def delete_leftovers(root: str, keep_files: set[str] = frozenset(),
-                      keep_folders: set[str] = frozenset()) -> None:
+                     keep_folders: set[str] = frozenset()) -> None:
     """In a folder only npyseq writes (staging): delete its files but ``keep_files``."""
     doomed = {rel for rel, st in _walk(root)
               if stat.S_ISREG(st.st_mode) and rel not in keep_files and _looks_npyseq(rel)}

@@ -116,6 +116,15 @@ def check_count(value: Any, argument: str, minimum: int = 1, maximum: int = MAX_
 # --- shard sizes and file names -------------------------------------------------------
 
 
+def shard_limit(shard_size: int | str, rows: int | None) -> int | None:
+    """The largest shard file in bytes (``shard_size``, checked), or None where ``rows``
+    (checked) fixes the rows of a shard instead."""
+    if rows is not None:
+        check_count(rows, "rows")
+        return None
+    return parse_size(shard_size)
+
+
 def row_bytes(dtype: np.dtype, shape: Iterable[int]) -> int:
     """Bytes of one row of ``shape`` (exact: a huge shape cannot overflow)."""
     return dtype.itemsize * math.prod(shape)

@@ -22,21 +22,9 @@ from npyseq.ragged import check_rows, concat_rows, is_row_list
 from npyseq.reader import Dataset, open_shards
 from npyseq.storage.output import Output
 from npyseq.storage.ownership import TMP_SUFFIX, create_file
-from npyseq.storage.protocol import (
-    DEFAULT_SHARD_SIZE,
-    check_count,
-    check_names,
-    disk_full_error,
-    is_disk_full,
-    offsets_path,
-    parse_size,
-    row_bytes,
-    rows_per_shard,
-    shard_header_bytes,
-    shard_path,
-    storable,
-    write_file,
-)
+from npyseq.storage.protocol import (DEFAULT_SHARD_SIZE, check_names, disk_full_error, is_disk_full, offsets_path,
+                                     row_bytes, rows_per_shard, shard_header_bytes, shard_limit, shard_path,
+                                     storable, write_file)
 
 __all__ = ["ShardWriter"]
 
@@ -126,9 +114,7 @@ class ShardWriter:
     def __init__(self, out_dir: str | os.PathLike, shard_size: int | str = DEFAULT_SHARD_SIZE,
                  *, rows: int | None = None, overwrite: bool = False):
         # Validated now, before the folder is made, not at the first append.
-        self._limit = parse_size(shard_size) if rows is None else None
-        if rows is not None:
-            check_count(rows, "rows")
+        self._limit = shard_limit(shard_size, rows)
         self._shard_size, self._rows_arg = shard_size, rows
         # Resolves out_dir once, takes the lock, decides in place or beside (see npyseq.storage.output).
         self._output = Output(out_dir, overwrite)
@@ -192,8 +178,9 @@ class ShardWriter:
                     self._finish_shard()
                     continue
                 for name, a in arrays.items():
-                    lengths = row_lengths[name][pos:pos + take] if name in row_lengths else None
-                    self._write_rows(self._arrays[name], a[pos:pos + take], lengths)
+                    ragged = row_lengths.get(name)
+                    self._write_rows(self._arrays[name], a[pos:pos + take],
+                                     None if ragged is None else ragged[pos:pos + take])
                 self._rows_in_shard += take
                 pos += take
                 if self._rows_in_shard == self._per_shard:
@@ -259,7 +246,7 @@ class ShardWriter:
                 self.abort()
             if is_disk_full(e):
                 raise disk_full_error(self._root, e, self._replaces,
-                                       again="write the dataset again") from None
+                                      again="write the dataset again") from None
             if isinstance(e, OSError):
                 raise WriteFailedError(
                     f"{self._root}: {self._failure}. {_STOPPED} Fix the cause (for EFBIG, a file-size "

@@ -216,7 +216,7 @@ def _open_raw(src: RawSource) -> np.ndarray:
     if isinstance(src.shape, (str, bytes)) or not hasattr(src.shape, "__iter__"):
         raise InvalidArgumentError(f"{src.path}: RawSource shape must be a tuple of ints, got {src.shape!r:.80}")
     shape = tuple(check_count(d, f"{src.path}: RawSource shape entry", minimum=0,
-                               what="a non-negative int") for d in src.shape)
+                              what="a non-negative int") for d in src.shape)
     check_count(src.offset, f"{src.path}: RawSource offset", minimum=0, what="a non-negative int")
     row_size = row_bytes(dtype, shape)
     if row_size > MAX_COUNT:

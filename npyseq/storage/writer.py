@@ -32,22 +32,9 @@ from npyseq.manifest import MANIFEST_NAME, OFFSETS_DTYPE, ArrayInfo, Manifest, S
 from npyseq.ragged import RaggedInput, RaggedSource, shard_bounds
 from npyseq.reader import Dataset, open_shards
 from npyseq.storage.output import Output, check_sources
-from npyseq.storage.protocol import (
-    DEFAULT_SHARD_SIZE,
-    Cancelled,
-    check_count,
-    check_names,
-    disk_full_error,
-    is_disk_full,
-    offsets_path,
-    parse_size,
-    row_bytes,
-    rows_per_shard,
-    shard_header_bytes,
-    shard_path,
-    storable,
-    write_file,
-)
+from npyseq.storage.protocol import (DEFAULT_SHARD_SIZE, Cancelled, check_count, check_names, disk_full_error,
+                                     is_disk_full, offsets_path, row_bytes, rows_per_shard, shard_header_bytes,
+                                     shard_limit, shard_path, storable, write_file)
 from npyseq.storage.shard_writer import ShardWriter, interrupted_message, plan_first_batch
 from npyseq.storage.sources import NpzMember, RawSource, Source, open_source
 
@@ -152,31 +139,12 @@ def write_shards(
     if jobs is None:
         jobs = max(1, min(4, os.cpu_count() or 1))
     jobs = check_count(jobs, "jobs", maximum=MAX_JOBS, what="a positive int or None")
-    if rows is not None:
-        check_count(rows, "rows")
-    else:
-        parse_size(shard_size)
+    limit = shard_limit(shard_size, rows)
     check_names(arrays)
     if any(_is_row_iterable(v) for v in arrays.values()):
         return _write_streamed(out_dir, arrays, shard_size, rows, progress, overwrite)
     sources = {n: open_source(n, v) for n, v in arrays.items()}
-    for src in sources.values():
-        if len(src.shape) == 0:
-            raise InvalidArgumentError(f"array {src.name!r} is a scalar; arrays need a first axis of rows")
-    n_rows = {n: s.shape[0] for n, s in sources.items()}
-    if len(set(n_rows.values())) > 1:
-        raise InvalidArgumentError(f"all arrays must have the same number of rows, got {n_rows}")
-    total = next(iter(n_rows.values()))
-    ragged = [s for s in sources.values() if isinstance(s, RaggedInput)]
-    row_shapes = {n: s.element_shape if isinstance(s, RaggedInput) else s.shape[1:] for n, s in sources.items()}
-    stores = {n: storable(n, s.dtype, row_shapes[n]) for n, s in sources.items()}
-    per_shard = rows_per_shard(shard_size, rows, {n: (stores[n][0], row_shapes[n], isinstance(s, RaggedInput))
-                                                  for n, s in sources.items()})
-    # A ragged array's values files also bound a shard's rows: cut where they fill.
-    limit = None if rows is not None else parse_size(shard_size)
-    header = max((shard_header_bytes(stores[s.name][0], s.element_shape) for s in ragged), default=0)
-    bounds = shard_bounds(total, per_shard, ragged, limit, header)
-
+    total, stores, bounds = _plan(sources, shard_size, rows, limit)
     output = Output(out_dir, overwrite, _source_files(arrays.values()))
     try:
         manifest = _write_all(output, sources, stores, bounds, jobs, progress, total)
@@ -192,6 +160,27 @@ def write_shards(
             raise disk_full_error(output.root, e, output.replacing) from None
         raise
     return open_shards(root)
+
+
+def _plan(sources: Mapping[str, Source | RaggedInput], shard_size: int | str, rows: int | None,
+          limit: int | None) -> tuple[int, dict[str, tuple[np.dtype, str | None]], list[tuple[int, int]]]:
+    """Check the sources against each other and the format; return the rows, each array's
+    ``storable`` dtypes and the ``(start, stop)`` rows of each shard."""
+    for src in sources.values():
+        if len(src.shape) == 0:
+            raise InvalidArgumentError(f"array {src.name!r} is a scalar; arrays need a first axis of rows")
+    n_rows = {n: s.shape[0] for n, s in sources.items()}
+    if len(set(n_rows.values())) > 1:
+        raise InvalidArgumentError(f"all arrays must have the same number of rows, got {n_rows}")
+    total = next(iter(n_rows.values()))
+    ragged = [s for s in sources.values() if isinstance(s, RaggedInput)]
+    row_shapes = {n: s.element_shape if isinstance(s, RaggedInput) else s.shape[1:] for n, s in sources.items()}
+    stores = {n: storable(n, s.dtype, row_shapes[n]) for n, s in sources.items()}
+    per_shard = rows_per_shard(shard_size, rows, {n: (stores[n][0], row_shapes[n], isinstance(s, RaggedInput))
+                                                  for n, s in sources.items()})
+    # A ragged array's values files also bound a shard's rows: cut where they fill.
+    header = max((shard_header_bytes(stores[s.name][0], s.element_shape) for s in ragged), default=0)
+    return total, stores, shard_bounds(total, per_shard, ragged, limit, header)
 
 
 def _source_files(values) -> list[str]:
