@@ -14,5 +14,7 @@ It builds on the format (what is on disk: :mod:`npyseq.manifest`, the
 * :mod:`~npyseq.storage.writer`: :func:`~npyseq.write_shards`.
 * :mod:`~npyseq.storage.shard_writer`: :class:`~npyseq.ShardWriter`.
 
-The public names are re-exported by :mod:`npyseq`; import them from there.
+The read side (``Dataset``, ``ShardedArray``, ``RaggedArray``: today
+:mod:`npyseq.reader` and :mod:`npyseq.ragged`) joins this package in a later
+step. The public names are re-exported by :mod:`npyseq`; import them from there.
 """

@@ -165,6 +165,7 @@ def rows_per_shard(shard_size: int | str | None, rows: int | None,
         best = n if best is None else min(best, n)
     return best if best is not None else 2**20
 
+
 def shard_path(name: str, k: int) -> str:
     """Shard ``k`` of array ``name`` (a ragged array's values file), relative to the dataset."""
     return f"{name}/{k:06d}.npy"
