@@ -31,8 +31,10 @@ from npyseq.errors import (
 from npyseq.manifest import FORMAT_VERSION, Manifest
 from npyseq.ragged import RaggedArray, RaggedSource
 from npyseq.reader import Dataset, ShardedArray, open_shards
-from npyseq.shard_writer import ShardWriter
-from npyseq.writer import NpzMember, RawSource, parse_size, write_shards
+from npyseq.storage.protocol import parse_size
+from npyseq.storage.shard_writer import ShardWriter
+from npyseq.storage.sources import NpzMember, RawSource
+from npyseq.storage.writer import write_shards
 
 __version__ = "0.1.0"
 

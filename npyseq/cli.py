@@ -29,19 +29,12 @@ import numpy as np
 
 from npyseq import __version__
 from npyseq.errors import NpyseqError, ShardError
-from npyseq.reader import open_shards
-from npyseq.ragged import RaggedSource
 from npyseq.manifest import MAX_COUNT
-from npyseq.writer import (
-    DEFAULT_SHARD_SIZE,
-    MAX_JOBS,
-    NpzMember,
-    RawSource,
-    _check_count,
-    _short,
-    parse_size,
-    write_shards,
-)
+from npyseq.ragged import RaggedSource
+from npyseq.reader import open_shards
+from npyseq.storage.protocol import DEFAULT_SHARD_SIZE, check_count, parse_size, short_repr
+from npyseq.storage.sources import NpzMember, RawSource
+from npyseq.storage.writer import MAX_JOBS, write_shards
 
 
 def _plural(n: int, thing: str, things: str | None = None) -> str:
@@ -67,7 +60,7 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     if any(d < 0 for d in shape):
         raise argparse.ArgumentTypeError(f"--shape entries must be non-negative, got {text!r}")
     if any(d > MAX_COUNT for d in shape):
-        raise argparse.ArgumentTypeError(f"--shape entries must be at most 2**62, got {_short(text)}")
+        raise argparse.ArgumentTypeError(f"--shape entries must be at most 2**62, got {short_repr(text)}")
     return shape
 
 
@@ -161,12 +154,12 @@ def _expand_sources(args) -> list[tuple[str, object]]:
 def _check_numbers(args) -> None:
     """The numeric options, checked like the library checks its arguments, named as typed."""
     if args.rows_per_shard is not None:
-        _check_count(args.rows_per_shard, "--rows-per-shard")
+        check_count(args.rows_per_shard, "--rows-per-shard")
     else:
         parse_size(args.shard_size, "--shard-size")
     if args.jobs is not None:
-        _check_count(args.jobs, "--jobs", maximum=MAX_JOBS)
-    _check_count(args.offset, "--offset", minimum=0, what="a non-negative int")
+        check_count(args.jobs, "--jobs", maximum=MAX_JOBS)
+    check_count(args.offset, "--offset", minimum=0, what="a non-negative int")
 
 
 def _convert(args) -> int:

@@ -33,7 +33,7 @@ import pytest
 
 import npyseq
 from npyseq import _npy
-from npyseq import writer as writer_module
+from npyseq.storage import protocol
 from npyseq.errors import DatasetNotFoundError, DiskFullError, IncompleteDatasetError
 
 from _helpers import LOCK_NAME, assert_same_array, tree_bytes
@@ -351,6 +351,6 @@ def test_other_os_errors_are_not_disk_full(tmp_path, monkeypatch):
 def test_disk_full_error_survives_pickle():
     import pickle
 
-    e = writer_module._disk_full_error("/data/ds", OSError(errno.ENOSPC, "No space left on device"), None)
+    e = protocol.disk_full_error("/data/ds", OSError(errno.ENOSPC, "No space left on device"), None)
     back = pickle.loads(pickle.dumps(e))
     assert type(back) is DiskFullError and str(back) == str(e)

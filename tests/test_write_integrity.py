@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 import npyseq
-from npyseq import _output, shard_writer
+from npyseq.storage import output, shard_writer
 from npyseq.cli import main
 from npyseq.errors import (
     IncompleteDatasetError,
@@ -195,7 +195,7 @@ def test_a_failure_in_close_publishes_nothing(tmp_path, monkeypatch, where):
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         raise RuntimeError("manifest lost")
 
-    monkeypatch.setattr(*((os, "fsync") if where == "fsync" else (_output, "write_manifest")), fail)
+    monkeypatch.setattr(*((os, "fsync") if where == "fsync" else (output, "write_manifest")), fail)
     if where == "fsync":
         with pytest.raises(WriteFailedError, match=re.escape(
                 f"{root}: close() failed writing {root / 'a0' / '000001.npy.partial'} (EIO: Input/output error)")):

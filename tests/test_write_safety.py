@@ -36,7 +36,8 @@ import numpy as np
 import pytest
 
 import npyseq
-from npyseq import _npy, _output
+from npyseq import _npy
+from npyseq.storage import output
 from npyseq.cli import main
 from npyseq.errors import (
     DatasetExistsError,
@@ -301,7 +302,7 @@ def test_overwrite_deletes_exactly_the_old_datasets_files(tmp_path):
     """Something added to the old dataset after the check (here: while the new one is written) stays."""
     ds = tmp_path / "ds"
     write(ds)
-    real = _output._swap_in
+    real = output._swap_in
 
     def swap(staging, target, check):
         (ds / "x" / "late.txt").write_text("added meanwhile")
@@ -309,7 +310,7 @@ def test_overwrite_deletes_exactly_the_old_datasets_files(tmp_path):
 
     import unittest.mock as mock
 
-    with mock.patch.object(_output, "_swap_in", swap):
+    with mock.patch.object(output, "_swap_in", swap):
         got = write(ds, {"x": X[:5]}, rows=2, overwrite=True)
     assert_same_array(got["x"][:], X[:5])
     left = tmp_path / "ds.npyseq-new"
@@ -400,7 +401,7 @@ def test_a_leftover_staging_folder_holding_foreign_files_is_refused(tmp_path):
 @pytest.mark.parametrize("foreign", [False, True])
 def test_overwrite_without_an_atomic_exchange(tmp_path, monkeypatch, foreign):
     """Where renameat2 is missing: two renames via ds.npyseq-old, which must hold only npyseq's files."""
-    monkeypatch.setattr(_output, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(output, "_exchange", lambda a, b: False)
     write(tmp_path / "ds")
     old = tmp_path / "ds.npyseq-old"
     (old / "x").mkdir(parents=True)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import npyseq
 from npyseq import _npy
-from npyseq import writer as writer_module
+from npyseq.storage import sources
 from npyseq.errors import (
     DatasetChangedError,
     DatasetExistsError,
@@ -246,11 +246,11 @@ def test_every_source_kind_gives_the_same_bytes(tmp_path, reference_tree, make_s
 
 
 def test_npz_stored_member_is_memory_mapped_and_compressed_is_streamed(tmp_path):
-    stored = writer_module._open_source("x", _npz_stored(tmp_path))
+    stored = sources.open_source("x", _npz_stored(tmp_path))
     assert isinstance(stored.array, np.memmap)
     assert stored.seekable
     assert_same_array(stored.rows(0, 37), _X)
-    compressed = writer_module._open_source("x", _npz_compressed(tmp_path))
+    compressed = sources.open_source("x", _npz_compressed(tmp_path))
     assert not compressed.seekable
     assert_same_array(np.concatenate(list(compressed.chunks(0, 37, 5))), _X)
     assert_same_array(np.concatenate(list(compressed.chunks(30, 37, 4))), _X[30:])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import zipfile
 import zlib
@@ -22,6 +21,7 @@ from npyseq import _npy
 from npyseq.errors import InvalidArgumentError, NpyseqError
 from npyseq.manifest import MAX_COUNT
 from npyseq.ragged import RaggedInput, open_ragged
+from npyseq.storage.protocol import check_count, row_bytes
 
 __all__ = ["RawSource", "NpzMember"]
 
@@ -47,8 +47,8 @@ class NpzMember:
     member: str
 
 
-class _Source:
-    """Rows of one input array, read in chunks."""
+class Source:
+    """Rows of one fixed-size input array of a write, read in chunks (see :func:`open_source`)."""
 
     name: str
     dtype: np.dtype
@@ -63,7 +63,7 @@ class _Source:
             yield self.rows(a, min(stop, a + chunk_rows))
 
 
-class _ArraySource(_Source):
+class _ArraySource(Source):
     def __init__(self, name: str, array: np.ndarray):
         self.name, self.array = name, array
         self.dtype, self.shape = array.dtype, tuple(array.shape)
@@ -85,31 +85,31 @@ class _FileSource(_ArraySource):
         self.path, self.offset = path, offset
 
     def chunks(self, start: int, stop: int, chunk_rows: int) -> Iterator[np.ndarray]:
-        row_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
-        if row_bytes == 0 or stop <= start:
+        size = row_bytes(self.dtype, self.shape[1:])
+        if size == 0 or stop <= start:
             yield from super().chunks(start, stop, chunk_rows)
             return
-        buf = np.empty(min(chunk_rows, stop - start) * row_bytes, np.uint8)
+        buf = np.empty(min(chunk_rows, stop - start) * size, np.uint8)
         fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
             if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(fd, self.offset + start * row_bytes, (stop - start) * row_bytes,
+                os.posix_fadvise(fd, self.offset + start * size, (stop - start) * size,
                                  os.POSIX_FADV_SEQUENTIAL)
             for a in range(start, stop, chunk_rows):
                 n = min(stop, a + chunk_rows) - a
-                view, done, at = memoryview(buf)[:n * row_bytes], 0, self.offset + a * row_bytes
+                view, done, at = memoryview(buf)[:n * size], 0, self.offset + a * size
                 while done < len(view):
                     got = os.preadv(fd, [view[done:]], at + done)
                     if got <= 0:
                         raise NpyseqError(f"{self.path}: ended early: expected {len(view) - done} more "
                                           f"bytes at byte {at + done}; the file was truncated")
                     done += got
-                yield buf[:n * row_bytes].view(self.dtype).reshape((n,) + self.shape[1:])
+                yield buf[:n * size].view(self.dtype).reshape((n,) + self.shape[1:])
         finally:
             os.close(fd)
 
 
-class _NpzStreamSource(_Source):
+class _NpzStreamSource(Source):
     """A compressed ``.npz`` member: only sequential reads are possible."""
 
     seekable = False
@@ -119,14 +119,14 @@ class _NpzStreamSource(_Source):
         self.dtype, self.shape, self.fortran = dtype, shape, fortran
 
     def chunks(self, start: int, stop: int, chunk_rows: int) -> Iterator[np.ndarray]:
-        row_bytes = self.dtype.itemsize * math.prod(self.shape[1:])
+        size = row_bytes(self.dtype, self.shape[1:])
         with _damaged_member(self.path, self.member), zipfile.ZipFile(self.path) as z, \
                 z.open(self.member) as f:
             _npy.read_header_from(f)
-            _skip(f, start * row_bytes)
+            _skip(f, start * size)
             for a in range(start, stop, chunk_rows):
                 n = min(stop, a + chunk_rows) - a
-                data = _read_exact(f, n * row_bytes, f"{self.path}:{self.member}")
+                data = _read_exact(f, n * size, f"{self.path}:{self.member}")
                 if a + n == self.shape[0]:
                     f.read(1)  # reach the member's end, where zipfile checks its CRC-32
                 yield np.frombuffer(data, dtype=self.dtype).reshape((n,) + self.shape[1:])
@@ -159,7 +159,9 @@ def _read_exact(f, nbytes: int, path: str) -> bytes:
     return data
 
 
-def _open_source(name: str, value: Any) -> _Source | RaggedInput:
+def open_source(name: str, value: Any) -> Source | RaggedInput:
+    """The input array ``name`` of :func:`npyseq.write_shards` as a source of rows; refuse
+    what is not an array, a ``.npy`` path, a RawSource, an NpzMember or a ragged input."""
     ragged = open_ragged(name, value)
     if ragged is not None:
         return ragged
@@ -203,8 +205,6 @@ def _file_source(name: str, array: np.ndarray, path: str) -> _ArraySource:
 
 
 def _open_raw(src: RawSource) -> np.ndarray:
-    from npyseq.writer import _check_count  # writer imports this module
-
     try:
         dtype = np.dtype(src.dtype)
     except TypeError:
@@ -215,31 +215,31 @@ def _open_raw(src: RawSource) -> np.ndarray:
         raise InvalidArgumentError(f"{src.path}: RawSource dtype {dtype} is not plain data of a fixed size")
     if isinstance(src.shape, (str, bytes)) or not hasattr(src.shape, "__iter__"):
         raise InvalidArgumentError(f"{src.path}: RawSource shape must be a tuple of ints, got {src.shape!r:.80}")
-    shape = tuple(_check_count(d, f"{src.path}: RawSource shape entry", minimum=0,
-                               what="a non-negative int") for d in src.shape)
-    _check_count(src.offset, f"{src.path}: RawSource offset", minimum=0, what="a non-negative int")
-    row_bytes = dtype.itemsize * math.prod(shape)
-    if row_bytes > MAX_COUNT:
+    shape = tuple(check_count(d, f"{src.path}: RawSource shape entry", minimum=0,
+                              what="a non-negative int") for d in src.shape)
+    check_count(src.offset, f"{src.path}: RawSource offset", minimum=0, what="a non-negative int")
+    row_size = row_bytes(dtype, shape)
+    if row_size > MAX_COUNT:
         raise InvalidArgumentError(
-            f"{src.path}: rows of dtype {dtype} and shape {shape} would take {row_bytes} bytes each, "
+            f"{src.path}: rows of dtype {dtype} and shape {shape} would take {row_size} bytes each, "
             "more than the 2**62 a manifest records; check --dtype and --shape")
     size = os.path.getsize(src.path)
     if src.offset < 0 or src.offset > size:
         raise InvalidArgumentError(f"{src.path}: offset {src.offset} is outside the file ({size} bytes)")
     body = size - src.offset
-    if row_bytes == 0 or body % row_bytes:
+    if row_size == 0 or body % row_size:
         raise InvalidArgumentError(
             f"{src.path}: {body} bytes after offset {src.offset} are not a whole number of rows "
-            f"of dtype {dtype} and shape {shape} ({row_bytes} bytes per row); "
+            f"of dtype {dtype} and shape {shape} ({row_size} bytes per row); "
             "check --dtype, --shape and --offset"
         )
-    rows = body // row_bytes
+    rows = body // row_size
     if rows == 0:
         return np.empty((0,) + shape, dtype)
     return np.memmap(src.path, dtype=dtype, mode="r", offset=src.offset, shape=(rows,) + shape)
 
 
-def _open_npz_member(name: str, src: NpzMember) -> _Source:
+def _open_npz_member(name: str, src: NpzMember) -> Source:
     try:
         z = zipfile.ZipFile(src.path)
     except zipfile.BadZipFile as e:

@@ -1,7 +1,7 @@
 """Writing a dataset batch by batch: :class:`ShardWriter`.
 
 Rows are streamed into shards as they are appended, following the writing
-protocol of :mod:`npyseq.manifest` (temporary names, fsync, rename, the
+protocol (:mod:`npyseq.storage.protocol`: temporary names, fsync, rename, the
 manifest last), with memory bounded by the batch being appended.
 """
 
@@ -10,47 +10,56 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from typing import Any, Iterator, Mapping
+from typing import IO, Any, Iterator, Mapping
 
 import numpy as np
 import xxhash
 
 from npyseq import _npy
-from npyseq._output import TMP_SUFFIX, Output, create_file
 from npyseq.errors import InvalidArgumentError, WriteFailedError
-from npyseq.manifest import (
-    OFFSETS_DTYPE,
-    PARTIAL_SUFFIX,
-    ArrayInfo,
-    Manifest,
-    ShardInfo,
-    fsync_dir,
-)
+from npyseq.manifest import OFFSETS_DTYPE, PARTIAL_SUFFIX, ArrayInfo, Manifest, ShardInfo
 from npyseq.ragged import check_rows, concat_rows, is_row_list
-from npyseq.writer import (
-    DEFAULT_SHARD_SIZE,
-    _check_count,
-    _check_names,
-    _disk_full_error,
-    _is_disk_full,
-    _offsets_path,
-    _rows_per_shard,
-    _shard_path,
-    _storable,
-    _write_file,
-    parse_size,
-)
+from npyseq.reader import Dataset, open_shards
+from npyseq.storage.output import Output
+from npyseq.storage.ownership import TMP_SUFFIX, create_file
+from npyseq.storage.protocol import (DEFAULT_SHARD_SIZE, check_names, disk_full_error, is_disk_full, offsets_path,
+                                     row_bytes, rows_per_shard, shard_header_bytes, shard_limit, shard_path,
+                                     storable, write_file)
 
 __all__ = ["ShardWriter"]
 
 
-class _Spec:
+class ArraySpec:
     """What one array of a ShardWriter holds: dtypes, row (or element) shape, raggedness."""
 
     def __init__(self, dtype: np.dtype, shape: tuple[int, ...], ragged: bool, name: str):
         self.dtype, self.shape, self.ragged = dtype, shape, ragged
-        self.store, self.logical = _storable(name, dtype, shape)
-        self.item_bytes = self.store.itemsize * int(np.prod(shape, dtype=np.int64))
+        self.store, self.logical = storable(name, dtype, shape)
+        self.item_bytes = row_bytes(self.store, shape)
+
+
+class _ArrayState:
+    """One array of a ShardWriter: what it holds, its complete shards and its open shard."""
+
+    def __init__(self, spec: ArraySpec):
+        self.spec = spec
+        self.shards: list[ShardInfo] = []  # complete shards (of a ragged array: its values files)
+        self.values: list[int] = []  # ragged: the values count of each complete shard
+        self.offset_files: list[ShardInfo] = []  # ragged: the offsets file of each complete shard
+        # The open shard: its .partial file, the hash of what it holds, and
+        # (ragged) the ends of its rows so far.
+        self.file: IO[bytes] | None = None
+        self.hasher: Any = None
+        self.ends: list[np.ndarray] = []
+
+    def values_in_shard(self) -> int:
+        return int(self.ends[-1][-1]) if self.ends and len(self.ends[-1]) else 0
+
+    def info(self) -> ArrayInfo:
+        spec = self.spec
+        return ArrayInfo(dtype=spec.store, shape=spec.shape, shards=tuple(self.shards),
+                         logical_dtype=spec.logical, ragged=spec.ragged, values=tuple(self.values),
+                         offsets=tuple(self.offset_files))
 
 
 class ShardWriter:
@@ -105,30 +114,20 @@ class ShardWriter:
     def __init__(self, out_dir: str | os.PathLike, shard_size: int | str = DEFAULT_SHARD_SIZE,
                  *, rows: int | None = None, overwrite: bool = False):
         # Validated now, before the folder is made, not at the first append.
-        self._limit = parse_size(shard_size) if rows is None else None
-        if rows is not None:
-            _check_count(rows, "rows")
+        self._limit = shard_limit(shard_size, rows)
         self._shard_size, self._rows_arg = shard_size, rows
-        # Resolves out_dir once, takes the lock, decides in place or beside (see npyseq._output).
+        # Resolves out_dir once, takes the lock, decides in place or beside (see npyseq.storage.output).
         self._output = Output(out_dir, overwrite)
         self._root, self._replaces = self._output.root, self._output.replacing
         self._closed = False
         self._failure: str | None = None  # why an append or close failed part-way
         self._writing = ""  # the file being written, to name it when a write fails
         self._per_shard = 0
-        self._specs: dict[str, _Spec] = {}
-        self._files: dict[str, Any] = {}
-        self._hashers: dict[str, Any] = {}
-        self._shards: dict[str, list[ShardInfo]] = {}
-        # Ragged arrays: per shard, the values count and offsets file; in the
-        # open shard, the row ends so far.
-        self._values: dict[str, list[int]] = {}
-        self._offset_files: dict[str, list[ShardInfo]] = {}
-        self._ends: dict[str, list[np.ndarray]] = {}
+        self._arrays: dict[str, _ArrayState] = {}  # set by the first append with rows
         self._shard_rows: list[int] = []
         self._rows_in_shard = 0
         self.rows = 0
-        self.dataset = None
+        self.dataset: Dataset | None = None
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -150,13 +149,11 @@ class ShardWriter:
             raise InvalidArgumentError("append() called on a closed ShardWriter")
         if not arrays:
             raise InvalidArgumentError("append() needs at least one array, e.g. append(x=..., y=...)")
-        specs, per_shard = self._specs, self._per_shard
+        specs, per_shard = {n: a.spec for n, a in self._arrays.items()}, self._per_shard
         if not specs:
             if all(isinstance(v, (list, tuple)) and len(v) == 0 for v in arrays.values()):
                 return  # no rows: nothing tells yet which arrays are ragged
-            arrays = _first_batch(arrays)
-            specs = _plan(arrays)
-            per_shard = _per_shard(specs, self._shard_size, self._rows_arg)
+            arrays, specs, per_shard = plan_first_batch(arrays, self._shard_size, self._rows_arg)
         if set(arrays) != set(specs):
             raise InvalidArgumentError(
                 f"append() got arrays {sorted(arrays)}, but this writer holds {sorted(specs)}"
@@ -168,36 +165,29 @@ class ShardWriter:
         # Everything is checked: from here on, a failure stops the writer.
         n = next(iter(lengths.values()))
         with self._stop_on_failure(f"append() of rows {self.rows} to {self.rows + n}"):
-            if not self._specs:
+            if not self._arrays:
                 self._start(specs, per_shard)
             row_lengths = {name: np.fromiter((len(r) for r in a), np.int64, count=len(a))
-                           for name, a in arrays.items() if self._specs[name].ragged}
+                           for name, a in arrays.items() if specs[name].ragged}
             pos = 0
             while pos < n:
-                if not self._files:
+                if not self._shard_open():
                     self._open_shard()
                 take = self._rows_that_fit(row_lengths, pos, min(n - pos, self._per_shard - self._rows_in_shard))
                 if take == 0:
                     self._finish_shard()
                     continue
                 for name, a in arrays.items():
-                    spec = self._specs[name]
-                    if spec.ragged:
-                        rows = a[pos:pos + take]
-                        data = concat_rows(rows, spec.dtype)
-                        ends = np.cumsum(row_lengths[name][pos:pos + take]) + self._values_in_shard(name)
-                        self._ends[name].append(ends)
-                    else:
-                        data = a[pos:pos + take]
-                    self._writing = self._files[name].name
-                    self._files[name].write(_npy.hash_array_rows(self._hashers[name], data.view(spec.store)))
+                    ragged = row_lengths.get(name)
+                    self._write_rows(self._arrays[name], a[pos:pos + take],
+                                     None if ragged is None else ragged[pos:pos + take])
                 self._rows_in_shard += take
                 pos += take
                 if self._rows_in_shard == self._per_shard:
                     self._finish_shard()
         self.rows += n
 
-    def close(self):
+    def close(self) -> Dataset:
         """Finish the last shard and write the manifest; return the dataset.
 
         Raises :class:`~npyseq.WriteFailedError`, and publishes nothing, if an
@@ -206,25 +196,16 @@ class ShardWriter:
         self._refuse_if_failed("close()")
         if self._closed:
             return self.dataset
-        if not self._specs:
+        if not self._arrays:
             self.abort()
             raise InvalidArgumentError("ShardWriter closed before any append(); nothing to write")
         with self._stop_on_failure("close()"):
-            if self._files:
+            if self._shard_open():
                 self._finish_shard()
-            infos = {}
-            for n, spec in self._specs.items():
-                infos[n] = ArrayInfo(dtype=spec.store, shape=spec.shape, shards=tuple(self._shards[n]),
-                                     logical_dtype=spec.logical, ragged=spec.ragged,
-                                     values=tuple(self._values.get(n, ())),
-                                     offsets=tuple(self._offset_files.get(n, ())))
-            manifest = Manifest(rows=self.rows, shard_rows=tuple(self._shard_rows), arrays=infos)
-            for name in self._specs:
-                fsync_dir(os.path.join(self._root, name))
+            manifest = Manifest(rows=self.rows, shard_rows=tuple(self._shard_rows),
+                                arrays={n: a.info() for n, a in self._arrays.items()})
             root = self._output.publish(manifest)  # writes the manifest, swaps, unlocks
         self._closed = True
-        from npyseq.reader import open_shards
-
         self.dataset = open_shards(root)
         return self.dataset
 
@@ -239,14 +220,15 @@ class ShardWriter:
         if self._closed:
             return
         k = len(self._shard_rows)
-        for f in self._files.values():
+        created = [(n, a) for n, a in self._arrays.items() if a.file is not None]
+        for _, a in created:
             with contextlib.suppress(OSError):  # flushing may fail again on a full disk
-                f.close()
-        for name in self._files:  # only what this writer created: a refused link stays
+                a.file.close()
+            a.file = None
+        for name, _ in created:  # only what this writer created: a refused link stays
             for suffix in (PARTIAL_SUFFIX, TMP_SUFFIX):
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(self._root, _shard_path(name, k)) + suffix)
-        self._files.clear()
+                    os.unlink(os.path.join(self._root, shard_path(name, k)) + suffix)
         self._closed = True
         self._output.release()
 
@@ -262,9 +244,9 @@ class ShardWriter:
             self._failure = f"{doing} failed" + (f" writing {where}" if where else "") + f" ({_reason(e)})"
             with contextlib.suppress(Exception):  # the first error is the one to report
                 self.abort()
-            if _is_disk_full(e):
-                raise _disk_full_error(self._root, e, self._replaces,
-                                       again="write the dataset again") from None
+            if is_disk_full(e):
+                raise disk_full_error(self._root, e, self._replaces,
+                                      again="write the dataset again") from None
             if isinstance(e, OSError):
                 raise WriteFailedError(
                     f"{self._root}: {self._failure}. {_STOPPED} Fix the cause (for EFBIG, a file-size "
@@ -281,17 +263,14 @@ class ShardWriter:
 
     # -- internals
 
-    def _start(self, specs: Mapping[str, "_Spec"], per_shard: int) -> None:
-        for name, spec in specs.items():
+    def _start(self, specs: Mapping[str, ArraySpec], per_shard: int) -> None:
+        for name in specs:
             self._output.array_folder(name)  # refuses a link there
-            self._shards[name] = []
-            if spec.ragged:
-                self._values[name], self._offset_files[name], self._ends[name] = [], [], []
-        self._specs, self._per_shard = dict(specs), per_shard
+        self._arrays = {name: _ArrayState(spec) for name, spec in specs.items()}
+        self._per_shard = per_shard
 
-    def _values_in_shard(self, name: str) -> int:
-        ends = self._ends[name]
-        return int(ends[-1][-1]) if ends and len(ends[-1]) else 0
+    def _shard_open(self) -> bool:
+        return any(a.file is not None for a in self._arrays.values())
 
     def _rows_that_fit(self, row_lengths: dict[str, np.ndarray], pos: int, take: int) -> int:
         """How many of the next ``take`` rows fit in the open shard's values files
@@ -299,66 +278,80 @@ class ShardWriter:
         if self._limit is None:
             return take
         for name, lengths in row_lengths.items():
-            spec = self._specs[name]
-            if spec.item_bytes == 0:
+            state = self._arrays[name]
+            if state.spec.item_bytes == 0:
                 continue
-            header = len(_npy.header_bytes(spec.store, (2**40,) + spec.shape))
-            room = (self._limit - header) // spec.item_bytes - self._values_in_shard(name)
+            header = shard_header_bytes(state.spec.store, state.spec.shape)
+            room = (self._limit - header) // state.spec.item_bytes - state.values_in_shard()
             fit = int(np.searchsorted(np.cumsum(lengths[pos:pos + take]), room, side="right"))
             take = min(take, fit if self._rows_in_shard or fit else 1)
         return take
 
     def _open_shard(self) -> None:
         k = len(self._shard_rows)
-        for name, spec in self._specs.items():
-            path = os.path.join(self._root, _shard_path(name, k)) + PARTIAL_SUFFIX
+        for name, state in self._arrays.items():
+            spec = state.spec
+            path = os.path.join(self._root, shard_path(name, k)) + PARTIAL_SUFFIX
             self._writing = path
-            f = create_file(path, self._root)  # never through a link
-            self._files[name] = f
+            state.file = create_file(path, self._root)  # never through a link
             # A ragged array's values count is known at the end: its header is rewritten then.
             header = _npy.header_bytes(spec.store, ((0 if spec.ragged else self._per_shard),) + spec.shape)
-            f.write(header)
-            self._files[name], self._hashers[name] = f, xxhash.xxh3_64(header)
-            if spec.ragged:
-                self._ends[name] = []
+            state.file.write(header)
+            state.hasher, state.ends = xxhash.xxh3_64(header), []
         self._rows_in_shard = 0
+
+    def _write_rows(self, state: _ArrayState, rows: Any, lengths: np.ndarray | None) -> None:
+        """Append ``rows`` of one array to its open shard (``lengths``: a ragged array's row lengths)."""
+        spec = state.spec
+        if spec.ragged:
+            data = concat_rows(rows, spec.dtype)
+            state.ends.append(np.cumsum(lengths) + state.values_in_shard())
+        else:
+            data = rows
+        self._writing = state.file.name
+        state.file.write(_npy.hash_array_rows(state.hasher, data.view(spec.store)))
 
     def _finish_shard(self) -> None:
         k, rows = len(self._shard_rows), self._rows_in_shard
-        for name, spec in self._specs.items():
-            f = self._files[name]
-            rel = _shard_path(name, k)
-            partial = os.path.join(self._root, rel) + PARTIAL_SUFFIX
-            self._writing = partial
-            count = self._values_in_shard(name) if spec.ragged else rows
-            if spec.ragged or rows != self._per_shard:
-                written = 0 if spec.ragged else self._per_shard
-                f = _fix_header(f, partial, _npy.header_bytes(spec.store, (written,) + spec.shape),
-                                _npy.header_bytes(spec.store, (count,) + spec.shape), count * spec.item_bytes)
-                checksum = None
-            else:
-                checksum = _npy.checksum_string(self._hashers[name])
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-            if checksum is None:
-                checksum = _npy.file_checksum(partial)
-            final = os.path.join(self._root, rel)
-            os.replace(partial, final)
-            _npy.drop_from_cache(final)
-            self._shards[name].append(ShardInfo(path=rel, bytes=os.path.getsize(final), checksum=checksum))
-            if spec.ragged:
-                self._writing = os.path.join(self._root, _offsets_path(name, k))
-                offsets = np.concatenate([np.zeros(1, OFFSETS_DTYPE)] + self._ends[name]).astype(OFFSETS_DTYPE)
-                self._values[name].append(count)
-                self._offset_files[name].append(_write_file(
-                    self._root, _offsets_path(name, k), _npy.header_bytes(OFFSETS_DTYPE, offsets.shape),
-                    offsets.nbytes, lambda offsets=offsets: iter([offsets]), False, None))
-                self._ends[name] = []
+        for name, state in self._arrays.items():
+            self._finish_file(name, state, k, rows)
         self._shard_rows.append(rows)
-        self._files.clear()
-        self._hashers.clear()
+        for state in self._arrays.values():
+            state.file = state.hasher = None
         self._rows_in_shard = 0
+
+    def _finish_file(self, name: str, state: _ArrayState, k: int, rows: int) -> None:
+        """Complete shard ``k`` of one array: header, fsync, rename; a ragged array's offsets file."""
+        spec = state.spec
+        rel = shard_path(name, k)
+        partial = os.path.join(self._root, rel) + PARTIAL_SUFFIX
+        self._writing = partial
+        count = state.values_in_shard() if spec.ragged else rows
+        if spec.ragged or rows != self._per_shard:
+            written = 0 if spec.ragged else self._per_shard
+            state.file = _fix_header(state.file, partial, _npy.header_bytes(spec.store, (written,) + spec.shape),
+                                     _npy.header_bytes(spec.store, (count,) + spec.shape), count * spec.item_bytes)
+            checksum = None
+        else:
+            checksum = _npy.checksum_string(state.hasher)
+        f = state.file
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        if checksum is None:
+            checksum = _npy.file_checksum(partial)
+        final = os.path.join(self._root, rel)
+        os.replace(partial, final)
+        _npy.drop_from_cache(final)
+        state.shards.append(ShardInfo(path=rel, bytes=os.path.getsize(final), checksum=checksum))
+        if spec.ragged:
+            self._writing = os.path.join(self._root, offsets_path(name, k))
+            offsets = np.concatenate([np.zeros(1, OFFSETS_DTYPE)] + state.ends).astype(OFFSETS_DTYPE)
+            state.values.append(count)
+            state.offset_files.append(write_file(
+                self._root, offsets_path(name, k), _npy.header_bytes(OFFSETS_DTYPE, offsets.shape),
+                offsets.nbytes, lambda: iter([offsets]), False, None))
+            state.ends = []
 
 
 _STOPPED = ("The writer stopped and publishes nothing: no manifest was written and its .partial files "
@@ -371,36 +364,35 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
-def _first_batch(arrays: Mapping[str, Any]) -> dict[str, Any]:
-    """The first batch's arrays: lists of row arrays stay lists (ragged), the rest become arrays."""
-    return {n: (list(v) if is_row_list(v) else _asarray(n, v)) for n, v in arrays.items()}
-
-
-def _plan(arrays: Mapping[str, Any]) -> dict[str, "_Spec"]:
-    """What each array of a first batch (from :func:`_first_batch`) makes the writer hold;
-    raises, before anything is written, for what the reader could not open."""
-    _check_names(arrays)
+def plan_first_batch(arrays: Mapping[str, Any], shard_size: int | str | None, rows: int | None,
+                     ) -> tuple[dict[str, Any], dict[str, ArraySpec], int]:
+    """The first batch of a writer: its arrays (lists of row arrays stay lists: ragged; the rest
+    become arrays), what each makes the writer hold, and the rows per shard. Raises, before
+    anything is written, for what the reader could not open."""
+    arrays = {n: (list(v) if is_row_list(v) else _asarray(n, v)) for n, v in arrays.items()}
+    check_names(arrays)
     specs = {}
     for n, a in arrays.items():
         if isinstance(a, list):
-            rows = check_rows(n, a)
-            specs[n] = _Spec(rows[0].dtype, tuple(rows[0].shape[1:]), True, n)
+            rows_of = check_rows(n, a)
+            specs[n] = ArraySpec(rows_of[0].dtype, tuple(rows_of[0].shape[1:]), True, n)
         else:
             if a.ndim == 0:
                 raise InvalidArgumentError(
                     f"append(): array {n!r} is a scalar; arrays need a first axis of rows")
-            specs[n] = _Spec(a.dtype, tuple(a.shape[1:]), False, n)
-    return specs
+            specs[n] = ArraySpec(a.dtype, tuple(a.shape[1:]), False, n)
+    per_shard = rows_per_shard(shard_size, rows, {n: (s.store, s.shape, s.ragged) for n, s in specs.items()})
+    return arrays, specs, per_shard
 
 
-def _per_shard(specs: Mapping[str, "_Spec"], shard_size: int | str, rows: int | None) -> int:
-    """Rows per shard; offsets files take 8 bytes a row: they bound a shard's rows like a fixed array."""
-    dtypes = {n: (OFFSETS_DTYPE if s.ragged else s.store) for n, s in specs.items()}
-    shapes = {n: (() if s.ragged else s.shape) for n, s in specs.items()}
-    return _rows_per_shard(shard_size, rows, dtypes, shapes)
+def interrupted_message(writer: ShardWriter, again: str) -> str | None:
+    """What a Ctrl-C that stopped ``writer`` says (``again``: how to finish), or None once the
+    dataset was published (for write_shards, which streams an iterable through a writer)."""
+    output = writer._output
+    return None if output.published else output.interrupted_message(again)
 
 
-def _check(spec: "_Spec", name: str, value: Any) -> Any:
+def _check(spec: ArraySpec, name: str, value: Any) -> Any:
     """``value`` as the rows of array ``name``: cast, with the shape checked."""
     if spec.ragged:
         if isinstance(value, np.ndarray) or not isinstance(value, (list, tuple)):

@@ -22,15 +22,16 @@ from destroying anything that is not npyseq's:
   folders are exchanged, and of the old one exactly those files are deleted.
 * A failed or interrupted write deletes only the temporary files it created
   itself; complete shards stay, for the rerun to keep.
+
+What npyseq wrote, and how a file is created or opened without following a
+link, is :mod:`npyseq.storage.ownership`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
-import re
 import stat
 import sys
 from typing import Iterable
@@ -42,95 +43,24 @@ from npyseq.errors import (
     ManifestError,
     NpyseqError,
 )
-from npyseq.manifest import (
-    MANIFEST_NAME,
-    PARTIAL_SUFFIX,
-    Manifest,
-    fsync_dir,
-    read_manifest,
-    write_manifest,
+from npyseq.manifest import MANIFEST_NAME, PARTIAL_SUFFIX, Manifest, fsync_dir, read_manifest, write_manifest
+from npyseq.storage.ownership import (
+    LOCK_NAME,
+    OLD_SUFFIX,
+    STAGING_SUFFIX,
+    check_file,
+    delete_dataset,
+    delete_leftovers,
+    describe_path,
+    foreign_file_error,
+    foreign_files,
+    listing,
+    lstat_or_none,
+    named_files,
+    not_npyseq_shaped,
+    open_own_file,
+    remove_temporaries,
 )
-
-LOCK_NAME = ".npyseq.lock"
-STAGING_SUFFIX = ".npyseq-new"  # where overwrite=True builds the new dataset
-OLD_SUFFIX = ".npyseq-old"  # where the old one waits, where folders cannot be exchanged
-TMP_SUFFIX = PARTIAL_SUFFIX + ".tmp"  # a shard whose header is being rewritten
-_SHARD_FILE_RE = re.compile(r"^\d{6,}(\.offsets)?\.npy$")
-_TEMP_FILE_RE = re.compile(r"^\d{6,}(\.offsets)?\.npy\.partial(\.tmp)?$")
-_ROOT_FILES = (MANIFEST_NAME, MANIFEST_NAME + PARTIAL_SUFFIX, LOCK_NAME)
-_SHOWN = 10  # files named in an error message, at most
-
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-
-
-# --- what a path is -------------------------------------------------------------------
-
-
-def _lstat(path: str) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
-
-
-def _kind(path: str, st: os.stat_result) -> str:
-    """What a path is, for an error message: 'a symbolic link (to ...)', 'a folder' ..."""
-    if stat.S_ISLNK(st.st_mode):
-        try:
-            return f"a symbolic link (to {os.readlink(path)})"
-        except OSError:
-            return "a symbolic link"
-    if stat.S_ISDIR(st.st_mode):
-        return "a folder"
-    if stat.S_ISREG(st.st_mode):
-        return "a file"
-    return "a special file (FIFO, socket or device)"
-
-
-def _not_ours(root: str, rel: str, st: os.stat_result, expected: str,
-              done: str = "Nothing was written") -> ForeignFilesError:
-    path = os.path.join(root, rel)
-    link = (" npyseq never follows a symbolic link inside a dataset it writes, so that it never "
-            "writes or deletes anything outside the folder." if stat.S_ISLNK(st.st_mode) else "")
-    return ForeignFilesError(
-        f"{root}: {rel} is {_kind(path, st)}, where npyseq writes {expected}.{link} {done}. "
-        f"Move {path} away, or write the dataset to another folder."
-    )
-
-
-def check_file(root: str, rel: str) -> int | None:
-    """The size of the regular file ``root/rel``, None if there is none; refuse anything else."""
-    st = _lstat(os.path.join(root, rel))
-    if st is None:
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        raise _not_ours(root, rel, st, "a file of its own")
-    return st.st_size
-
-
-def create_file(path: str, root: str):
-    """Create (or truncate) the temporary file ``path`` for writing, never through a link."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC,
-                     0o666)
-    except OSError as e:
-        if e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-            raise
-        st = _lstat(path)
-        if st is None:
-            raise
-        raise _not_ours(root, os.path.relpath(path, root), st, "a temporary file of its own",
-                        "Nothing was published") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):  # a FIFO with a reader
-        os.close(fd)
-        raise _not_ours(root, os.path.relpath(path, root), st, "a temporary file of its own",
-                        "Nothing was published")
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-    f = os.fdopen(fd, "wb")
-    f.raw.name = path  # name the file, not its descriptor, in errors
-    return f
 
 
 # --- the lock ---------------------------------------------------------------------------
@@ -151,27 +81,17 @@ class _Lock:
 
     def acquire(self) -> None:
         for _ in range(10):
+            fd, mine = open_own_file(self.folder, LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644, "its lock file")
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC, 0o644)
-            except OSError as e:
-                st = _lstat(self.path)
-                if st is None or e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-                    raise
-                raise _not_ours(self.folder, LOCK_NAME, st, "its lock file") from None
-            try:
-                mine = os.fstat(fd)
-                if not stat.S_ISREG(mine.st_mode):
-                    raise _not_ours(self.folder, LOCK_NAME, mine, "its lock file")
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise self._held() from None
-            except BaseException:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BaseException as e:
                 os.close(fd)
+                if isinstance(e, BlockingIOError):
+                    raise self._held() from None
                 raise
             # The writer before may have unlinked the file after this one opened
             # it; a newer lock file may then be another writer's: open again.
-            now = _lstat(self.path)
+            now = lstat_or_none(self.path)
             if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
                 self.fd = fd
                 return
@@ -183,7 +103,7 @@ class _Lock:
         if self.fd is None:
             return
         try:
-            mine, now = os.fstat(self.fd), _lstat(self.path)
+            mine, now = os.fstat(self.fd), lstat_or_none(self.path)
             if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
                 os.unlink(self.path)
         except FileNotFoundError:
@@ -255,125 +175,6 @@ def _resolve(out_dir: str | os.PathLike) -> str:
     return target
 
 
-# --- what npyseq wrote --------------------------------------------------------------------
-
-
-def _named(manifest: Manifest) -> tuple[set[str], set[str]]:
-    """The files a manifest names, and their folders (array folders included), relative."""
-    files = {s.path for a in manifest.arrays.values() for s in a.files}
-    folders = set(manifest.arrays)
-    for path in files:
-        parts = path.split("/")
-        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
-    return files, folders
-
-
-def _walk(root: str, descend=lambda rel: True, rel: str = "") -> Iterable[tuple[str, os.stat_result]]:
-    """``(relative path, lstat)`` of everything under ``root/rel``, a folder before what it
-    holds, never through a link, into the folders ``descend(rel)`` accepts."""
-    folder = os.path.join(root, rel) if rel else root
-    for entry in sorted(os.listdir(folder)):
-        path = f"{rel}/{entry}" if rel else entry
-        st = _lstat(os.path.join(root, path))
-        if st is None:
-            continue  # deleted meanwhile
-        yield path, st
-        if stat.S_ISDIR(st.st_mode) and descend(path):
-            yield from _walk(root, descend, path)
-
-
-def _is_temp(rel: str) -> bool:
-    """An npyseq lock or temporary file (at the root, or in a folder of shards)."""
-    folder, _, name = rel.rpartition("/")
-    return name in _ROOT_FILES[1:] if not folder else bool(_TEMP_FILE_RE.match(name))
-
-
-def _foreign(root: str, manifest: Manifest) -> list[str]:
-    """Everything under ``root`` that is not part of the dataset ``manifest`` describes."""
-    files, folders = _named(manifest)
-    found = []
-    for rel, st in _walk(root, lambda rel: rel in folders):
-        if stat.S_ISDIR(st.st_mode):
-            if rel not in folders:
-                found.append(rel + "/")
-        elif not stat.S_ISREG(st.st_mode):
-            found.append(f"{rel} ({_kind(os.path.join(root, rel), st)})")
-        elif not (rel in files or rel == MANIFEST_NAME or _is_temp(rel)):
-            found.append(rel)
-    return found
-
-
-def _looks_npyseq(rel: str) -> bool:
-    """A file name npyseq writes in a folder of its own: manifest, lock, shards, temporaries."""
-    from npyseq.manifest import _NAME_RE
-
-    folder, _, name = rel.rpartition("/")
-    if not folder:
-        return name in _ROOT_FILES
-    return ("/" not in folder and bool(_NAME_RE.match(folder))
-            and bool(_SHARD_FILE_RE.match(name) or _TEMP_FILE_RE.match(name)))
-
-
-def _not_npyseq_shaped(root: str) -> list[str]:
-    """What under ``root`` (a folder only npyseq writes) is not named like npyseq's files."""
-    from npyseq.manifest import _NAME_RE
-
-    found = []
-    for rel, st in _walk(root, lambda rel: "/" not in rel and bool(_NAME_RE.match(rel))):
-        if stat.S_ISDIR(st.st_mode):
-            if "/" in rel or not _NAME_RE.match(rel):
-                found.append(rel + "/")
-        elif not stat.S_ISREG(st.st_mode):
-            found.append(f"{rel} ({_kind(os.path.join(root, rel), st)})")
-        elif not _looks_npyseq(rel):
-            found.append(rel)
-    return found
-
-
-def _listing(found: list[str]) -> str:
-    more = f" and {len(found) - _SHOWN} more" if len(found) > _SHOWN else ""
-    return ", ".join(found[:_SHOWN]) + more
-
-
-def _unlink_files(root: str, files: Iterable[str]) -> None:
-    for rel in sorted(files):
-        path = os.path.join(root, rel)
-        st = _lstat(path)
-        if st is not None and stat.S_ISREG(st.st_mode):
-            os.unlink(path)
-
-
-def _remove_empty_folders(root: str, keep: set[str] = frozenset(), itself: bool = True) -> None:
-    """Remove the folders under ``root`` left empty (deepest first) but ``keep``, then ``root``."""
-    folders = [rel for rel, st in _walk(root) if stat.S_ISDIR(st.st_mode)]
-    for rel in reversed(folders):
-        if rel not in keep:
-            with contextlib.suppress(FileNotFoundError, OSError):
-                os.rmdir(os.path.join(root, rel))  # fails (and stays) unless empty
-    if itself:
-        with contextlib.suppress(FileNotFoundError, OSError):
-            os.rmdir(root)
-
-
-def _delete_dataset(root: str, manifest: Manifest) -> None:
-    """Delete the dataset ``manifest`` describes (the manifest first) and npyseq's temporary
-    files beside it; anything else stays, and so do the folders holding it."""
-    files, _ = _named(manifest)
-    temp = {rel for rel, st in _walk(root) if stat.S_ISREG(st.st_mode) and _is_temp(rel)}
-    _unlink_files(root, [MANIFEST_NAME])
-    _unlink_files(root, files | temp)
-    _remove_empty_folders(root)
-
-
-def _delete_leftovers(root: str, keep_files: set[str] = frozenset(),
-                      keep_folders: set[str] = frozenset()) -> None:
-    """In a folder only npyseq writes (staging): delete its files but ``keep_files``."""
-    doomed = {rel for rel, st in _walk(root)
-              if stat.S_ISREG(st.st_mode) and rel not in keep_files and _looks_npyseq(rel)}
-    _unlink_files(root, doomed)
-    _remove_empty_folders(root, keep_folders, itself=not keep_files)
-
-
 # --- the output of one write ------------------------------------------------------------
 
 
@@ -396,7 +197,7 @@ class Output:
         self.root = self.target
         self.published = False  # the manifest is in place: an error after it loses nothing
         self._locks: list[_Lock] = []
-        st = _lstat(self.target)
+        st = lstat_or_none(self.target)
         if st is not None and not stat.S_ISDIR(st.st_mode):
             raise InvalidArgumentError(f"{self.target} exists and is not a folder")
         if not overwrite and os.path.lexists(os.path.join(self.target, MANIFEST_NAME)):
@@ -427,12 +228,12 @@ class Output:
         if not overwrite:
             raise self._exists()  # published by another writer since the check before the lock
         self.replaces = self._read_replaced()
-        foreign = _foreign(self.target, self.replaces)
+        foreign = foreign_files(self.target, self.replaces)
         if foreign:
             raise ForeignFilesError(
                 f"{self.target}: overwrite=True replaces only a dataset npyseq wrote, but this "
                 f"folder also holds what npyseq did not write (or its manifest does not name): "
-                f"{_listing(foreign)}. Replacing the dataset would delete them, so nothing was "
+                f"{listing(foreign)}. Replacing the dataset would delete them, so nothing was "
                 f"written. Move them out of {self.target}, or write the dataset to another folder."
             )
         self._check_leftover(self.staging)
@@ -444,7 +245,7 @@ class Output:
         path = os.path.join(self.target, MANIFEST_NAME)
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode):
-            raise _not_ours(self.target, MANIFEST_NAME, st, "its manifest")
+            raise foreign_file_error(self.target, MANIFEST_NAME, st, "its manifest")
         try:
             return read_manifest(self.target)[0]
         except ManifestError as e:
@@ -456,27 +257,27 @@ class Output:
 
     def _check_leftover(self, folder: str) -> None:
         """A staging folder left by an interrupted overwrite may be reused if only npyseq wrote it."""
-        st = _lstat(folder)
+        st = lstat_or_none(folder)
         if st is None:
             return
-        found = ([f"{os.path.basename(folder)} ({_kind(folder, st)})"] if not stat.S_ISDIR(st.st_mode)
-                 else _not_npyseq_shaped(folder))
+        found = ([f"{os.path.basename(folder)} ({describe_path(folder, st)})"] if not stat.S_ISDIR(st.st_mode)
+                 else not_npyseq_shaped(folder))
         if found:
             raise ForeignFilesError(
                 f"{folder}: npyseq uses this folder to replace the dataset at {self.target} (this "
                 f"one is left by an interrupted overwrite), but it holds what npyseq does not write there: "
-                f"{_listing(found)}; nothing was written. Move them away (or delete the folder) and "
+                f"{listing(found)}; nothing was written. Move them away (or delete the folder) and "
                 "run again."
             )
 
     def array_folder(self, name: str) -> str:
         """Create (or keep) the folder of array ``name`` in ``root``; refuse a link or a file there."""
         path = os.path.join(self.root, name)
-        st = _lstat(path)
+        st = lstat_or_none(path)
         if st is None:
             os.mkdir(path)
         elif not stat.S_ISDIR(st.st_mode):
-            raise _not_ours(self.root, name, st, f"the folder of array {name!r}")
+            raise foreign_file_error(self.root, name, st, f"the folder of array {name!r}")
         return path
 
     def check_files(self, rels: Iterable[str]) -> None:
@@ -486,17 +287,19 @@ class Output:
                 check_file(self.root, path)
 
     def publish(self, manifest: Manifest) -> str:
-        """Once every file ``manifest`` names is in ``root``: write the manifest, put the
-        dataset at ``target``, release the locks; return ``target``."""
+        """Once every file ``manifest`` names is in ``root``: make the array folders durable,
+        write the manifest, put the dataset at ``target``, release the locks; return ``target``.
+
+        This ends every write (both writers); an error here releases the locks too.
+        """
         try:
-            files, folders = _named(manifest)
+            for name in manifest.arrays:  # the renames of the shards into them
+                fsync_dir(os.path.join(self.root, name))
             if self.replaces is not None:  # a folder only npyseq writes: no leftover is published
-                _delete_leftovers(self.staging, files | {MANIFEST_NAME, LOCK_NAME}, folders)
-            else:  # temporary files an earlier, killed run left in the array folders
-                temp = [rel for name in manifest.arrays if os.path.isdir(os.path.join(self.root, name))
-                        for rel, st in _walk(self.root, lambda rel: False, name)
-                        if stat.S_ISREG(st.st_mode) and _is_temp(rel)]
-                _unlink_files(self.root, temp)
+                files, folders = named_files(manifest)
+                delete_leftovers(self.staging, files | {MANIFEST_NAME, LOCK_NAME}, folders)
+            else:
+                remove_temporaries(self.root, manifest.arrays)
             write_manifest(self.root, manifest)
             self.published = self.replaces is None
             if self.replaces is not None:
@@ -505,10 +308,18 @@ class Output:
                 # The lock files moved with their folders.
                 self._locks[0].path = os.path.join(old, LOCK_NAME)
                 self._locks[1].path = os.path.join(self.target, LOCK_NAME)
-                _delete_dataset(old, self.replaces)
+                delete_dataset(old, self.replaces)
         finally:
             self.release()
         return self.target
+
+    def interrupted_message(self, again: str) -> str:
+        """What a write stopped by Ctrl-C says (before :meth:`publish` put the dataset in place);
+        ``again``: how to finish it."""
+        kept = f"{self.replacing} still holds the dataset it had; " if self.replacing else ""
+        return (f"{self.root}: writing was interrupted. Nothing was published: no manifest was written "
+                f"and the .partial files of this run were removed; {kept}the complete shards were kept: "
+                f"{again}.")
 
     def release(self) -> None:
         """Release the locks (deleting their files); idempotent."""
@@ -531,7 +342,7 @@ def _swap_in(staging: str, target: str, check_leftover=lambda folder: None) -> s
     old = target + OLD_SUFFIX
     if os.path.lexists(old):  # left by an interrupted swap: deleted if it holds only npyseq's files
         check_leftover(old)
-        _delete_leftovers(old)
+        delete_leftovers(old)
     os.rename(target, old)
     os.rename(staging, target)
     fsync_dir(os.path.dirname(target) or ".")

@@ -1,0 +1,20 @@
+"""Layer 2 of npyseq, storage: the files of a dataset.
+
+It builds on the format (what is on disk: :mod:`npyseq.manifest`, the
+``.npy`` facts) and knows nothing of ordering or Keras. The write side:
+
+* :mod:`~npyseq.storage.protocol`: the writing protocol both writers share
+  (shard sizes and names, the atomic file-writing step, disk full, what the
+  reader can read back).
+* :mod:`~npyseq.storage.output`: the output folder of one write (resolve,
+  lock, decide, publish, swap, release).
+* :mod:`~npyseq.storage.ownership`: what npyseq wrote and what a path is;
+  creating files never through a link; deleting exactly a dataset's files.
+* :mod:`~npyseq.storage.sources`: the inputs of fixed-size arrays.
+* :mod:`~npyseq.storage.writer`: :func:`~npyseq.write_shards`.
+* :mod:`~npyseq.storage.shard_writer`: :class:`~npyseq.ShardWriter`.
+
+The read side (``Dataset``, ``ShardedArray``, ``RaggedArray``: today
+:mod:`npyseq.reader` and :mod:`npyseq.ragged`) joins this package in a later
+step. The public names are re-exported by :mod:`npyseq`; import them from there.
+"""

@@ -1,0 +1,388 @@
+"""The writing protocol that :func:`npyseq.write_shards` and :class:`npyseq.ShardWriter` share.
+
+How a writer lays out a dataset's files (the "Writing protocol" of
+:mod:`npyseq.manifest`): shard sizes (:func:`parse_size`,
+:func:`rows_per_shard`), shard and offsets file names, the array names a
+writer accepts, the dtypes the reader can read back (:func:`storable`), and
+the atomic step that writes one file (:func:`write_file`: a ``.partial``
+file, fsync, rename; reused when a rerun finds it complete). A full disk
+(``ENOSPC``, or ``EDQUOT`` for a quota) becomes one
+:class:`~npyseq.errors.DiskFullError` (:func:`disk_full_error`).
+
+The output folder itself (lock, overwrite, publish) is :mod:`npyseq.storage.output`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fractions
+import io
+import json
+import math
+import os
+import re
+import shutil
+import threading
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import xxhash
+from numpy.lib import format as npy_format
+
+from npyseq import _npy
+from npyseq.errors import (
+    DiskFullError,
+    InvalidArgumentError,
+    NpyseqError,
+    UnsupportedDtypeError,
+)
+from npyseq.manifest import (
+    MANIFEST_NAME,
+    MAX_COUNT,
+    MAX_ROW_DIMS,
+    OFFSETS_DTYPE,
+    PARTIAL_SUFFIX,
+    ShardInfo,
+    logical_dtype,
+    storage_dtype,
+)
+from npyseq.manifest import _parse_dtype  # the reader's own parser (public in the format package)
+from npyseq.storage.ownership import (
+    OLD_SUFFIX,
+    STAGING_SUFFIX,
+    TMP_SUFFIX,
+    check_file,
+    create_file,
+    is_array_name,
+)
+
+DEFAULT_SHARD_SIZE = "256MB"  # the largest shard file of an array
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+
+
+def parse_size(value: int | str, argument: str = "shard_size") -> int:
+    """Bytes from an int or a string like ``"64MB"``, ``"1GiB"``, ``"512k"``.
+
+    At most 2**62 bytes; ``argument`` names the value in errors.
+
+    >>> parse_size("64MB"), parse_size("1GiB"), parse_size(4096)
+    (64000000, 1073741824, 4096)
+    """
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        n = int(value)
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
+        if not m or m.group(2).lower() not in _UNITS:
+            raise InvalidArgumentError(
+                f"{argument} must be a number of bytes such as 268435456, '256MB' or '1GiB', "
+                f"got {short_repr(value)}"
+            )
+        # Exact (a float would turn a 400-digit number into inf), rounded down.
+        n = int(fractions.Fraction(m.group(1)) * _UNITS[m.group(2).lower()])
+    else:
+        raise InvalidArgumentError(f"{argument} must be an int or a string like '256MB', got {short_repr(value)}")
+    if n <= 0:
+        raise InvalidArgumentError(f"{argument} must be positive, got {short_repr(value)}")
+    if n > MAX_COUNT:
+        raise InvalidArgumentError(
+            f"{argument} must be at most 2**62 bytes (4.6 EB; the largest size a manifest records), "
+            f"got {short_repr(value)}")
+    return n
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` for a message, shortened if long (a 400-digit number)."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
+
+
+def check_count(value: Any, argument: str, minimum: int = 1, maximum: int = MAX_COUNT,
+                what: str = "a positive int") -> int:
+    """``value`` as an int in ``[minimum, maximum]``, or an error naming ``argument``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InvalidArgumentError(f"{argument} must be {what}, got {short_repr(value)}")
+    if value > maximum:
+        limit = "2**62" if maximum == MAX_COUNT else str(maximum)
+        raise InvalidArgumentError(f"{argument} must be at most {limit}, got {short_repr(value)}")
+    return int(value)
+
+
+# --- shard sizes and file names -------------------------------------------------------
+
+
+def shard_limit(shard_size: int | str, rows: int | None) -> int | None:
+    """The largest shard file in bytes (``shard_size``, checked), or None where ``rows``
+    (checked) fixes the rows of a shard instead."""
+    if rows is not None:
+        check_count(rows, "rows")
+        return None
+    return parse_size(shard_size)
+
+
+def row_bytes(dtype: np.dtype, shape: Iterable[int]) -> int:
+    """Bytes of one row of ``shape`` (exact: a huge shape cannot overflow)."""
+    return dtype.itemsize * math.prod(shape)
+
+
+def shard_header_bytes(dtype: np.dtype, row_shape: Iterable[int]) -> int:
+    """The length of a shard's ``.npy`` header sized for the most rows a shard may hold
+    (2**40): a size limit keeps room for the longest header a shard can get."""
+    return len(_npy.header_bytes(dtype, (2**40,) + tuple(row_shape)))
+
+
+def rows_per_shard(shard_size: int | str | None, rows: int | None,
+                   arrays: Mapping[str, tuple[np.dtype, tuple[int, ...], bool]]) -> int:
+    """``rows`` (checked), or the most rows whose shard of every array fits in ``shard_size``.
+
+    ``arrays`` maps each name to ``(storage dtype, row shape, ragged)``, the
+    element shape for a ragged array. A fixed array bounds the rows of a shard
+    by its row size; a ragged array by its offsets file (8 bytes a row; its
+    values files are bounded as the rows are cut into shards).
+    """
+    if rows is not None:
+        return check_count(rows, "rows")
+    limit = parse_size(shard_size if shard_size is not None else DEFAULT_SHARD_SIZE)
+    best = None
+    for name, (dtype, shape, ragged) in arrays.items():
+        if ragged:
+            dtype, shape = OFFSETS_DTYPE, ()
+        size = row_bytes(dtype, shape)
+        if size == 0:
+            continue
+        header = shard_header_bytes(dtype, shape)
+        n = (limit - header) // size
+        if n < 1:
+            raise InvalidArgumentError(
+                f"shard_size {limit} bytes is smaller than one row of array {name!r} "
+                f"({size} bytes plus a {header}-byte header); raise shard_size"
+            )
+        best = n if best is None else min(best, n)
+    return best if best is not None else 2**20
+
+
+def shard_path(name: str, k: int) -> str:
+    """Shard ``k`` of array ``name`` (a ragged array's values file), relative to the dataset."""
+    return f"{name}/{k:06d}.npy"
+
+
+def offsets_path(name: str, k: int) -> str:
+    """The offsets file of shard ``k`` of a ragged array."""
+    return f"{name}/{k:06d}.offsets.npy"
+
+
+# --- array names ----------------------------------------------------------------------
+
+
+_RESERVED_SUFFIXES = {
+    PARTIAL_SUFFIX: "its temporary files", TMP_SUFFIX: "its temporary files",
+    STAGING_SUFFIX: "the folders it builds and replaces datasets in", OLD_SUFFIX: "the folders it "
+    "builds and replaces datasets in",
+}
+
+
+def check_name(name: Any) -> str:
+    """Refuse an array name the format does not allow, or one npyseq's own files use."""
+    if not is_array_name(name):
+        raise InvalidArgumentError(
+            f"array names must be 1-128 letters, digits, '_', '-' or '.', not starting with '.'; "
+            f"got {name!r}"
+        )
+    lower = name.lower()  # file systems that ignore case (macOS, Windows) make Manifest.json one
+    use = next((what for suffix, what in _RESERVED_SUFFIXES.items() if lower.endswith(suffix)), None)
+    if lower == MANIFEST_NAME or lower.startswith(MANIFEST_NAME + "."):
+        use = "its manifest and the manifest's temporary file"
+    if use is not None:
+        raise InvalidArgumentError(
+            f"array name {name!r} is reserved: an array's folder has the array's name, and npyseq "
+            f"uses such names for {use} in the dataset folder; choose another name "
+            f"(e.g. {name.replace('.', '_')!r})"
+        )
+    return name
+
+
+def check_names(names: Iterable[Any]) -> None:
+    """Every name allowed, and no two that one folder would hold on a case-insensitive file system."""
+    seen: dict[str, str] = {}
+    for name in names:
+        check_name(name)
+        other = seen.setdefault(name.lower(), name)
+        if other != name:
+            raise InvalidArgumentError(
+                f"array names {other!r} and {name!r} differ only in case: on a file system that "
+                "ignores case (macOS, Windows) their folders would be one; rename one of them"
+            )
+
+
+# --- what the reader can read back ----------------------------------------------------
+# Format knowledge ("which dtypes and shapes a reader opens"): storable and its
+# helpers move to npyseq/format/dtypes.py with the format package.
+
+
+def storable(name: str, dtype: np.dtype, row_shape: tuple[int, ...]) -> tuple[np.dtype, str | None]:
+    """``storage_dtype`` of an array whose rows have ``row_shape`` (a ragged
+    array's element shape), once sure that the reader opens what the writers
+    would write for it; else an error, raised before anything is written.
+
+    The checks replay the reader's: the dtype description must come back
+    from the manifest's JSON as the same dtype, and a shard's ``.npy`` header
+    (for the largest row count a shard can have) must be writable in format
+    1.0 or 2.0 (latin-1 field names) and parse back, within numpy's
+    ``max_header_size``, as the same dtype and shape.
+    """
+    store, logical = storage_dtype(dtype, name)
+    row_shape = tuple(row_shape)
+    if len(row_shape) > MAX_ROW_DIMS:
+        raise InvalidArgumentError(
+            f"array {name!r}: rows of shape {row_shape} have {len(row_shape)} dimensions; npyseq "
+            f"stores rows of at most {MAX_ROW_DIMS} dimensions (its reader refuses more). "
+            "Reshape the rows (e.g. merge axes) before writing them")
+    if store.itemsize * math.prod(row_shape) > MAX_COUNT:
+        raise InvalidArgumentError(
+            f"array {name!r}: one row of shape {row_shape} and dtype {_describe(dtype)} would take "
+            f"{store.itemsize * math.prod(row_shape)} bytes, more than the 2**62 a manifest records")
+    refused = f"array {name!r} has dtype {_describe(dtype)}, which npyseq cannot store so that it reads it back"
+    if _has_titles(store):
+        # The manifest's JSON would hold [title, name] lists where numpy needs
+        # tuples: a reader working from the format's specification would fail.
+        raise UnsupportedDtypeError(
+            f"{refused}: its fields have titles, which npyseq does not store; drop them "
+            "(np.dtype({'names': ..., 'formats': ...}) without 'titles') before writing")
+    try:
+        descr = json.loads(json.dumps(npy_format.dtype_to_descr(store)))
+        same = _parse_dtype(descr, "dtype", "manifest.json") == store
+    except (TypeError, ValueError):  # not JSON, or a ManifestError
+        same = False
+    if not same:
+        raise UnsupportedDtypeError(
+            f"{refused}: its description does not survive manifest.json (JSON) unchanged; "
+            "use plain field names and formats")
+    shape = (MAX_COUNT,) + row_shape
+    try:
+        header = _npy.header_bytes(store, shape)
+    except UnicodeEncodeError as e:
+        raise UnsupportedDtypeError(
+            f"{refused}: a .npy header (format 1.0 and 2.0, which np.load and npyseq read) holds "
+            f"only latin-1 text, and {e.object[e.start:e.end]!r} in its field names is not latin-1; "
+            "rename the fields") from None
+    try:
+        found_shape, fortran, found = _npy.read_header_from(io.BytesIO(header))
+    except ValueError as e:
+        limit = _max_header_size()
+        text = len(header) - (10 if header[6] == 1 else 12)  # magic, version and length come first
+        raise UnsupportedDtypeError(
+            f"{refused}: its shards' .npy header "
+            + (f"would hold {text} characters, more than the {limit} that np.load and npyseq read "
+               "(numpy's max_header_size); use fewer or shorter-named fields, or split the "
+               "struct into several arrays" if text > limit else f"does not parse back ({e})")) from None
+    if found != store or tuple(found_shape) != shape or fortran:
+        raise UnsupportedDtypeError(f"{refused}: its .npy header reads back as dtype {found}")
+    if logical is not None:
+        try:
+            logical_dtype(store, logical)
+        except NpyseqError as e:
+            raise UnsupportedDtypeError(f"{refused}: the reader refuses its logical dtype ({e})") from None
+    return store, logical
+
+
+def _has_titles(dtype: np.dtype) -> bool:
+    """Whether a field of ``dtype`` (or of a struct nested in it) has a title."""
+    if dtype.subdtype is not None:
+        return _has_titles(dtype.subdtype[0])
+    if dtype.fields is None:
+        return False
+    return any(len(spec) > 2 or _has_titles(spec[0]) for spec in dtype.fields.values())
+
+
+def _describe(dtype: np.dtype) -> str:
+    """A dtype as a message names it: in full unless it is a long struct."""
+    text = str(dtype)
+    if len(text) <= 120:
+        return text
+    return f"{text[:80]}... (a struct of {len(dtype.names or ())} fields)"
+
+
+def _max_header_size() -> int:
+    """The longest ``.npy`` header numpy reads by default (10000 in numpy 1.24 to 2.x)."""
+    import inspect
+
+    return inspect.signature(npy_format.read_array_header_1_0).parameters["max_header_size"].default
+
+
+# --- disk full, and writing one file --------------------------------------------------
+
+
+class Cancelled(Exception):
+    """Another shard of the same run failed: stop writing this one."""
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """An ``OSError`` of a full disk (``ENOSPC``) or of a full quota (``EDQUOT``)."""
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(root: str, e: OSError, replaces: str | None,
+                    again: str = "run the same conversion again to finish it") -> DiskFullError:
+    """The one error of a write into ``root`` stopped by a full disk; ``replaces``: the folder
+    whose dataset stays, ``again``: what to do once there is space."""
+    try:
+        free = f"{shutil.disk_usage(root).free} bytes are free"
+    except OSError:
+        free = "the free space is unknown"
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    kept = (f"{replaces} still holds the dataset it had; " if replaces is not None else "")
+    return DiskFullError(
+        f"{root}: the disk is full ({errno.errorcode.get(e.errno, e.errno)}: {e.strerror}){where}; "
+        f"{free}. Nothing was published: no manifest was written and the temporary .partial "
+        f"files were removed; {kept}complete shards were kept. Free some space (or write "
+        f"elsewhere) and {again}."
+    )
+
+
+def write_file(root: str, path: str, header: bytes, data_bytes: int, chunks, reuse: bool,
+               progress, cancel: threading.Event | None = None) -> ShardInfo:
+    """Write ``header`` and the arrays ``chunks()`` yields as the file ``path``; reuse it if equal.
+
+    With ``reuse``, an existing file at ``path`` of the right size whose
+    checksum equals that of the bytes to write is kept (a rerun after an
+    interruption). On any error (or once ``cancel`` is set by a failing
+    sibling) the ``.partial`` file is removed before the error propagates.
+    """
+    final = os.path.join(root, path)
+    nbytes = len(header) + data_bytes
+    if reuse and check_file(root, path) == nbytes:  # a link or folder there is refused
+        expected = xxhash.xxh3_64(header)
+        for chunk in chunks():
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            _npy.hash_array_rows(expected, chunk)
+        if _npy.checksum_string(expected) == _npy.file_checksum(final):
+            if progress is not None:
+                progress.update(data_bytes)  # the bar counts data bytes, headers left out
+            return ShardInfo(path=path, bytes=nbytes, checksum=_npy.checksum_string(expected))
+    partial = final + PARTIAL_SUFFIX
+    h = xxhash.xxh3_64(header)
+    f = create_file(partial, root)  # never through a link; this run's from now on
+    try:
+        with f:
+            f.write(header)
+            for chunk in chunks():
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled()
+                f.write(_npy.hash_array_rows(h, chunk))
+                if progress is not None:
+                    progress.update(chunk.nbytes)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+    _npy.drop_from_cache(final)
+    return ShardInfo(path=path, bytes=nbytes, checksum=_npy.checksum_string(h))
