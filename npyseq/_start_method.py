@@ -70,6 +70,26 @@ def _adapter_module():
     return py_dataset_adapter
 
 
+def _preload_keras(context) -> None:
+    """Have the fork server import npyseq's sequences (and so Keras) before it forks workers.
+
+    Otherwise each worker imports Keras after its fork, at every pool start
+    (every epoch and validation pass): measured 1.6 s per pool on JAX, 2
+    workers on 2 cores. Only while the server has not started (the list is
+    read when it starts); the modules already listed (``__main__`` by
+    default) stay first.
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    modules = getattr(server, "_preload_modules", None)
+    if not isinstance(modules, list) or "npyseq.sequence" in modules:
+        return
+    if getattr(server, "_forkserver_pid", None) is not None:
+        return  # running: too late, and harmless (the workers import it themselves)
+    context.set_forkserver_preload(modules + ["npyseq.sequence"])
+
+
 def install() -> None:
     """Wrap Keras' ``OrderedEnqueuer._get_executor_init`` (idempotent)."""
     module = _adapter_module()
@@ -86,6 +106,8 @@ def install() -> None:
         if method is None:
             return original(self, workers)
         context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            _preload_keras(context)
         uid = self.uid
 
         def pool_fn(seqs):

@@ -633,8 +633,10 @@ def _check_transformed(batch: Any, transform: Callable, index: int, epoch: int) 
         return batch
     hint = (" (a missing `return batch`? A transform that changes the batch in place must still return it)"
             if batch is None else "")
+    found = " ".join(repr(batch)[:100].split())  # one line
+    items = f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else ""
     raise TransformError(
-        f"transform {_callable_name(transform)} returned {batch!r:.100} of type {type(batch).__name__} "
+        f"transform {_callable_name(transform)} returned {found} of type {type(batch).__name__}{items} "
         f"for batch {index} of epoch {epoch}{hint}; it must return the batch: a tuple (x,), (x, y) or "
         "(x, y, sample_weight) of arrays (a list is made a tuple), an array x alone, or a dict of inputs"
     )
