@@ -24,6 +24,10 @@ Shuffle modes (``shuffle=`` of :class:`npyseq.ShardSequence`):
     A full permutation of the rows: every batch is a uniform random sample.
     Reads are random rows (sorted within the batch for locality).
 
+Seeds are ints in ``[0, 2**64)`` and epochs non-negative ints (numpy
+integers too, bools never); anything else is refused with an
+:class:`~npyseq.errors.InvalidArgumentError`, so no two seeds share an order.
+
 In every mode each row is used exactly once per epoch (unless
 ``drop_remainder`` drops up to ``batch_size - 1`` rows, a different set each
 epoch when shuffling), and rows within a shuffled batch come sorted, since
