@@ -77,6 +77,17 @@ def map_npy(path: str, name: str, what: str = "source", npz_hint: str = "") -> n
 _HEADER_LOCK = threading.Lock()
 
 
+def _new_header_lock() -> None:
+    # A child forked while another thread of the parent held the lock (thread
+    # workers of another sequence, an evaluation thread) would otherwise wait
+    # for it forever: the thread that would release it does not exist there.
+    global _HEADER_LOCK
+    _HEADER_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_header_lock)
+
+
 def read_header_from(f) -> tuple[tuple[int, ...], bool, np.dtype]:
     """Read a ``.npy`` header (format 1.0 or 2.0) from an open binary stream."""
     with _HEADER_LOCK:

@@ -28,6 +28,16 @@ What npyseq does, in the main process only, and only while a
   it later, is completed with a :class:`~npyseq.errors.WorkerDiedError`
   naming the process and the signal, and the queue locks the dead worker
   left held are released once no live worker can hold them.
+* The same happens, with a :class:`~npyseq.errors.WorkerError`, when the
+  pool's result thread dies while the pool runs: it unpickles every batch
+  and exception a worker sends, and one it cannot unpickle kills it, after
+  which no result ever arrives. (Exceptions raised in a sequence's
+  ``__getitem__`` are made picklable in the worker, see
+  ``ShardSequence.__getitem__``; what is left is a batch that cannot be
+  rebuilt.)
+* The watchdog's lock is re-created in a forked child
+  (``os.register_at_fork``), so a fork while another thread holds it cannot
+  leave the child waiting for it.
 
 The thread that waits for the batch (the main thread, or tf.data's generator
 thread on TensorFlow) then raises the error, and ``fit`` ends with it.
@@ -50,7 +60,7 @@ from multiprocessing import pool as mp_pool
 from multiprocessing import util as mp_util
 from typing import Any
 
-from npyseq.errors import WorkerDiedError
+from npyseq.errors import NpyseqError, WorkerDiedError, WorkerError
 
 __all__ = ["install", "watch", "unwatch", "prepare_worker", "POLL_SECONDS"]
 
@@ -121,6 +131,10 @@ def install() -> None:
 
 class _Watchdog:
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        """Start afresh: in a new process, or in a forked child (see the end of the module)."""
         self._lock = threading.Lock()
         self._active: weakref.WeakSet = weakref.WeakSet()
         self._thread: threading.Thread | None = None
@@ -128,15 +142,9 @@ class _Watchdog:
         self._seen: dict[int, tuple[Any, dict[int, Any]]] = {}
         # Doomed pools, held until torn down: id(pool) -> _Doomed.
         self._doomed: dict[int, _Doomed] = {}
-        self._pid = os.getpid()
-
-    def _check_process(self) -> None:
-        if self._pid != os.getpid():  # a forked child: nothing of the parent's applies
-            self.__init__()
 
     def watch(self, owner: Any) -> None:
         with self._lock:
-            self._check_process()
             self._active.add(owner)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="npyseq-worker-watchdog",
@@ -149,7 +157,6 @@ class _Watchdog:
 
     def saw_pool(self, pool) -> None:
         with self._lock:
-            self._check_process()
             for key in [k for k, (ref, _) in self._seen.items() if ref() is None]:
                 del self._seen[key]
             self._record(pool)
@@ -186,9 +193,9 @@ class _Watchdog:
             for pool in pools:
                 if id(pool) in self._doomed:
                     continue
-                dead = _find_dead(pool, self._record(pool))
-                if dead is not None:
-                    doomed = self._doomed[id(pool)] = _Doomed(pool, _error(*dead))
+                failure = _find_failure(pool, self._record(pool))
+                if failure is not None:
+                    doomed = self._doomed[id(pool)] = _Doomed(pool, failure)
                     del self._seen[id(pool)]
                     newly_doomed.append(doomed)
             doomed_now = list(self._doomed.items())
@@ -199,6 +206,32 @@ class _Watchdog:
             if doomed.step():
                 with self._lock:
                     self._doomed.pop(key, None)
+
+
+_RESULTS_LOST = (
+    "the thread of Keras' worker pool that receives batches from the worker processes died during fit "
+    "(see the \"Exception in thread\" traceback printed above: it could not unpickle what a worker sent, "
+    "e.g. a batch holding an object whose class cannot be rebuilt in the trainer); Keras would wait "
+    "forever for the batches in flight, so npyseq stopped the epoch. A transform must return NumPy "
+    "arrays (or objects that unpickle in the trainer); thread workers (use_multiprocessing=False) "
+    "pickle nothing."
+)
+
+
+def _find_failure(pool, procs: dict) -> NpyseqError | None:
+    """What broke ``pool``: a worker that died, or its result thread that died; None if nothing."""
+    # The result thread first, then the states: it ends on its own only after
+    # the pool left RUN (close, terminate), so this order never mistakes a
+    # clean end for a death.
+    handler = getattr(pool, "_result_handler", None)
+    handler_died = handler is not None and not handler.is_alive()
+    dead = _find_dead(pool, procs)
+    if dead is not None:
+        return _error(*dead)
+    if (handler_died and getattr(handler, "_state", None) == mp_pool.RUN
+            and getattr(pool, "_state", None) == mp_pool.RUN):
+        return WorkerError(_RESULTS_LOST)
+    return None
 
 
 def _find_dead(pool, procs: dict) -> tuple[int, int] | None:
@@ -222,9 +255,9 @@ def _find_dead(pool, procs: dict) -> tuple[int, int] | None:
 
 
 class _Doomed:
-    """A pool one of whose workers died: fail its results, tear it down without blocking."""
+    """A pool one of whose workers (or its result thread) died: fail its results, tear it down without blocking."""
 
-    def __init__(self, pool, error: WorkerDiedError):
+    def __init__(self, pool, error: NpyseqError):
         self.pool, self.error = pool, error
         self.since = time.monotonic()
         self.terminator: threading.Thread | None = None
@@ -238,10 +271,22 @@ class _Doomed:
         if key is not None and mp_util._finalizer_registry.pop(key, None) is not None:
             callback, args, kwargs = final._callback, final._args, final._kwargs
             final._weakref = final._callback = final._args = final._kwargs = final._key = None
-            self.terminator = threading.Thread(target=callback, args=args, kwargs=kwargs,
+            self.terminator = threading.Thread(target=self._teardown, args=(callback, args, kwargs),
                                                name="npyseq-pool-teardown", daemon=True)
-            self.terminator.start()
         _fail_pending(self.pool, self.error)
+        if self.terminator is not None:
+            self.terminator.start()
+
+    def _teardown(self, callback, args, kwargs) -> None:
+        result_handler = getattr(self.pool, "_result_handler", None)
+        if result_handler is not None and not result_handler.is_alive():
+            # The pool's teardown refuses to run while results are pending
+            # and its result thread is gone (AssertionError): take no more
+            # tasks (apply_async now raises in Keras' feeding thread, after
+            # the failed results in its queue), fail the last ones, then go.
+            self.pool._state = mp_pool.TERMINATE
+            _fail_pending(self.pool, self.error)
+        callback(*args, **kwargs)
 
     def step(self) -> bool:
         """One poll's work; True once there is nothing left to do."""
@@ -258,7 +303,7 @@ class _Doomed:
                         and getattr(self.pool, "_state", None) != mp_pool.RUN)
 
 
-def _fail_pending(pool, error: WorkerDiedError) -> None:
+def _fail_pending(pool, error: NpyseqError) -> None:
     cache = getattr(pool, "_cache", None)
     if not cache:
         return
@@ -299,6 +344,9 @@ def _release_dead_workers_locks(pool) -> None:
 
 
 _WATCHDOG = _Watchdog()
+# A child forked while a thread of the parent held the watchdog's lock must
+# not wait for it; nothing of the parent's pools applies there anyway.
+os.register_at_fork(after_in_child=_WATCHDOG._reset)
 
 
 def watch(owner: Any) -> None:

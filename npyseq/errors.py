@@ -33,6 +33,9 @@ __all__ = [
     "ChecksumMismatchError",
     "UnsupportedDtypeError",
     "WorkerDiedError",
+    "WorkerError",
+    "TransformError",
+    "EmptySequenceError",
     "DiskFullError",
     "WriteFailedError",
     "ForeignFilesError",
@@ -45,6 +48,23 @@ class NpyseqError(Exception):
 
 class InvalidArgumentError(NpyseqError, ValueError):
     """An argument has a value npyseq cannot use (e.g. ``batch_size=0``)."""
+
+
+class EmptySequenceError(InvalidArgumentError):
+    """A sequence (or a view made by ``split``, ``subset``, ``shard``) would have no batch.
+
+    Keras refuses a PyDataset of length 0 with a message that does not say
+    which one; npyseq refuses it when it is made, naming the rows, the batch
+    size and ``drop_remainder``.
+    """
+
+
+class TransformError(NpyseqError, TypeError):
+    """A ``transform`` returned something that is not a batch (e.g. ``None``, a forgotten ``return``).
+
+    Keras skips a ``None`` batch and then waits for it forever; npyseq checks
+    what every transform returns.
+    """
 
 
 class UnsupportedDtypeError(InvalidArgumentError):
@@ -92,6 +112,19 @@ class WorkerDiedError(NpyseqError, RuntimeError):
 
     Keras itself would wait forever for the batches the process held; npyseq
     detects the death and ends ``fit`` with this error instead.
+    """
+
+
+class WorkerError(NpyseqError, RuntimeError):
+    """What went wrong in a Keras worker process could not reach the trainer as itself.
+
+    Raised in the trainer in two cases. An exception raised in a worker
+    (by a ``transform``, say) that does not survive a pickle round trip (an
+    ``__init__`` that takes several arguments) is sent as a WorkerError whose
+    message holds the original type, message and traceback: Keras' pool
+    would otherwise fail to unpickle it and wait forever. And a batch the
+    pool cannot unpickle kills the pool's result thread, which npyseq's
+    watchdog reports with this error.
     """
 
 

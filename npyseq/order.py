@@ -24,6 +24,10 @@ Shuffle modes (``shuffle=`` of :class:`npyseq.ShardSequence`):
     A full permutation of the rows: every batch is a uniform random sample.
     Reads are random rows (sorted within the batch for locality).
 
+Seeds are ints in ``[0, 2**64)`` and epochs non-negative ints (numpy
+integers too, bools never); anything else is refused with an
+:class:`~npyseq.errors.InvalidArgumentError`, so no two seeds share an order.
+
 In every mode each row is used exactly once per epoch (unless
 ``drop_remainder`` drops up to ``batch_size - 1`` rows, a different set each
 epoch when shuffling), and rows within a shuffled batch come sorted, since
@@ -52,17 +56,24 @@ from npyseq.errors import InvalidArgumentError
 
 __all__ = [
     "SHUFFLE_MODES",
+    "SEED_LIMIT",
     "HostShard",
+    "check_seed",
+    "check_epoch",
     "num_batches",
     "batch_indices",
     "permute",
     "unpermute",
+    "split_rows",
     "host_rows",
 ]
 
 SHUFFLE_MODES = (False, "batches", "blocks", "global")
 _ROUNDS = 6
-_MODE_TAGS = {"batches": 1, "blocks": 2, "global": 3, "shift": 4}
+_MODE_TAGS = {"batches": 1, "blocks": 2, "global": 3, "shift": 4, "split": 5}
+# Seeds are 64-bit: every seed in [0, SEED_LIMIT) gives its own orders; seeds
+# outside are refused rather than folded onto one inside.
+SEED_LIMIT = 1 << 64
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _MASK64 = (1 << 64) - 1
@@ -81,6 +92,24 @@ def check_shuffle(shuffle) -> str | bool:
     return shuffle
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """``seed`` as an int, refused unless ``0 <= seed < 2**64`` (an int or numpy integer, not a bool)."""
+    if not _is_int(seed) or not 0 <= seed < SEED_LIMIT:
+        raise InvalidArgumentError(f"{name} must be an int in [0, 2**64), got {seed!r}")
+    return int(seed)
+
+
+def check_epoch(epoch, name: str = "epoch") -> int:
+    """``epoch`` as an int, refused unless it is a non-negative int (or numpy integer, not a bool)."""
+    if not _is_int(epoch) or epoch < 0:
+        raise InvalidArgumentError(f"{name} must be a non-negative int, got {epoch!r}")
+    return int(epoch)
+
+
 def num_batches(rows: int, batch_size: int, drop_remainder: bool = False) -> int:
     """Batches per epoch."""
     if drop_remainder:
@@ -93,7 +122,7 @@ def num_batches(rows: int, batch_size: int, drop_remainder: bool = False) -> int
 
 @functools.lru_cache(maxsize=64)
 def _keys(seed: int, epoch: int, tag: int) -> np.ndarray:
-    return np.random.SeedSequence([int(seed) & (2**64 - 1), int(epoch), tag]).generate_state(
+    return np.random.SeedSequence([int(seed), int(epoch), tag]).generate_state(
         _ROUNDS, dtype=np.uint64
     )
 
@@ -262,6 +291,7 @@ def _walk(x: np.ndarray, n: int, seed: int, epoch: int, tag: int, inverse: bool)
 
 def permute(positions: np.ndarray, n: int, seed: int, epoch: int, tag: int = 3) -> np.ndarray:
     """Image of ``positions`` under the permutation of ``[0, n)`` keyed by ``(seed, epoch)``."""
+    seed, epoch = check_seed(seed), check_epoch(epoch)
     positions = np.asarray(positions, dtype=np.int64)
     if n <= 1 or len(positions) == 0:
         return positions.copy()
@@ -270,10 +300,18 @@ def permute(positions: np.ndarray, n: int, seed: int, epoch: int, tag: int = 3) 
 
 def unpermute(values: np.ndarray, n: int, seed: int, epoch: int, tag: int = 3) -> np.ndarray:
     """Inverse of :func:`permute`: the positions that map to ``values``."""
+    seed, epoch = check_seed(seed), check_epoch(epoch)
     values = np.asarray(values, dtype=np.int64)
     if n <= 1 or len(values) == 0:
         return values.copy()
     return _walk(values, n, int(seed), int(epoch), tag, inverse=True)
+
+
+def split_rows(positions: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Rows at ``positions`` of the permutation of ``[0, n)`` keyed by ``seed`` that
+    ``ShardSequence.split(shuffle_rows=True)`` cuts in two: the construction of
+    ``"global"``, under a key of its own (it does not depend on an epoch)."""
+    return permute(positions, n, seed, 0, _MODE_TAGS["split"])
 
 
 # Permutations of at most this many items (batch orders, block orders of
@@ -338,9 +376,11 @@ def batch_indices(
 ) -> np.ndarray:
     """Row indices (int64, in ``[0, rows)``) of batch ``batch`` of epoch ``epoch``.
 
-    A pure function: the same arguments always give the same rows.
+    A pure function: the same arguments always give the same rows. ``seed``
+    is an int in ``[0, 2**64)``, ``epoch`` a non-negative int.
     """
     shuffle = check_shuffle(shuffle)
+    seed, epoch = check_seed(seed), check_epoch(epoch)
     count = _check(rows, batch_size, batch, drop_remainder)
     batch = int(batch)
     if shuffle is False:

@@ -62,7 +62,9 @@ class RaggedSequence(ShardSequence):
             row is still used once per epoch, in an order that depends on
             ``(seed, epoch)`` only. With ``shuffle=False`` the batches come
             sorted by length within each pool, so ``predict`` outputs are
-            not in dataset order.
+            not in dataset order. The validation part of ``split`` keeps
+            bucketing (with ``shuffle=False``): ``evaluate`` pads less,
+            ``predict`` returns rows in ``batch_rows`` order.
         bucket_pool: batches per pool. Larger pools pad less and mix less;
             computing a pool costs ``O(batch_size * bucket_pool)`` in the
             process that serves its first batch.
@@ -129,7 +131,7 @@ class RaggedSequence(ShardSequence):
         bucket: bool = False,
         bucket_pool: int = bucketing.DEFAULT_BUCKET_POOL,
         bucket_by: str | None = None,
-        _rows: tuple[int, int] | None = None,
+        start_method: str | None = None,
     ):
         for name, side in (("padding", padding), ("truncating", truncating)):
             if side not in _SIDES:
@@ -149,17 +151,12 @@ class RaggedSequence(ShardSequence):
             dataset, x, y, sample_weight, batch_size=batch_size, shuffle=shuffle, seed=seed,
             block_size=block_size, drop_remainder=drop_remainder, transform=transform, dtype=dtype,
             workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size,
-            _rows=_rows,
+            start_method=start_method,
         )
         ragged = [a for a in self._leaves() if a.ragged]
         self._pad_values = _resolve_pad_values(pad_value, ragged)
         self._bucket_key = self._resolve_bucket_by(bucket_by, ragged) if bucket else None
         self._check_extras()
-        self._options.update(
-            padding=padding, truncating=truncating, pad_value=pad_value, max_length=max_length,
-            pad_to_multiple=pad_to_multiple, return_mask=return_mask, return_lengths=return_lengths,
-            bucket=bucket, bucket_pool=bucket_pool, bucket_by=bucket_by,
-        )
 
     # -- structure of a batch
 
@@ -228,8 +225,8 @@ class RaggedSequence(ShardSequence):
         options = dict(bucket_pool=self.bucket_pool, shuffle=self.shuffle, seed=self.seed, epoch=epoch,
                        drop_remainder=self.drop_remainder)
         pool, slot = bucketing.locate(*args, index, **options)
-        ordered = _sorted_pool(self._bucket_key, self._start, *args, pool, block_size=self.block_size, **options)
-        return np.sort(ordered[slot * self.batch_size:(slot + 1) * self.batch_size]) + self._start
+        ordered = _sorted_pool(self._bucket_key, self._rows, *args, pool, block_size=self.block_size, **options)
+        return np.sort(ordered[slot * self.batch_size:(slot + 1) * self.batch_size])
 
     def _batch(self, rows: np.ndarray) -> tuple:
         batch = super()._batch(rows)
@@ -278,7 +275,7 @@ class RaggedSequence(ShardSequence):
 
     def __repr__(self) -> str:
         bucket = f" bucket_pool={self.bucket_pool} bucket_by={self._bucket_key.name!r}" if self.bucket else ""
-        return (f"<npyseq.RaggedSequence rows [{self._start}, {self._stop}) of {self.dataset.path!r} "
+        return (f"<npyseq.RaggedSequence {self._rows.describe()} of {self.dataset.path!r} "
                 f"batch_size={self.batch_size} shuffle={self.shuffle!r} seed={self.seed} "
                 f"epoch={self.epoch} batches={self.num_batches}{bucket}>")
 
@@ -286,13 +283,14 @@ class RaggedSequence(ShardSequence):
 # Pools of the last few batches asked for; a pool serves bucket_pool batches,
 # which come one after another unless fit(shuffle=True) reorders them.
 @functools.lru_cache(maxsize=8)
-def _sorted_pool(key: RaggedArray, start: int, rows: int, batch_size: int, pool: int, *,
+def _sorted_pool(key: RaggedArray, selection, rows: int, batch_size: int, pool: int, *,
                  bucket_pool: int, shuffle: Any, seed: int, epoch: int, block_size: int | None,
                  drop_remainder: bool) -> np.ndarray:
-    """Rows of ``pool`` (relative to ``start``), stable-sorted by their lengths in ``key``."""
+    """Dataset rows of ``pool`` (positions of ``selection``), stable-sorted by their lengths in ``key``."""
     members = bucketing.pool_rows(rows, batch_size, pool, bucket_pool=bucket_pool, shuffle=shuffle, seed=seed,
                                   epoch=epoch, block_size=block_size, drop_remainder=drop_remainder)
-    return bucketing.sort_by_length(members, key.lengths(members + start))
+    members = selection.rows(members)
+    return bucketing.sort_by_length(members, key.lengths(members))
 
 
 def _resolve_pad_values(pad_value: Any, ragged: list) -> dict[str, Any]:

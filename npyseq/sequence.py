@@ -9,16 +9,19 @@ and process workers on the TensorFlow, JAX and torch backends.
 from __future__ import annotations
 
 import bisect
+import copy
+import dataclasses
 import os
 import pickle
+import traceback
 from typing import Any, Callable, Mapping
 
 import keras
 import numpy as np
 
-from npyseq import _watchdog, order
+from npyseq import _start_method, _watchdog, order
 from npyseq._pool import BufferPool
-from npyseq.errors import InvalidArgumentError
+from npyseq.errors import EmptySequenceError, InvalidArgumentError, NpyseqError, TransformError, WorkerError
 from npyseq.ragged import RaggedArray
 from npyseq.reader import Dataset, ShardedArray, open_shards
 
@@ -32,6 +35,93 @@ def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
     return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """The settings of a sequence that its views may change (:meth:`ShardSequence.with_options`).
+
+    Checked and normalized when made, so a sequence never holds a bad one;
+    ``seq.batch_size = 64`` replaces the whole object, and views made after
+    that use it.
+    """
+
+    batch_size: int = 32
+    shuffle: bool | str = False
+    seed: int = 0
+    block_size: int | None = None
+    drop_remainder: bool = False
+    transform: Callable | None = None
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        put("batch_size", _positive_int(self.batch_size, "batch_size"))
+        put("shuffle", order.check_shuffle(self.shuffle))
+        put("seed", order.check_seed(self.seed))
+        put("block_size", None if self.block_size is None else _positive_int(self.block_size, "block_size"))
+        put("drop_remainder", bool(self.drop_remainder))
+        if self.transform is not None and not callable(self.transform):
+            raise InvalidArgumentError(f"transform must be callable, got {self.transform!r:.80}")
+
+
+_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(_Options))
+
+
+def _option(name: str) -> property:
+    def get(self):
+        return getattr(self._options, name)
+
+    def set(self, value):
+        self._options = self._checked_options(dataclasses.replace(self._options, **{name: value}),
+                                              self._rows, f"setting {name}={value!r:.80}")
+
+    return property(get, set, doc=f"The sequence's ``{name}`` (checked when set; later views use it).")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rows:
+    """Which dataset rows a sequence reads, in its own order.
+
+    Position ``i`` (``0 <= i < count``) is position ``offset + i`` of the
+    parent's order, first put through the keyed permutation of the
+    parent's rows that :meth:`ShardSequence.split` draws when ``permuted``
+    holds its ``(rows, seed)``. The parent is the dataset itself (position
+    = row) when ``parent`` is None. Nothing here grows with the data.
+    """
+
+    offset: int
+    count: int
+    permuted: tuple[int, int] | None = None
+    parent: "_Rows | None" = None
+
+    @property
+    def span(self) -> tuple[int, int] | None:
+        """``(start, stop)`` when the rows are one range of the dataset, in dataset order."""
+        if self.permuted is None and self.parent is None:
+            return self.offset, self.offset + self.count
+        return None
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """The dataset rows at ``positions`` (int64, in ``[0, count)``), in the same order."""
+        p = positions + self.offset if self.offset else positions
+        if self.permuted is not None:
+            p = order.split_rows(p, *self.permuted)
+        return p if self.parent is None else self.parent.rows(p)
+
+    def part(self, start: int, stop: int) -> "_Rows":
+        """Positions ``[start, stop)`` of this selection."""
+        return dataclasses.replace(self, offset=self.offset + start, count=stop - start)
+
+    def shuffled(self, seed: int) -> "_Rows":
+        """All rows of this selection, in the order of the split permutation keyed by ``seed``."""
+        return _Rows(0, self.count, (self.count, seed), self)
+
+    def describe(self) -> str:
+        if self.span is not None:
+            return f"rows [{self.span[0]}, {self.span[1]})"
+        return f"{self.count} rows drawn by split(shuffle_rows=True)"
 
 
 class ShardSequence(keras.utils.PyDataset):
@@ -74,20 +164,43 @@ class ShardSequence(keras.utils.PyDataset):
             Python ``transform``. ``max_queue_size`` defaults to 4 (Keras:
             10): batches waiting in the queue are memory, and a deeper queue
             measured no faster with 2 threads or 2 processes.
+        start_method: how the worker processes start (``use_multiprocessing``):
+            ``"fork"``, ``"spawn"`` or ``"forkserver"``. ``None`` (the default)
+            is Keras' choice, the platform's default start method, except on
+            the JAX backend, where a forked worker can deadlock (JAX warns
+            "os.fork() was called ... will likely lead to a deadlock"):
+            there npyseq starts the workers with ``"forkserver"`` instead of
+            ``"fork"``. The script then needs its ``if __name__ ==
+            "__main__":`` guard, as on macOS and Windows; in an interactive
+            session (no ``__main__`` file) npyseq keeps ``"fork"``.
+
+    ``seed`` is an int in ``[0, 2**64)``; ``batch_size``, ``shuffle``,
+    ``seed``, ``block_size``, ``drop_remainder`` and ``transform`` may be
+    set on the sequence later (each is checked), and views made afterwards
+    take the new value. A sequence without a single batch is refused
+    (:class:`~npyseq.EmptySequenceError`).
 
     Example:
 
     >>> ds = npyseq.open_shards("data/train")
     >>> seq = npyseq.ShardSequence(ds, x="x", y="y", batch_size=256,
     ...                            shuffle="global", seed=0, workers=2)
-    >>> train, val = seq.split(0.9)
+    >>> train, val = seq.split(0.9)          # val: in order, whole, untransformed
     >>> model.fit(train, validation_data=val, epochs=5)
 
-    ``seq.epoch`` is the epoch whose order the next batches follow. It
-    advances at the end of each epoch ``fit`` runs; to resume a training at
-    epoch ``k`` with the order an uninterrupted run would have had, set
-    ``seq.epoch = k`` and call ``model.fit(seq, initial_epoch=k, ...)``.
+    ``seq.epoch`` (a non-negative int) is the epoch whose order the next
+    batches follow. It advances at the end of each epoch ``fit`` runs; to
+    resume a training at epoch ``k`` with the order an uninterrupted run
+    would have had, set ``seq.epoch = k`` and call
+    ``model.fit(seq, initial_epoch=k, ...)``.
     """
+
+    batch_size = _option("batch_size")
+    shuffle = _option("shuffle")
+    seed = _option("seed")
+    block_size = _option("block_size")
+    drop_remainder = _option("drop_remainder")
+    transform = _option("transform")
 
     def __init__(
         self,
@@ -106,13 +219,14 @@ class ShardSequence(keras.utils.PyDataset):
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 4,
-        _rows: tuple[int, int] | None = None,
+        start_method: str | None = None,
     ):
         if not isinstance(workers, (int, np.integer)) or isinstance(workers, bool) or workers < 0:
             raise InvalidArgumentError(f"workers must be a non-negative int, got {workers!r}")
         _positive_int(max_queue_size, "max_queue_size")
         super().__init__(workers=int(workers), use_multiprocessing=bool(use_multiprocessing),
                          max_queue_size=int(max_queue_size))
+        self.start_method = start_method
         if not isinstance(dataset, Dataset):
             if isinstance(dataset, (str, os.PathLike)):
                 dataset = open_shards(dataset)
@@ -121,13 +235,7 @@ class ShardSequence(keras.utils.PyDataset):
                     f"dataset must be an npyseq.Dataset or a dataset folder path, got {type(dataset).__name__}"
                 )
         self.dataset = dataset
-        self.batch_size = _positive_int(batch_size, "batch_size")
-        self.shuffle = order.check_shuffle(shuffle)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise InvalidArgumentError(f"seed must be an int, got {seed!r}")
-        self.seed = int(seed)
-        self.block_size = None if block_size is None else _positive_int(block_size, "block_size")
-        self.drop_remainder = bool(drop_remainder)
+        options = _Options(batch_size, shuffle, seed, block_size, drop_remainder, transform)
         if x is None:
             raise InvalidArgumentError("x must name at least one array of the dataset, got None")
         self._x = self._resolve(x, "x")
@@ -138,9 +246,30 @@ class ShardSequence(keras.utils.PyDataset):
         self._check_arrays()
         self._check_lengths()
         self._dtypes = self._resolve_dtypes(dtype)
-        if transform is not None and not callable(transform):
-            raise InvalidArgumentError(f"transform must be callable, got {transform!r:.80}")
-        if transform is not None and use_multiprocessing and workers > 0:
+        rows = _Rows(0, len(self._first_leaf()))
+        self._options = self._checked_options(options, rows, type(self).__name__)
+        self._rows = rows
+        self._reset_state()
+        if self.use_multiprocessing and self.workers > 0:
+            # Before Keras makes its enqueuer and pool (the pool may start
+            # before on_epoch_begin): the watchdog notes each pool's workers,
+            # and the pool of a sequence starts with its start method.
+            _watchdog.install()
+            _start_method.install()
+
+    def _reset_state(self) -> None:
+        """The state of a new sequence (or view): epoch 0, this process, its own buffers."""
+        self._epoch = 0
+        self._in_epoch = False
+        self._pid = os.getpid()
+        self._in_worker = False
+        # Batch buffers are reused once Keras has let go of them (see _pool.py).
+        self._pool = BufferPool()
+
+    def _checked_options(self, options: _Options, rows: _Rows, what: str) -> _Options:
+        """``options`` if this sequence can use them over ``rows``; else an npyseq error naming ``what``."""
+        transform = options.transform
+        if transform is not None and self.use_multiprocessing and self.workers > 0:
             try:
                 pickle.dumps(transform)
             except Exception as e:
@@ -150,25 +279,37 @@ class ShardSequence(keras.utils.PyDataset):
                     "module-level function (or a functools.partial of one), or use threads "
                     "(use_multiprocessing=False)."
                 ) from None
-        self.transform = transform
-        total = len(self._first_leaf())
-        start, stop = (0, total) if _rows is None else _rows
-        if not 0 <= start <= stop <= total:
-            raise InvalidArgumentError(f"row range [{start}, {stop}) is outside [0, {total})")
-        self._start, self._stop = int(start), int(stop)
-        self._options = dict(
-            x=x, y=y, sample_weight=sample_weight, batch_size=batch_size, shuffle=shuffle,
-            seed=seed, block_size=block_size, drop_remainder=drop_remainder,
-            transform=transform, dtype=dtype, workers=workers,
-            use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size,
-        )
-        self.epoch = 0
-        self._in_epoch = False
-        self._pid = os.getpid()
-        if self.use_multiprocessing and self.workers > 0:
-            _watchdog.install()  # before Keras starts a pool (it may start before on_epoch_begin)
-        # Batch buffers are reused once Keras has let go of them (see _pool.py).
-        self._pool = BufferPool()
+        if order.num_batches(rows.count, options.batch_size, options.drop_remainder) == 0:
+            fix = (f"use batch_size <= {rows.count} or drop_remainder=False" if rows.count
+                   else "give it at least one row")
+            raise EmptySequenceError(
+                f"{what}: the sequence would have no batch: {rows.count} rows ({rows.describe()} of the "
+                f"dataset at {self.dataset.path}), batch_size={options.batch_size}, "
+                f"drop_remainder={options.drop_remainder}; Keras refuses a dataset of length 0: {fix}"
+            )
+        return options
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose order the next batches follow (a non-negative int)."""
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch = order.check_epoch(value)
+
+    @property
+    def start_method(self) -> str | None:
+        """How worker processes start (``None``: Keras' choice, but not fork on JAX; see the class)."""
+        return self._start_method
+
+    @start_method.setter
+    def start_method(self, value: str | None) -> None:
+        self._start_method = _start_method.check(value)
+
+    def _worker_start_method(self) -> str | None:
+        """The start method for this sequence's next pool (None: leave it to Keras)."""
+        return _start_method.choose(self._start_method, keras.backend.backend())
 
     # -- structure of a batch
 
@@ -244,7 +385,7 @@ class ShardSequence(keras.utils.PyDataset):
     @property
     def num_rows(self) -> int:
         """Rows this sequence covers (after ``split``/``subset``/``shard``)."""
-        return self._stop - self._start
+        return self._rows.count
 
     @property
     def num_batches(self) -> int:
@@ -254,25 +395,53 @@ class ShardSequence(keras.utils.PyDataset):
         return self.num_batches
 
     def batch_rows(self, index: int, epoch: int | None = None) -> np.ndarray:
-        """Dataset row indices of batch ``index`` of ``epoch`` (default: the current epoch)."""
-        rows = order.batch_indices(
-            self.num_rows, self.batch_size, index, shuffle=self.shuffle, seed=self.seed,
-            epoch=self.epoch if epoch is None else epoch, block_size=self.block_size,
-            drop_remainder=self.drop_remainder,
+        """Dataset row indices of batch ``index`` of ``epoch`` (default: the current epoch).
+
+        Ascending within a batch, except in dataset order (``shuffle=False``)
+        over a contiguous range, where they are consecutive anyway.
+        """
+        o = self._options
+        positions = order.batch_indices(
+            self.num_rows, o.batch_size, index, shuffle=o.shuffle, seed=o.seed,
+            epoch=self._epoch if epoch is None else epoch, block_size=o.block_size,
+            drop_remainder=o.drop_remainder,
         )
-        return rows + self._start if self._start else rows
+        return self._dataset_rows(positions)
+
+    def _dataset_rows(self, positions: np.ndarray) -> np.ndarray:
+        """The dataset rows of this sequence's ``positions``, sorted when they are not one range."""
+        span = self._rows.span
+        if span is not None:
+            return positions + span[0] if span[0] else positions
+        rows = self._rows.rows(positions)
+        rows.sort()  # order within a batch does not matter to SGD; sorted reads are faster
+        return rows
 
     def __getitem__(self, index: int):
         if self._pid != os.getpid():  # first batch in a worker process of Keras' pool
             _watchdog.prepare_worker()
             self._pid = os.getpid()
+            self._in_worker = True
+        if not self._in_worker:
+            return self._get(index)
+        try:
+            return self._get(index)
+        except Exception as e:
+            sent = _sendable(e, f"reading batch {index!r} of {self!r}")
+            if sent is e:
+                raise
+            raise sent from None
+
+    def _get(self, index: int):
         if isinstance(index, (int, np.integer)) and not isinstance(index, bool) and index < 0:
             index += self.num_batches
-        epoch = self.epoch
+        epoch = self._epoch
+        options = self._options
         batch = self._batch(self.batch_rows(index, epoch))
-        if self.transform is not None:
-            seq = np.random.SeedSequence([self.seed & (2**64 - 1), epoch, int(index), _RNG_TAG])
-            batch = self.transform(batch, np.random.default_rng(seq))
+        if options.transform is not None:
+            seq = np.random.SeedSequence([options.seed, epoch, int(index), _RNG_TAG])
+            batch = _check_transformed(options.transform(batch, np.random.default_rng(seq)),
+                                       options.transform, index, epoch)
         return batch
 
     def _batch(self, rows: np.ndarray) -> tuple:
@@ -328,6 +497,7 @@ class ShardSequence(keras.utils.PyDataset):
         if self.use_multiprocessing and self.workers > 0:
             # Keras waits forever for a batch of a worker process that died;
             # the watchdog turns that into a WorkerDiedError (see _watchdog).
+            _start_method.install()
             _watchdog.watch(self)
 
     def on_epoch_end(self) -> None:
@@ -335,25 +505,54 @@ class ShardSequence(keras.utils.PyDataset):
         # Keras also calls on_epoch_end before the first epoch (and twice per
         # validation pass); only the end of an epoch that began advances it.
         if self._in_epoch:
-            self.epoch += 1
+            self._epoch += 1
             self._in_epoch = False
 
-    # -- views over row ranges
+    # -- views: other rows, or other settings, of the same data (no copy)
 
     def subset(self, start: int, stop: int) -> "ShardSequence":
-        """A sequence over rows ``[start, stop)`` of this one (no copy)."""
+        """A sequence over positions ``[start, stop)`` of this one, with its settings (no copy)."""
         n = self.num_rows
         for name, v in (("start", start), ("stop", stop)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise InvalidArgumentError(f"{name} must be an int, got {v!r}")
         if not 0 <= start <= stop <= n:
             raise InvalidArgumentError(f"subset needs 0 <= start <= stop <= {n}, got start={start}, stop={stop}")
-        return self._with_rows(self._start + int(start), self._start + int(stop))
+        return self._view(self._rows.part(int(start), int(stop)), f"subset({start}, {stop})")
 
-    def split(self, fraction_or_rows: float | int) -> tuple["ShardSequence", "ShardSequence"]:
-        """Two sequences over disjoint row ranges: the first ``fraction`` (or ``rows``) and the rest.
+    def split(self, fraction_or_rows: float | int, *, shuffle_rows: bool = False,
+              seed: int = 0) -> tuple["ShardSequence", "ShardSequence"]:
+        """Training and validation parts: disjoint, together every row of this sequence (no copy).
 
-        >>> train, val = seq.split(0.9)   # or seq.split(90_000)
+        The first part takes ``fraction`` of the rows (or ``rows`` rows) and
+        this sequence's settings. The second part is for validation, as
+        Keras' ``validation_split`` does it: its rows in order, whole and
+        untransformed (``shuffle=False``, ``drop_remainder=False``,
+        ``transform=None``), so ``evaluate`` and ``predict`` see every row
+        once, as stored. To change that, make a view of it:
+        ``val.with_options(transform=center_crop)``.
+
+        ``shuffle_rows=False`` (the default) cuts the rows where they stand:
+        the first rows, then the last ones. Use it when the rows are in no
+        particular order (or when the last rows are the right hold-out, as
+        the latest of a time series); the validation part then reads
+        contiguous rows, the cheapest reads there are.
+
+        ``shuffle_rows=True`` draws each part at random: a keyed permutation
+        of the rows (the construction ``shuffle="global"`` uses, keyed by
+        ``seed`` alone) is cut in two. Use it when the rows are sorted (by
+        class, by source, by date) and both parts must be a sample of all
+        of them. Nothing is copied or stored; reads become random rows, as
+        under ``shuffle="global"``, and every shuffle mode works on either
+        part (``"batches"`` and ``"blocks"`` then shuffle positions of the
+        part, which are random rows already). The split depends on the
+        number of rows and ``seed`` only, not on the sequence's own
+        ``seed``, so runs that train with other seeds validate on the same
+        rows. ``predict`` on such a part returns its rows in the order of
+        ``val.batch_rows(0), val.batch_rows(1), ...``.
+
+        >>> train, val = seq.split(0.9)                     # or seq.split(90_000)
+        >>> train, val = seq.split(0.9, shuffle_rows=True)  # data sorted by class
         """
         n = self.num_rows
         v = fraction_or_rows
@@ -365,25 +564,112 @@ class ShardSequence(keras.utils.PyDataset):
             raise InvalidArgumentError(
                 f"split takes a fraction in (0, 1) or a row count in [0, {n}], got {fraction_or_rows!r}"
             )
-        return self.subset(0, k), self.subset(k, n)
+        if not isinstance(shuffle_rows, (bool, np.bool_)):
+            raise InvalidArgumentError(f"shuffle_rows must be True or False, got {shuffle_rows!r}")
+        rows = self._rows.shuffled(order.check_seed(seed)) if shuffle_rows else self._rows
+        what = f"split({fraction_or_rows!r}) of {n} rows"
+        train = self._view(rows.part(0, k), f"{what}, first part")
+        val = self._view(rows.part(k, n), f"{what}, second part", shuffle=False, drop_remainder=False,
+                         transform=None)
+        return train, val
 
     def shard(self, num_shards: int, index: int) -> "ShardSequence":
-        """Rows of host ``index`` of ``num_shards`` hosts: disjoint, equal sizes.
+        """Rows of host ``index`` of ``num_shards`` hosts: disjoint, equal sizes, this sequence's settings.
 
         Each host gets ``num_rows // num_shards`` contiguous rows, so every
         host runs the same number of batches; the last ``num_rows % num_shards``
         rows are left out.
         """
         start, stop = order.host_rows(self.num_rows, order.HostShard(num_shards, index))
-        return self.subset(start, stop)
+        return self._view(self._rows.part(start, stop), f"shard({num_shards}, {index})")
 
-    def _with_rows(self, start: int, stop: int) -> "ShardSequence":
-        return type(self)(self.dataset, _rows=(start, stop), **self._options)
+    def with_options(self, **changes: Any) -> "ShardSequence":
+        """A view of the same rows with some settings changed (no copy).
+
+        Takes ``batch_size``, ``shuffle``, ``seed``, ``block_size``,
+        ``drop_remainder`` and ``transform``, checked as the constructor
+        checks them; the rest comes from this sequence as it is now. The
+        view starts at epoch 0.
+
+        >>> train, val = seq.split(0.9)
+        >>> val = val.with_options(batch_size=1024)   # bigger batches for evaluation
+        """
+        unknown = sorted(set(changes) - set(_OPTION_NAMES))
+        if unknown:
+            raise InvalidArgumentError(f"with_options takes {list(_OPTION_NAMES)}, got {unknown}")
+        return self._view(self._rows, f"with_options({', '.join(sorted(changes))})", **changes)
+
+    def _view(self, rows: _Rows, what: str, **changes: Any) -> "ShardSequence":
+        """A copy of this sequence over ``rows``, with ``changes`` to its options, at epoch 0."""
+        options = dataclasses.replace(self._options, **changes) if changes else self._options
+        options = self._checked_options(options, rows, what)
+        view = copy.copy(self)
+        view._rows, view._options = rows, options
+        view._reset_state()
+        return view
 
     def __repr__(self) -> str:
-        return (f"<npyseq.ShardSequence rows [{self._start}, {self._stop}) of {self.dataset.path!r} "
+        return (f"<npyseq.ShardSequence {self._rows.describe()} of {self.dataset.path!r} "
                 f"batch_size={self.batch_size} shuffle={self.shuffle!r} seed={self.seed} "
                 f"epoch={self.epoch} batches={self.num_batches}>")
+
+
+def _callable_name(fn: Any) -> str:
+    """``module.qualname`` of a function, a ``functools.partial`` of one, or a callable object."""
+    inner = getattr(fn, "func", fn)  # functools.partial
+    if not hasattr(inner, "__qualname__"):
+        inner = type(inner)
+    return f"{getattr(inner, '__module__', '?')}.{inner.__qualname__}"
+
+
+def _check_transformed(batch: Any, transform: Callable, index: int, epoch: int) -> Any:
+    """``batch`` if Keras can take it as a batch, else a TransformError naming ``transform``.
+
+    Keras takes ``(x,)``, ``(x, y)``, ``(x, y, sample_weight)`` (a list is made
+    a tuple), an array alone or a dict of inputs; and it skips a ``None``
+    batch, then waits for it forever.
+    """
+    if isinstance(batch, (dict, np.ndarray)) or (isinstance(batch, (tuple, list)) and 1 <= len(batch) <= 3):
+        return batch
+    hint = (" (a missing `return batch`? A transform that changes the batch in place must still return it)"
+            if batch is None else "")
+    found = " ".join(repr(batch)[:100].split())  # one line
+    items = f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else ""
+    raise TransformError(
+        f"transform {_callable_name(transform)} returned {found} of type {type(batch).__name__}{items} "
+        f"for batch {index} of epoch {epoch}{hint}; it must return the batch: a tuple (x,), (x, y) or "
+        "(x, y, sample_weight) of arrays (a list is made a tuple), an array x alone, or a dict of inputs"
+    )
+
+
+def _sendable(error: Exception, where: str) -> Exception:
+    """``error`` if it reaches the trainer intact from a worker process, else a WorkerError telling it.
+
+    Keras' process pool pickles an exception raised in a worker and its
+    result thread unpickles it; an exception that cannot make that trip (an
+    ``__init__`` with several arguments, an unpicklable attribute) kills
+    that thread or is replaced by an unhelpful MaybeEncodingError. So it is
+    tried here first, on the worker's own exception object (no outside
+    data), and only an exception that fails the trip is wrapped: anything
+    else keeps its type, as Keras would report it.
+    """
+    if isinstance(error, NpyseqError):
+        return error  # one message and nothing else: always survives
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception as e:
+        problem = f"{type(e).__name__}: {e}"
+    kind = type(error)
+    text = "".join(traceback.format_exception(kind, error, error.__traceback__)).rstrip()
+    return WorkerError(
+        f"{kind.__module__}.{kind.__qualname__}: {error}\n"
+        f"(raised in a Keras worker process, pid {os.getpid()}, {where}; that exception cannot be sent "
+        f"to the trainer as itself ({problem}), so npyseq sent it as this WorkerError. To get "
+        f"{kind.__qualname__} itself, give it an __init__ that takes the message alone, or use "
+        "thread workers.)\n"
+        f"Traceback in the worker:\n{text}"
+    )
 
 
 def _key(array: ShardedArray) -> tuple[str, str]:

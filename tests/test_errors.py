@@ -308,7 +308,7 @@ ERROR_CLASSES = [getattr(errors, name) for name in errors.__all__]
 
 
 def test_every_error_is_exported_and_an_npyseq_error():
-    assert len(ERROR_CLASSES) == 16  # + WriteFailedError, ForeignFilesError
+    assert len(ERROR_CLASSES) == 19  # + WriteFailedError, ForeignFilesError, EmptySequenceError, TransformError, WorkerError
     for cls in ERROR_CLASSES:
         assert issubclass(cls, NpyseqError)
         assert getattr(npyseq, cls.__name__) is cls
@@ -326,6 +326,9 @@ def test_every_error_is_exported_and_an_npyseq_error():
     (errors.CorruptShardError, (errors.ShardError,)),
     (errors.ChecksumMismatchError, (errors.ShardError,)),
     (errors.WorkerDiedError, (RuntimeError,)),
+    (errors.WorkerError, (RuntimeError,)),
+    (errors.TransformError, (TypeError,)),
+    (errors.EmptySequenceError, (errors.InvalidArgumentError, ValueError)),
     (errors.DiskFullError, (OSError,)),
 ])
 def test_error_hierarchy(cls, bases):

@@ -190,12 +190,14 @@ def test_bucket_by_another_array_and_views_keep_every_option(ds):
     vlen = np.array([len(v) for v in src["vectors"]])
     train, val = seq.split(0.75)
     assert (train.num_rows, val.num_rows) == (152, 51)
-    for part, start in ((train, 0), (val, 152)):
+    # The validation part of split reads in order (shuffle=False), still bucketed.
+    for part, start, shuffle in ((train, 0, "global"), (val, 152, False)):
         assert (part.max_length, part.padding, part.bucket_pool, part.bucket) == (9, "pre", 4, True)
+        assert part.shuffle == shuffle
         ids = [part[i][1] for i in range(len(part))]
         assert np.array_equal(np.sort(np.concatenate(ids)), np.arange(start, start + part.num_rows))
         expected = [bucketing.batch_indices(part.num_rows, 8, i, vlen[start:start + part.num_rows],
-                                            bucket_pool=4, shuffle="global") + start for i in range(len(part))]
+                                            bucket_pool=4, shuffle=shuffle) + start for i in range(len(part))]
         assert all(np.array_equal(a, b) for a, b in zip(ids, expected))
     host = seq.shard(2, 1)
     assert np.array_equal(np.sort(np.concatenate([host[i][1] for i in range(len(host))])), np.arange(101, 202))
