@@ -34,6 +34,7 @@ __all__ = [
     "UnsupportedDtypeError",
     "WorkerDiedError",
     "DiskFullError",
+    "TooManyOpenFilesError",
 ]
 
 
@@ -98,4 +99,13 @@ class DiskFullError(NpyseqError, OSError):
 
     Nothing was published: no manifest points at the partial data, and the
     temporary ``.partial`` files were removed.
+    """
+
+
+class TooManyOpenFilesError(NpyseqError, OSError):
+    """The process ran out of file descriptors (``EMFILE``, or ``ENFILE`` system-wide).
+
+    Each open shard holds one descriptor (up to ``max_open`` per dataset); the
+    message gives the limit and what to do: close or drop unused datasets,
+    lower ``max_open``, or raise the limit (``ulimit -n``).
     """

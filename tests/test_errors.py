@@ -308,7 +308,7 @@ ERROR_CLASSES = [getattr(errors, name) for name in errors.__all__]
 
 
 def test_every_error_is_exported_and_an_npyseq_error():
-    assert len(ERROR_CLASSES) == 14
+    assert len(ERROR_CLASSES) == 15
     for cls in ERROR_CLASSES:
         assert issubclass(cls, NpyseqError)
         assert getattr(npyseq, cls.__name__) is cls
@@ -327,6 +327,7 @@ def test_every_error_is_exported_and_an_npyseq_error():
     (errors.ChecksumMismatchError, (errors.ShardError,)),
     (errors.WorkerDiedError, (RuntimeError,)),
     (errors.DiskFullError, (OSError,)),
+    (errors.TooManyOpenFilesError, (OSError,)),
 ])
 def test_error_hierarchy(cls, bases):
     for base in bases:
