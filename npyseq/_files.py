@@ -155,12 +155,22 @@ class Folder:
         via = f" (through a symbolic link to {self.resolve(relative)})" if link else ""
         raise error(f"{path}: is {file_kind(mode)}{via}, not a regular file; {what}")
 
-    def resolve(self, relative: str) -> str:
-        """Where ``relative`` leads, symbolic links resolved, without opening it."""
-        base = f"/proc/self/fd/{self.fd}"
-        if os.path.isdir(base):
-            return os.path.realpath(os.path.join(base, relative))
-        return os.path.realpath(os.path.join(self.root, relative))
+    def resolve(self, relative: str) -> str | None:
+        """Where ``relative`` leads if a symbolic link is on the way, without opening it;
+        None if there is none (one ``lstat`` per component): a plain relative
+        path of the manifest then stays inside the folder."""
+        parts = relative.split("/")
+        for i in range(1, len(parts) + 1):
+            try:
+                mode = os.lstat("/".join(parts[:i]), dir_fd=self.fd).st_mode
+            except OSError:  # missing (the open will say so) or unreachable
+                return None
+            if stat.S_ISLNK(mode):
+                base = f"/proc/self/fd/{self.fd}"
+                if not os.path.isdir(base):  # no /proc: resolve the path instead
+                    base = self.root
+                return os.path.realpath(os.path.join(base, relative))
+        return None
 
     def replaced(self) -> bool:
         """Whether the path now names another folder than the one pinned."""

@@ -216,7 +216,10 @@ class Dataset:
         return self.manifest.rows
 
     def __getitem__(self, name: str) -> "ShardedArray | RaggedArray":
-        array = self._arrays.get(name)
+        try:
+            array = self._arrays.get(name)
+        except TypeError:  # unhashable: no such array (said below)
+            array = None
         if array is None:
             try:
                 info = self.manifest.arrays[name]
@@ -292,7 +295,12 @@ class Dataset:
         # Where the path leads is checked before it is opened (a FIFO or a
         # device outside the folder is never opened), and again after (a
         # symbolic link swapped in between).
-        self._check_inside(relative, self._folder.resolve(relative), self._folder.real_root())
+        root = self._folder.real_root()
+        if root.endswith(" (deleted)"):
+            raise self._changed()
+        target = self._folder.resolve(relative)
+        if target is not None:
+            self._check_inside(relative, target, root)
         try:
             fd = self._folder.open(relative, path, CorruptShardError,
                                    "a shard is a regular .npy file: restore it, or convert the dataset again")
@@ -305,7 +313,6 @@ class Dataset:
         except OSError as e:
             raise CorruptShardError(f"{path}: cannot be opened ({e.strerror or e})") from None
         try:
-            root = self._folder.real_root()
             real = self._folder.real_path(fd, path)
             if root != self._folder.real_root() or real.endswith(" (deleted)"):
                 raise self._changed()  # moved or deleted while we looked: swapped out
@@ -332,8 +339,6 @@ class Dataset:
         return path, fd, offset
 
     def _check_inside(self, relative: str, real: str, root: str) -> None:
-        if root.endswith(" (deleted)"):
-            raise self._changed()
         if os.path.commonpath([real, root]) != root:
             raise ManifestError(
                 f"{os.path.join(self.path, MANIFEST_NAME)}: shard path {relative!r} resolves to "
