@@ -8,13 +8,25 @@ what decides between the two.
 
 from __future__ import annotations
 
+import errno
+import math
+import mmap
 import os
+import resource
+import stat
 
 import numpy as np
 
-from npyseq.errors import CorruptShardError, DatasetNotFoundError
+from npyseq.errors import CorruptShardError, DatasetNotFoundError, ShardError, TooManyOpenFilesError
 
-__all__ = ["Folder", "OpenShard", "memory_budget"]
+__all__ = ["Folder", "OpenShard", "memory_budget", "file_kind", "too_many_open_files"]
+
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+# O_NONBLOCK: opening a FIFO for reading otherwise waits for a writer, forever;
+# O_NOCTTY: a terminal device must not become the controlling terminal. Both
+# only matter for what the type check then refuses (see Folder.open).
+_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+               | getattr(os, "O_NOCTTY", 0))
 
 
 def memory_budget() -> int:
@@ -48,6 +60,38 @@ def memory_budget() -> int:
     return budget
 
 
+def file_kind(mode: int) -> str:
+    """What a file of this ``st_mode`` is, in words: ``"a directory"``, ``"a FIFO (named pipe)"``..."""
+    for test, kind in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return kind
+    return f"a special file (mode {mode:o})"
+
+
+def is_out_of_descriptors(e: OSError) -> bool:
+    return e.errno in _OUT_OF_DESCRIPTORS
+
+
+def too_many_open_files(path: str, e: OSError, max_open: int | None = None) -> TooManyOpenFilesError:
+    """The error for ``EMFILE``/``ENFILE`` met while opening or mapping ``path``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if e.errno == errno.ENFILE:
+        what = "the system's table of open files is full (ENFILE)"
+    else:
+        what = (f"this process has too many open files (EMFILE): its limit is {soft} descriptors "
+                f"(RLIMIT_NOFILE, hard limit {hard})")
+    held = (f"; each dataset keeps up to max_open={max_open} shards open, one descriptor each"
+            if max_open is not None else "")
+    return TooManyOpenFilesError(
+        f"{path}: cannot be opened: {what}{held}. Close datasets you no longer use "
+        "(Dataset.close(), or drop them), open them with a smaller max_open, or raise the limit "
+        "(ulimit -n, resource.setrlimit)"
+    )
+
+
 class Folder:
     """A dataset folder pinned by a directory descriptor.
 
@@ -57,12 +101,17 @@ class Folder:
     the old dataset or the new one, never a mix.
     """
 
-    def __init__(self, root: str):
-        self.root = root
+    def __init__(self, root: str, max_open: int | None = None):
+        self.root, self.max_open = root, max_open
         try:
+            # O_DIRECTORY: a FIFO at the path fails at once instead of blocking.
             self.fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
         except (FileNotFoundError, NotADirectoryError):
             raise DatasetNotFoundError(f"{root}: no such dataset folder") from None
+        except OSError as e:
+            if is_out_of_descriptors(e):
+                raise too_many_open_files(root, e, max_open) from None
+            raise DatasetNotFoundError(f"{root}: the dataset folder cannot be opened ({e.strerror})") from None
         self.inode = os.fstat(self.fd).st_ino
 
     def __del__(self):
@@ -70,9 +119,58 @@ class Folder:
         if fd is not None:
             os.close(fd)
 
-    def open(self, relative: str) -> int:
-        """Open a file of the folder read-only; return its descriptor."""
-        return os.open(relative, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0), dir_fd=self.fd)
+    def open(self, relative: str, path: str, error: type, what: str) -> int:
+        """Open the regular file ``relative`` of the folder read-only; return its descriptor.
+
+        Anything else (a FIFO, a directory, a socket, a device) is refused
+        with ``error`` naming ``path`` and what it is, before it is opened
+        when the path shows it, so that opening never blocks or touches a
+        device. ``what`` says what the file should be, for the message.
+        ``FileNotFoundError`` and other ``OSError`` pass through, except
+        running out of descriptors (:class:`TooManyOpenFilesError`).
+        """
+        try:
+            self._check_regular(os.stat(relative, dir_fd=self.fd).st_mode, path, error, what, relative)
+            fd = os.open(relative, _OPEN_FLAGS, dir_fd=self.fd)
+        except OSError as e:
+            if is_out_of_descriptors(e):
+                raise too_many_open_files(path, e, self.max_open) from None
+            raise
+        try:
+            # Swapped for something else between the stat and the open?
+            self._check_regular(os.fstat(fd).st_mode, path, error, what, relative)
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _check_regular(self, mode: int, path: str, error: type, what: str, relative: str) -> None:
+        if stat.S_ISREG(mode):
+            return
+        try:
+            link = stat.S_ISLNK(os.lstat(relative, dir_fd=self.fd).st_mode)
+        except OSError:
+            link = False
+        via = f" (through a symbolic link to {self.resolve(relative)})" if link else ""
+        raise error(f"{path}: is {file_kind(mode)}{via}, not a regular file; {what}")
+
+    def resolve(self, relative: str) -> str | None:
+        """Where ``relative`` leads if a symbolic link is on the way, without opening it;
+        None if there is none (one ``lstat`` per component): a plain relative
+        path of the manifest then stays inside the folder."""
+        parts = relative.split("/")
+        for i in range(1, len(parts) + 1):
+            try:
+                mode = os.lstat("/".join(parts[:i]), dir_fd=self.fd).st_mode
+            except OSError:  # missing (the open will say so) or unreachable
+                return None
+            if stat.S_ISLNK(mode):
+                base = f"/proc/self/fd/{self.fd}"
+                if not os.path.isdir(base):  # no /proc: resolve the path instead
+                    base = self.root
+                return os.path.realpath(os.path.join(base, relative))
+        return None
 
     def replaced(self) -> bool:
         """Whether the path now names another folder than the one pinned."""
@@ -105,35 +203,65 @@ class OpenShard:
     smaller than the data, reading shuffled rows through a mapping made the
     kernel unmap pages on every fault (measured 20x slower; see README,
     "Design").
+
+    Reading a page of a map that lies past the end of its file kills the
+    process with ``SIGBUS``: :attr:`array` checks the file's current size
+    (one ``fstat``) every time a read asks for it, once per shard and batch,
+    and raises :class:`CorruptShardError` for a shard truncated since it was
+    opened.
     """
 
     def __init__(self, path: str, fd: int, offset: int, shape: tuple[int, ...], dtype: np.dtype,
-                 mapped: bool):
-        """Takes ownership of ``fd``, the open, checked file."""
+                 mapped: bool, max_open: int | None = None):
+        """Takes ownership of ``fd``, the open, checked file: it is closed
+        exactly once, here if this raises, else when the shard is dropped."""
         self.path, self.fd, self.offset, self.shape, self.dtype = path, fd, offset, shape, dtype
-        self._array = None
+        self.size = offset + dtype.itemsize * math.prod(shape)  # the file's size when it was checked
+        self.max_open = max_open
+        self._map: mmap.mmap | None = None
+        self._array: np.ndarray | None = None
         if mapped:  # reads copy out of the map, which holds a descriptor of its own
-            self.array  # noqa: B018 - map it now, from the file that was checked
             self.fd = None
-            os.close(fd)
+            try:
+                self._map_file(fd)  # map it now, from the file that was checked
+            finally:
+                os.close(fd)
 
     def __del__(self):
         fd, self.fd = getattr(self, "fd", None), None
         if fd is not None:
             os.close(fd)
 
+    def _map_file(self, fd: int) -> None:
+        """Map the file of ``fd`` (which stays the caller's) read-only."""
+        try:
+            m = mmap.mmap(fd, self.size, access=mmap.ACCESS_READ)  # dups fd
+        except OSError as e:
+            if is_out_of_descriptors(e):
+                raise too_many_open_files(self.path, e, self.max_open) from None
+            raise ShardError(f"{self.path}: cannot be memory-mapped ({e.strerror or e}); "
+                             "open the dataset with read='pread' to read it without memory maps") from None
+        except ValueError as e:  # e.g. the file shrank below the size mapped
+            raise CorruptShardError(f"{self.path}: cannot be memory-mapped ({e}); "
+                                    f"{self.size} bytes expected") from None
+        # A plain ndarray over the map (np.memmap's Python-level __array_finalize__
+        # cost more than copying the short runs of a shuffled batch).
+        count = math.prod(self.shape)
+        self._array = np.frombuffer(m, dtype=self.dtype, count=count, offset=self.offset).reshape(self.shape)
+        self._map = m
+
     @property
     def array(self) -> np.ndarray:
-        """The shard's rows in a read-only memory map, mapped on first use.
-
-        A plain ``ndarray`` view of the ``np.memmap`` (which it keeps alive):
-        slicing a memmap runs its Python-level ``__array_finalize__``, which
-        cost more than copying the short runs of a shuffled batch.
-        """
-        if self._array is None:
-            with open(self.fd, "rb", closefd=False) as f:
-                self._array = np.memmap(f, dtype=self.dtype, mode="r", offset=self.offset,
-                                        shape=self.shape).view(np.ndarray)
+        """The shard's rows in a read-only memory map (mapped on first use), once
+        the file is checked to hold them all still (see the class docstring)."""
+        if self._map is None:
+            self._map_file(self.fd)
+        size = self._map.size()  # fstat of the map's own descriptor
+        if size < self.size:
+            raise CorruptShardError(
+                f"{self.path}: {size} bytes found, {self.size} expected; the shard was truncated "
+                "after it was opened (reading it would crash the process with SIGBUS)"
+            )
         return self._array
 
     def pread(self, dest: np.ndarray, row: int, row_bytes: int) -> None:

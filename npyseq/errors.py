@@ -39,6 +39,7 @@ __all__ = [
     "DiskFullError",
     "WriteFailedError",
     "ForeignFilesError",
+    "TooManyOpenFilesError",
 ]
 
 
@@ -154,4 +155,13 @@ class ForeignFilesError(NpyseqError):
     the dataset folder that are not the dataset's own, and when a path npyseq
     writes inside the dataset (an array folder, a shard, a temporary file,
     the lock) is a symbolic link or of the wrong kind.
+    """
+
+
+class TooManyOpenFilesError(NpyseqError, OSError):
+    """The process ran out of file descriptors (``EMFILE``, or ``ENFILE`` system-wide).
+
+    Each open shard holds one descriptor (up to ``max_open`` per dataset); the
+    message gives the limit and what to do: close or drop unused datasets,
+    lower ``max_open``, or raise the limit (``ulimit -n``).
     """

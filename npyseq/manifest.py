@@ -67,9 +67,11 @@ UTF-8 JSON, one object::
     dtypes, and structured dtypes holding objects, are never allowed.
 ``logical_dtype``
     ``null``, or the name of the dtype the data really has when ``.npy`` cannot
-    name it: ``"bfloat16"`` and the other ``ml_dtypes`` types (``float8_e4m3fn``
-    ...). Such data is stored as the unsigned integer of the same width
-    (``"<u2"`` for bfloat16) and a reader reinterprets the bytes
+    name it: one of the ``ml_dtypes`` types listed in ``LOGICAL_DTYPES``
+    (``"bfloat16"``, ``"float8_e4m3fn"``, ``"int4"`` ...), no other name. Such
+    data is stored as the unsigned integer of the same width, and only that:
+    ``"<u2"`` for bfloat16, ``"|u1"`` for the 1-byte types, ``"<u4"`` for
+    ``complex32`` and ``bcomplex32``; a reader reinterprets the bytes
     (``array.view(ml_dtypes.bfloat16)``); plain ``np.load`` still reads the
     raw bits.
 ``shape``
@@ -182,6 +184,7 @@ __all__ = [
     "write_manifest",
     "storage_dtype",
     "logical_dtype",
+    "LOGICAL_DTYPES",
 ]
 
 FORMAT_NAME = "npyseq"
@@ -385,8 +388,11 @@ def storage_dtype(dtype: np.dtype, name: str = "array") -> tuple[np.dtype, str |
             "only dtypes with a size (e.g. 'S5', not 'S0'; a struct with at least one field)"
         )
     if _is_ml_dtype(dtype):
-        if dtype.itemsize not in (1, 2, 4, 8):
-            raise UnsupportedDtypeError(f"array {name!r}: dtype {dtype} has no storage form")
+        if LOGICAL_DTYPES.get(dtype.name) != dtype.itemsize:
+            raise UnsupportedDtypeError(
+                f"array {name!r}: dtype {dtype} has no storage form in the npyseq format; "
+                f"it stores the ml_dtypes types {', '.join(LOGICAL_DTYPES)}"
+            )
         return np.dtype(f"<u{dtype.itemsize}"), dtype.name
     descr = npy_format.dtype_to_descr(dtype)
     if npy_format.descr_to_dtype(descr) != dtype:
@@ -396,20 +402,56 @@ def storage_dtype(dtype: np.dtype, name: str = "array") -> tuple[np.dtype, str |
     return dtype, None
 
 
+# The logical dtypes of the format, each with its width in bytes: the
+# ml_dtypes types npyseq writes. A fixed list, not "whatever ml_dtypes has":
+# np.dtype() accepts other attributes of the module too (finfo opens as an
+# object dtype, __doc__ as float64).
+LOGICAL_DTYPES = {
+    "bfloat16": 2,
+    "float8_e3m4": 1, "float8_e4m3": 1, "float8_e4m3b11fnuz": 1, "float8_e4m3fn": 1,
+    "float8_e4m3fnuz": 1, "float8_e5m2": 1, "float8_e5m2fnuz": 1, "float8_e8m0fnu": 1,
+    "float6_e2m3fn": 1, "float6_e3m2fn": 1, "float4_e2m1fn": 1,
+    "int1": 1, "int2": 1, "int4": 1, "uint1": 1, "uint2": 1, "uint4": 1,
+    "complex32": 4, "bcomplex32": 4,
+}
+
+
+def check_logical_dtype(stored: np.dtype, logical: str | None) -> None:
+    """Refuse a logical dtype not in ``LOGICAL_DTYPES``, or over another storage
+    dtype than the unsigned integer of its width (raises ``ManifestError``)."""
+    if logical is None:
+        return
+    width = LOGICAL_DTYPES.get(logical) if isinstance(logical, str) else None
+    if width is None:
+        raise ManifestError(
+            f"unknown logical_dtype {logical!r:.80}; npyseq knows {', '.join(LOGICAL_DTYPES)}"
+        )
+    if stored.itemsize != width:
+        raise ManifestError(
+            f"logical_dtype {logical!r} is {width} bytes wide but the stored "
+            f"dtype {stored} is {stored.itemsize}"
+        )
+    expected = np.dtype(f"<u{width}")
+    if stored != expected:
+        raise ManifestError(
+            f"logical_dtype {logical!r} is stored as {expected} ({npy_format.dtype_to_descr(expected)!r}), "
+            f"but the stored dtype is {stored} ({npy_format.dtype_to_descr(stored)!r})"
+        )
+
+
 def logical_dtype(stored: np.dtype, logical: str | None) -> np.dtype:
     """The dtype arrays are returned with: ``logical`` if set, else ``stored``."""
     if logical is None:
         return stored
+    check_logical_dtype(stored, logical)
     import ml_dtypes  # installed with keras
 
-    try:
-        dtype = np.dtype(getattr(ml_dtypes, logical))
-    except (AttributeError, TypeError):
-        raise ManifestError(f"unknown logical_dtype {logical!r}") from None
-    if dtype.itemsize != stored.itemsize:
+    kind = getattr(ml_dtypes, logical, None)
+    dtype = np.dtype(kind) if isinstance(kind, type) else None
+    if dtype is None or not _is_ml_dtype(dtype) or dtype.itemsize != stored.itemsize:
         raise ManifestError(
-            f"logical_dtype {logical!r} is {dtype.itemsize} bytes wide but the stored "
-            f"dtype {stored} is {stored.itemsize}"
+            f"logical_dtype {logical!r} is not a dtype of the installed ml_dtypes "
+            f"{getattr(ml_dtypes, '__version__', '')}; upgrade ml_dtypes to read this dataset"
         )
     return dtype
 
@@ -510,6 +552,10 @@ def _parse(doc: Any, source: str) -> Manifest:
         logical = spec.get("logical_dtype")
         if logical is not None and (not isinstance(logical, str) or not logical.isidentifier()):
             raise _fail(source, f"{where} logical_dtype must be null or a name, found {logical!r:.80}")
+        try:
+            check_logical_dtype(dtype, logical)
+        except ManifestError as e:
+            raise _fail(source, f"{where}: {e}") from None
         shape = spec.get("shape")
         if not isinstance(shape, list) or len(shape) > MAX_ROW_DIMS:
             raise _fail(source, f"{where} shape must be a list of at most {MAX_ROW_DIMS} ints, "

@@ -24,7 +24,7 @@ import numpy as np
 
 from npyseq import _npy
 from npyseq.errors import CorruptShardError, InvalidArgumentError
-from npyseq.manifest import ArrayInfo, logical_dtype
+from npyseq.manifest import ArrayInfo
 
 __all__ = ["RaggedSource", "RaggedArray"]
 
@@ -335,11 +335,9 @@ class RaggedArray:
 
     def __init__(self, dataset, name: str, info: ArrayInfo):
         self._ds, self.name, self._info = dataset, name, info
-        self.dtype = logical_dtype(info.dtype, info.logical_dtype)
+        self.dtype = dataset._dtypes[name]
         self.element_shape = tuple(info.shape)
         self.shape = (dataset.manifest.rows,)
-        self._lengths: np.ndarray | None = None
-        self._lengths_pid = None
 
     @property
     def dataset(self):
@@ -374,13 +372,15 @@ class RaggedArray:
         The first call reads every shard's offsets file (8 bytes per row) and
         keeps the lengths, 8 bytes per row, for the life of the process.
         """
-        if self._lengths is None or self._lengths_pid != os.getpid():
+        # Kept by the dataset, which arrays refer to (never the other way round).
+        pid, lengths = self._ds._ragged_lengths.get(self.name, (None, None))
+        if lengths is None or pid != os.getpid():
             parts = [np.diff(self._ds._shard(self.name, k).offsets) for k in range(self._ds.num_shards)]
-            self._lengths = np.concatenate(parts) if parts else np.empty(0, np.int64)
-            self._lengths_pid = os.getpid()
+            lengths = np.concatenate(parts) if parts else np.empty(0, np.int64)
+            self._ds._ragged_lengths[self.name] = (os.getpid(), lengths)
         if indices is None:
-            return self._lengths.copy()
-        return self._lengths[self._indices(indices)]
+            return lengths.copy()
+        return lengths[self._indices(indices)]
 
     # -- rows
 
@@ -390,7 +390,7 @@ class RaggedArray:
         n = len(self)
         if isinstance(key, slice):
             return np.arange(*key.indices(n), dtype=np.int64)
-        return _as_index_array(key, n)
+        return _as_index_array(key, n, self.name)
 
     def __getitem__(self, key: Any):
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
@@ -409,9 +409,10 @@ class RaggedArray:
         for k, positions, local in self._by_shard(indices):
             shard = self._ds._shard(self.name, k)
             starts, stops = shard.offsets[local], shard.offsets[local + 1]
+            values = self._values(shard)
             for p, a, b in zip(positions.tolist(), starts.tolist(), stops.tolist()):
                 row = np.empty((b - a,) + self.element_shape, self._info.dtype)
-                self._read_values(shard, a, b, row)
+                self._read_values(values, a, b, row)
                 out[p] = row.view(self.dtype)
         return out
 
@@ -465,7 +466,7 @@ class RaggedArray:
         out[...] = pad_value
         stored = out.view(self._info.dtype)
         for k, positions, starts, stops in spans:
-            shard = self._ds._shard(self.name, k)
+            values = self._values(self._ds._shard(self.name, k))
             for p, a, b in zip(positions.tolist(), starts.tolist(), stops.tolist()):
                 n = min(b - a, length)
                 if n == 0:
@@ -473,7 +474,7 @@ class RaggedArray:
                 if truncating == "pre":
                     a = b - n
                 dest = stored[p, :n] if padding == "post" else stored[p, length - n:]
-                self._read_values(shard, a, a + n, dest)
+                self._read_values(values, a, a + n, dest)
         return out, kept
 
     # -- internals
@@ -483,7 +484,7 @@ class RaggedArray:
         n = len(self)
         if len(indices) and (indices.min() < 0 or indices.max() >= n):
             bad = indices.min() if indices.min() < 0 else indices.max()
-            raise IndexError(f"index {bad} is out of bounds for {self.name!r} with {n} rows")
+            raise IndexError(f"index {bad} is out of bounds for {n} rows of {self.name!r}")
         offsets = self._ds._offsets
         shard_of = np.searchsorted(offsets, indices, side="right") - 1
         order = np.argsort(shard_of, kind="stable")
@@ -492,12 +493,18 @@ class RaggedArray:
             k = int(shard_of[positions[0]])
             yield k, positions, indices[positions] - offsets[k]
 
-    def _read_values(self, shard: OpenRagged, a: int, b: int, dest: np.ndarray) -> None:
-        """Copy values ``[a, b)`` of a shard into ``dest`` (contiguous, stored dtype)."""
+    def _values(self, shard: OpenRagged):
+        """Where a shard's values are read from: its memory map (checked once per
+        batch, see :class:`npyseq._files.OpenShard`), or the open file for ``pread``."""
+        if self._ds._map_reads or self._info.row_bytes == 0:
+            return shard.values.array
+        return shard.values
+
+    def _read_values(self, values, a: int, b: int, dest: np.ndarray) -> None:
+        """Copy values ``[a, b)`` of a shard (``_values(shard)``) into ``dest`` (contiguous, stored dtype)."""
         if b <= a:
             return
-        values = shard.values
-        if self._ds._map_reads or self._info.row_bytes == 0:
-            dest[...] = values.array[a:b]
+        if isinstance(values, np.ndarray):
+            dest[...] = values[a:b]
         else:
             values.pread(dest.reshape(-1).view(np.uint8), a, self._info.row_bytes)

@@ -24,6 +24,7 @@ import math
 import os
 import re
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import numpy as np
@@ -106,7 +107,7 @@ def open_shards(path: str | os.PathLike, *, verify: str = "headers", max_open: i
     root = os.path.abspath(os.fspath(path))
     for attempt in range(3):
         try:
-            folder = Folder(root)
+            folder = Folder(root, max_open)
         except DatasetNotFoundError:
             if os.path.exists(root):  # a file, not a folder
                 raise _not_a_folder_error(root) from None
@@ -127,12 +128,20 @@ def open_shards(path: str | os.PathLike, *, verify: str = "headers", max_open: i
 
 def _load_manifest(folder: Folder) -> tuple[Manifest, bytes]:
     root = folder.root
+    path = os.path.join(root, MANIFEST_NAME)
     try:
-        fd = folder.open(MANIFEST_NAME)
+        fd = folder.open(MANIFEST_NAME, path, ManifestError,
+                         "the manifest of a dataset is a regular JSON file written by npyseq")
     except FileNotFoundError:
         raise _no_manifest_error(folder) from None
+    except NpyseqError:
+        raise
+    except OSError as e:  # permissions, a loop of symbolic links, I/O errors...
+        raise ManifestError(f"{path}: cannot be opened ({e.strerror or e}); check that it is a readable file") from None
     try:
         return read_manifest(root, fd=fd)
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot be read ({e.strerror or e})") from None
     finally:
         os.close(fd)
 
@@ -230,7 +239,7 @@ def _scandir(path: str):
 
 
 def _reopen(root: str, checksum: str, verify: str, max_open: int, read: str = "auto") -> "Dataset":
-    folder = Folder(root)
+    folder = Folder(root, max_open)
     try:
         manifest, raw = _load_manifest(folder)
     except NpyseqError:
@@ -270,24 +279,25 @@ class Dataset:
             read == "auto" and manifest.nbytes <= memory_budget() // 2)
         self._offsets = shard_offsets(manifest.shard_rows)
         self._starts = self._offsets.tolist()  # the same, to bisect per batch without numpy
-        self._arrays = {}
+        self._dtypes = {}  # array name -> the dtype its rows are returned in
         for n, info in manifest.arrays.items():
             try:
-                if info.ragged:
-                    from npyseq.ragged import RaggedArray
-
-                    self._arrays[n] = RaggedArray(self, n, info)
-                else:
-                    self._arrays[n] = ShardedArray(self, n, info)
-            except ManifestError as e:  # a bad logical_dtype: say which file and array
+                self._dtypes[n] = logical_dtype(info.dtype, info.logical_dtype)
+            except ManifestError as e:  # say which file and array
                 raise ManifestError(f"{os.path.join(root, MANIFEST_NAME)}: array {n!r}: {e}") from None
+        # Arrays refer to their dataset, never the other way round: a dataset
+        # in a reference cycle would keep its open shards (a descriptor each)
+        # until a cyclic garbage collection. ds["x"] is the same object while
+        # anyone holds it.
+        self._arrays: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._ragged_lengths: dict = {}  # ragged array name -> (pid, lengths of every row)
         self._reset_cache()
 
     # -- public
 
     @property
     def names(self) -> list[str]:
-        return list(self._arrays)
+        return list(self.manifest.arrays)
 
     @property
     def num_shards(self) -> int:
@@ -302,20 +312,33 @@ class Dataset:
 
     def __getitem__(self, name: str) -> "ShardedArray | RaggedArray":
         try:
-            return self._arrays[name]
-        except KeyError:
-            raise KeyError(f"{self.path}: no array named {name!r}; arrays are {self.names}") from None
+            array = self._arrays.get(name)
+        except TypeError:  # unhashable: no such array (said below)
+            array = None
+        if array is None:
+            try:
+                info = self.manifest.arrays[name]
+            except (KeyError, TypeError):
+                raise KeyError(f"{self.path}: no array named {name!r}; arrays are {self.names}") from None
+            if info.ragged:
+                from npyseq.ragged import RaggedArray
+
+                array = RaggedArray(self, name, info)
+            else:
+                array = ShardedArray(self, name, info)
+            self._arrays[name] = array
+        return array
 
     def __contains__(self, name: object) -> bool:
-        return name in self._arrays
+        return name in self.manifest.arrays
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._arrays)
+        return iter(self.manifest.arrays)
 
     def __repr__(self) -> str:
         arrays = ", ".join(
-            f"{n}: {a.dtype} " + (f"ragged (n,) + {a.element_shape}" if a.ragged else f"{a.shape[1:]}")
-            for n, a in self._arrays.items())
+            f"{n}: {self._dtypes[n]} " + (f"ragged (n,) + {info.shape}" if info.ragged else f"{info.shape}")
+            for n, info in self.manifest.arrays.items())
         return (f"<npyseq.Dataset {self.path!r} rows={len(self)} shards={self.num_shards} "
                 f"manifest=xxh3_64:{self.checksum} {{{arrays}}}>")
 
@@ -364,24 +387,31 @@ class Dataset:
                     shape: tuple[int, ...]) -> tuple[str, int, int]:
         """Open a ``.npy`` file of the folder; check size, header and place."""
         path = os.path.join(self.path, *relative.split("/"))
+        # Where the path leads is checked before it is opened (a FIFO or a
+        # device outside the folder is never opened), and again after (a
+        # symbolic link swapped in between).
+        root = self._folder.real_root()
+        if root.endswith(" (deleted)"):
+            raise self._changed()
+        target = self._folder.resolve(relative)
+        if target is not None:
+            self._check_inside(relative, target, root)
         try:
-            fd = self._folder.open(relative)
+            fd = self._folder.open(relative, path, CorruptShardError,
+                                   "a shard is a regular .npy file: restore it, or convert the dataset again")
         except FileNotFoundError:
             if self._folder.replaced():
                 raise self._changed() from None
             raise MissingShardError(f"{path}: shard file is missing") from None
+        except NpyseqError:
+            raise
         except OSError as e:
-            raise CorruptShardError(f"{path}: cannot be opened ({e.strerror})") from None
+            raise CorruptShardError(f"{path}: cannot be opened ({e.strerror or e})") from None
         try:
-            root = self._folder.real_root()
             real = self._folder.real_path(fd, path)
             if root != self._folder.real_root() or real.endswith(" (deleted)"):
                 raise self._changed()  # moved or deleted while we looked: swapped out
-            if os.path.commonpath([real, root]) != root:
-                raise ManifestError(
-                    f"{os.path.join(self.path, MANIFEST_NAME)}: shard path {relative!r} resolves to "
-                    f"{real}, outside the dataset folder; refusing to read it"
-                )
+            self._check_inside(relative, real, root)
             found_dtype, found_shape, fortran, offset = _npy.read_header(path, fd=fd)
             if found_dtype != dtype:
                 raise CorruptShardError(f"{path}: dtype {found_dtype} found, the manifest says {dtype}")
@@ -402,6 +432,13 @@ class Dataset:
             os.close(fd)
             raise
         return path, fd, offset
+
+    def _check_inside(self, relative: str, real: str, root: str) -> None:
+        if os.path.commonpath([real, root]) != root:
+            raise ManifestError(
+                f"{os.path.join(self.path, MANIFEST_NAME)}: shard path {relative!r} resolves to "
+                f"{real}, outside the dataset folder; refusing to read it"
+            )
 
     def _changed(self) -> DatasetChangedError:
         return DatasetChangedError(
@@ -461,11 +498,13 @@ class Dataset:
         path, fd, offset = self._check_shard(name, info, k)
         try:
             self._verify_checksum(name, k, path, fd, info.shards[k].checksum)
-            rows = info.values[k] if info.ragged else self.manifest.shard_rows[k]
-            shard = OpenShard(path, fd, offset, (rows,) + info.shape, info.dtype, mapped=self._map_reads)
         except BaseException:
             os.close(fd)
             raise
+        rows = info.values[k] if info.ragged else self.manifest.shard_rows[k]
+        # OpenShard owns fd from here on, and closes it itself if it fails.
+        shard = OpenShard(path, fd, offset, (rows,) + info.shape, info.dtype, mapped=self._map_reads,
+                          max_open=self._max_open)
         if info.ragged:
             from npyseq.ragged import OpenRagged
 
@@ -520,24 +559,42 @@ class _Located(NamedTuple):
     parts: list[tuple[int, int, int, np.ndarray]]
 
 
-def _as_index_array(key: Any, n: int) -> np.ndarray:
+def _as_index_array(key: Any, n: int, name: str = "array") -> np.ndarray:
+    """Row indices (int64, flat, in ``[0, n)``) of an index array or a mask, checked as numpy does.
+
+    Negative indices count from the end; an index out of range, a mask of
+    another length or a non-integer array raises ``IndexError``.
+    """
     idx = np.asarray(key)
     if idx.dtype == bool:
-        if idx.shape != (n,):
-            raise IndexError(f"boolean index must have shape ({n},), got {idx.shape}")
+        # numpy takes an empty mask of any length as an empty index (no rows).
+        if idx.shape != (n,) and idx.shape != (0,):
+            raise IndexError(f"boolean index must have shape ({n},), got {idx.shape}: "
+                             f"{name!r} has {n} rows")
         return np.flatnonzero(idx)
     if idx.size == 0:
         return np.empty(0, dtype=np.int64)
     if idx.dtype.kind not in "iu":
         raise IndexError(f"only integers, slices, and integer or boolean arrays are valid indices, got {key!r:.80}")
-    idx = idx.astype(np.int64, copy=False).reshape(-1)
-    lo, hi = idx.min(), idx.max()
+    idx = idx.reshape(-1)
+    # Compared in the index's own dtype: uint64 beyond int64 must not wrap to
+    # negative (numpy's own indexing wraps 2**64 - 1 to -1, the last row).
+    lo, hi = int(idx.min()), int(idx.max())
     if lo < -n or hi >= n:
         bad = lo if lo < -n else hi
-        raise IndexError(f"index {bad} is out of bounds for {n} rows")
+        raise IndexError(f"index {bad} is out of bounds for {n} rows of {name!r}")
+    idx = idx.astype(np.int64, copy=False)
     if lo < 0:
         idx = np.where(idx < 0, idx + n, idx)
     return idx
+
+
+def _shaped_like_key(out: np.ndarray, key: np.ndarray, row_shape: tuple[int, ...]) -> np.ndarray:
+    """Rows read for the flattened ``key``, in the key's shape as numpy gives them."""
+    if key.dtype == bool or key.ndim == 1:
+        return out
+    out = out.reshape(key.shape + row_shape)
+    return out[()] if key.ndim == 0 else out  # a scalar row is a numpy scalar, as for an int key
 
 
 class ShardedArray:
@@ -557,7 +614,7 @@ class ShardedArray:
 
     def __init__(self, dataset: Dataset, name: str, info: ArrayInfo):
         self._ds, self.name, self._info = dataset, name, info
-        self.dtype = logical_dtype(info.dtype, info.logical_dtype)
+        self.dtype = dataset._dtypes[name]
         self.shape = (dataset.manifest.rows,) + info.shape
 
     @property
@@ -599,16 +656,16 @@ class ShardedArray:
             # An index array: read each row once, then let numpy combine the
             # positions with the rest of the key (several index arrays broadcast).
             first = np.asarray(first)
-            flat = _as_index_array(first, self.shape[0])
+            flat = _as_index_array(first, self.shape[0], self.name)
             unique, inverse = np.unique(flat, return_inverse=True)
             positions = inverse.reshape(flat.shape if first.dtype == bool else first.shape)
-            return self.take(unique)[(positions,) + rest]
+            return self._take(unique)[(positions,) + rest]
         n = self.shape[0]
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
             i = int(key)
             if not -n <= i < n:
                 raise IndexError(f"index {i} is out of bounds for {self.name!r} with {n} rows")
-            return self.take(np.array([i % n]))[0]
+            return self._take(np.array([i % n]))[0]
         if isinstance(key, slice):
             start, stop, step = key.indices(n)
             if step == 1:
@@ -616,16 +673,10 @@ class ShardedArray:
             rows = range(start, stop, step)
             if rows:  # before the index array is made: the manifest may lie about rows
                 self._check_rows(min(rows[0], rows[-1]), max(rows[0], rows[-1]) + 1)
-            return self.take(np.arange(start, stop, step, dtype=np.int64))
+            return self._take(np.arange(start, stop, step, dtype=np.int64))
         if key is Ellipsis:
             return self[:]
-        key = np.asarray(key)
-        out = self.take(_as_index_array(key, n))
-        if key.dtype != bool and key.ndim != 1:  # as numpy: the index array's shape, then the row's
-            out = out.reshape(key.shape + self._info.shape)
-            if key.ndim == 0:
-                out = out[()]  # a scalar row is a numpy scalar, as for an int key
-        return out
+        return self.take(key)
 
     def _empty(self, n: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """An array of ``n`` rows (stored dtype) and the flat bytes under it.
@@ -657,6 +708,13 @@ class ShardedArray:
 
         ``out``: an optional C-contiguous array to read into (see :meth:`take`).
         """
+        n = self.shape[0]
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (start, stop)):
+            raise IndexError(f"read needs int start and stop, got {start!r:.40} and {stop!r:.40}")
+        start, stop = int(start), int(stop)
+        if not 0 <= start <= stop <= n:
+            raise IndexError(f"rows [{start}, {stop}) are out of bounds for {n} rows of {self.name!r}: "
+                             f"read needs 0 <= start <= stop <= {n} (index with a slice for numpy's clipping)")
         self._check_rows(start, stop)
         out, raw = self._empty(stop - start, out)
         row_bytes = self._info.row_bytes
@@ -675,8 +733,13 @@ class ShardedArray:
             pos, k = hi, k + 1
         return out.view(self.dtype)
 
-    def take(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Rows at ``indices`` (non-negative int64, in range), copied, in that order.
+    def take(self, indices: Any, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows at ``indices``, copied, in that order: ``x.take(i)`` is ``x[i]`` for an index array.
+
+        ``indices``: integers (any order, duplicates allowed; negative ones
+        count from the end) or a boolean mask of ``len(x)`` rows; an index out
+        of range raises ``IndexError``, as numpy does. An index array of
+        several dimensions gives rows in its shape.
 
         When the data fits in memory (``read="mmap"``, or ``"auto"``), rows
         are gathered out of the shards' memory maps, one ``np.take`` per shard
@@ -689,11 +752,14 @@ class ShardedArray:
         this array's dtype and row shape to read into (and return), to reuse
         buffers across batches.
         """
-        return self._take(np.asarray(indices, dtype=np.int64), out)
+        key = np.asarray(indices)
+        rows = self._take(_as_index_array(key, self.shape[0], self.name), out)
+        return _shaped_like_key(rows, key, self._info.shape)
 
     def _take(self, indices: np.ndarray, out: np.ndarray | None = None,
               located: "_Located | None" = None) -> np.ndarray:
-        """:meth:`take` of int64 ``indices``; ``located``: ``dataset._locate(indices)`` if known.
+        """:meth:`take` of int64 ``indices``, already checked to be in ``[0, len)``;
+        ``located``: ``dataset._locate(indices)`` if known.
 
         Arrays of one dataset share their shard boundaries, so the batches of
         a :class:`~npyseq.ShardSequence` locate their rows once for all arrays.

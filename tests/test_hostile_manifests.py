@@ -10,14 +10,18 @@ traced and bounded, and its time too). Fixed cases complete the fuzzing:
 paths leaving the folder, shapes bigger than the file, pickled shards, object
 dtypes at write time.
 
-(Hypothesis examples: 700 mutations of a valid manifest, 200 raw byte strings.)
+(Hypothesis examples: 700 mutations of a valid manifest, 200 raw byte strings,
+200 datasets with files replaced by special, truncated, random or other files.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import time
 import tracemalloc
 
@@ -315,3 +319,151 @@ def test_a_valid_manifest_still_opens_after_the_fuzzing_setup(root):
     """The harness itself: the untouched dataset opens and reads the three ways."""
     assert _exercise(root) == "opened"
     assert_same_array(npyseq.open_shards(root)["x"][:], X)
+
+
+# --- files replaced, not only manifest values -------------------------------------------------
+#
+# The same property with the files themselves swapped: a shard, an offsets file or
+# the manifest replaced by a FIFO, a directory, a symbolic link (inside the folder,
+# to itself moved or to another file; outside it), an empty, truncated, grown or
+# random file, or another file's bytes. Opening and reading give the right bytes or
+# an npyseq error, never another exception or a hang (a FIFO opened without
+# O_NONBLOCK blocks forever: the test's timeout bounds it). Only verify="checksums"
+# can tell a shard from another one of the same header; the other modes must be
+# right whenever no replacement is a valid .npy of another shard.
+
+T_ROWS = [np.arange(i % 4, dtype=np.int32) + 10 * i for i in range(10)]
+REPLACEMENTS = ["fifo", "directory", "empty", "truncated", "grown", "random", "other file",
+                "symlink to itself moved", "symlink to another file", "symlink outside"]
+UNDETECTABLE = {"other file", "symlink to another file"}  # without checksums
+
+
+@pytest.fixture(scope="module")
+def file_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("files") / "ds"
+    npyseq.write_shards(root, {"x": X, "y": Y, "t": T_ROWS}, rows=4, progress=False)
+    doc = load_manifest_json(root)
+    files = ["manifest.json"]
+    for info in doc["arrays"].values():
+        for shard in info["shards"]:
+            files.append(shard["path"])
+            if "offsets" in shard:  # the ragged array's offsets files
+                files.append(shard["offsets"]["path"])
+    return root, files
+
+
+def _replace_file(work, files, relative: str, how: str, data) -> None:
+    path = work / relative
+    size = path.stat().st_size if path.is_file() and not path.is_symlink() else 0
+    original = path.read_bytes() if path.is_file() else b""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+    if how == "fifo":
+        os.mkfifo(path)
+    elif how == "directory":
+        path.mkdir()
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "truncated":
+        path.write_bytes(original[:data.draw(st.integers(0, max(0, size - 1)), label="keep")])
+    elif how == "grown":
+        path.write_bytes(original + data.draw(st.binary(min_size=1, max_size=64), label="extra"))
+    elif how == "random":
+        path.write_bytes(data.draw(st.binary(min_size=size, max_size=size), label="bytes"))
+    elif how == "other file":
+        other = data.draw(st.sampled_from([f for f in files if f != relative]), label="other")
+        target = work / other
+        path.write_bytes(target.read_bytes() if target.is_file() else b"")
+    elif how == "symlink to itself moved":
+        store = work / "store"
+        store.mkdir(exist_ok=True)
+        moved = store / relative.replace("/", "_")
+        moved.write_bytes(original)
+        os.symlink(os.path.relpath(moved, path.parent), path)
+    elif how == "symlink to another file":
+        other = data.draw(st.sampled_from([f for f in files if f != relative]), label="other")
+        os.symlink(os.path.relpath(work / other, path.parent), path)
+    elif how == "symlink outside":
+        outside = work.parent / ("outside-" + relative.replace("/", "_"))
+        outside.write_bytes(original)
+        os.symlink(outside, path)
+    else:
+        raise AssertionError(how)
+
+
+class _Hang(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    """Raise _Hang in whatever blocks past ``seconds`` (a FIFO's open): each example
+    is bounded on its own, also when hypothesis replays one to shrink it."""
+    def expire(signum, frame):
+        raise _Hang(f"still running after {seconds} s: a hang")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _read_everything(root, verify: str):
+    """Every array read whole and by an index array; None if npyseq refused."""
+    try:
+        ds = npyseq.open_shards(root, verify=verify)
+        return {"x": (ds["x"][:], ds["x"][np.array([9, 0, 5])]),
+                "y": (ds["y"][:], ds["y"].take([-1, 4])),
+                "t": ([r.tolist() for r in ds["t"][:]], ds["t"].padded([3, 7])[0].tolist(),
+                      ds["t"].lengths().tolist())}
+    except NpyseqError:
+        return None
+
+
+def _expected():
+    padded = np.zeros((2, 3), np.int32)
+    padded[0, :3], padded[1, :3] = T_ROWS[3], T_ROWS[7]
+    return {"x": (X, X[[9, 0, 5]]), "y": (Y, Y[[-1, 4]]),
+            "t": ([r.tolist() for r in T_ROWS], padded.tolist(), [len(r) for r in T_ROWS])}
+
+
+def _same(got, expected) -> bool:
+    for name in ("x", "y"):
+        for a, b in zip(got[name], expected[name]):
+            if a.dtype != b.dtype or a.shape != b.shape or a.tobytes() != b.tobytes():
+                return False
+    return got["t"] == expected["t"]
+
+
+@pytest.mark.timeout(600)
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+          derandomize=True)
+@given(data=st.data())
+def test_replaced_files_give_right_bytes_or_npyseq_errors(file_dataset, tmp_path_factory, data):
+    root, files = file_dataset
+    work = tmp_path_factory.mktemp("swap", numbered=True) / "ds"
+    shutil.copytree(root, work)
+    done = []
+    for _ in range(data.draw(st.integers(1, 2), label="replacements")):
+        relative = data.draw(st.sampled_from([f for f in files if f not in {r for r, _ in done}]), label="file")
+        how = data.draw(st.sampled_from(REPLACEMENTS), label="how")
+        _replace_file(work, files, relative, how, data)
+        done.append((relative, how))
+    expected = _expected()
+    start = time.perf_counter()
+    with _deadline(3 * MAX_SECONDS):
+        outcomes = {verify: _read_everything(work, verify) for verify in ("checksums", "headers", "none")}
+    assert time.perf_counter() - start < 3 * MAX_SECONDS, done
+    for verify, got in outcomes.items():
+        if got is None:
+            continue  # refused with an npyseq error
+        if verify == "checksums" or not any(how in UNDETECTABLE for _, how in done):
+            assert _same(got, expected), (verify, done)
+    if all(how == "symlink to itself moved" for _, how in done):
+        assert all(got is not None for got in outcomes.values()), done  # what is allowed still opens
+    shutil.rmtree(work.parent)
