@@ -32,7 +32,7 @@ from npyseq.errors import (
     WorkerError,
     WriteFailedError,
 )
-from npyseq.manifest import FORMAT_VERSION, Manifest
+from npyseq.format.manifest import FORMAT_VERSION, Manifest
 from npyseq.ragged import RaggedArray, RaggedSource
 from npyseq.reader import Dataset, ShardedArray, open_shards
 from npyseq.storage.protocol import parse_size

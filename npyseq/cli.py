@@ -29,7 +29,7 @@ import numpy as np
 
 from npyseq import __version__
 from npyseq.errors import NpyseqError, ShardError
-from npyseq.manifest import MAX_COUNT
+from npyseq.format.manifest import MAX_COUNT
 from npyseq.ragged import RaggedSource
 from npyseq.reader import open_shards
 from npyseq.storage.protocol import DEFAULT_SHARD_SIZE, check_count, parse_size, short_repr
@@ -238,7 +238,7 @@ def _info(args) -> int:
 def _verify(args) -> int:
     from tqdm.auto import tqdm
 
-    from npyseq import _npy
+    from npyseq.format import npy
 
     _check_folder(args.dataset, "verify")
     ds = open_shards(args.dataset, verify="none")
@@ -254,7 +254,7 @@ def _verify(args) -> int:
                     try:
                         path, fd, _ = check()
                         try:
-                            found = _npy.file_checksum(path, progress=bar, fd=fd)
+                            found = npy.file_checksum(path, progress=bar, fd=fd)
                         finally:
                             os.close(fd)
                     except ShardError as e:

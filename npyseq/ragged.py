@@ -2,7 +2,7 @@
 
 A ragged array is stored per shard as a *values* file (the rows one after
 another) and an *offsets* file (where each row starts), both plain ``.npy``
-(see :mod:`npyseq.manifest`, "Ragged arrays"). This module holds both sides:
+(see :mod:`npyseq.format.manifest`, "Ragged arrays"). This module holds both sides:
 
 * writing: :class:`RaggedSource` (flat values plus offsets or lengths, e.g. two
   ``.npy`` files) and the internal sources that :func:`npyseq.write_shards` and
@@ -22,9 +22,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from npyseq import _npy
+from npyseq.format import npy
 from npyseq.errors import CorruptShardError, InvalidArgumentError
-from npyseq.manifest import ArrayInfo
+from npyseq.format.manifest import ArrayInfo
 
 __all__ = ["RaggedSource", "RaggedArray"]
 
@@ -161,7 +161,7 @@ def check_rows(name: str, rows: Any, dtype: np.dtype | None = None,
                 "like the rows before it"
             )
         if r.dtype != dtype:
-            problem = _npy.cast_problem(r, dtype)
+            problem = npy.cast_problem(r, dtype)
             if problem is not None:
                 raise InvalidArgumentError(
                     f"array {name!r}: row {i} has dtype {r.dtype}, expected {dtype} like the rows before "
@@ -185,7 +185,7 @@ def _load(name: str, what: str, value: Any) -> tuple[np.ndarray, str]:
     """An array (memory-mapped if a path) and how to name it in errors."""
     if isinstance(value, (str, os.PathLike)):
         path = os.fspath(value)
-        return _npy.map_npy(path, name, what, ", not a .npy file"), path
+        return npy.map_npy(path, name, what, ", not a .npy file"), path
     return np.asarray(value), f"array {name!r} {what}"
 
 

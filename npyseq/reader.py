@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 import numpy as np
 import xxhash
 
-from npyseq import _npy
+from npyseq.format import npy
 from npyseq._files import Folder, OpenShard, memory_budget
 from npyseq.errors import (
     ChecksumMismatchError,
@@ -43,7 +43,7 @@ from npyseq.errors import (
     MissingShardError,
     NpyseqError,
 )
-from npyseq.manifest import (
+from npyseq.format.manifest import (
     MANIFEST_NAME,
     OFFSETS_DTYPE,
     ArrayInfo,
@@ -412,7 +412,7 @@ class Dataset:
             if root != self._folder.real_root() or real.endswith(" (deleted)"):
                 raise self._changed()  # moved or deleted while we looked: swapped out
             self._check_inside(relative, real, root)
-            found_dtype, found_shape, fortran, offset = _npy.read_header(path, fd=fd)
+            found_dtype, found_shape, fortran, offset = npy.read_header(path, fd=fd)
             if found_dtype != dtype:
                 raise CorruptShardError(f"{path}: dtype {found_dtype} found, the manifest says {dtype}")
             if found_shape != shape:
@@ -513,7 +513,7 @@ class Dataset:
 
     def _verify_checksum(self, name: str, k: Any, path: str, fd: int, expected: str) -> None:
         if self._verify == "checksums" and (name, k) not in self._hashed:
-            found = _npy.file_checksum(path, fd=fd)
+            found = npy.file_checksum(path, fd=fd)
             if found != expected:
                 raise ChecksumMismatchError(
                     f"{path}: checksum {found} found, the manifest says {expected}; the shard is corrupt"

@@ -1,7 +1,7 @@
 """Helpers shared by the format, writer and reader tests.
 
 They read datasets with nothing but ``json`` and ``np.load``, as the format
-specification in :mod:`npyseq.manifest` promises anyone can, so that a test
+specification in :mod:`npyseq.format.manifest` promises anyone can, so that a test
 does not check the library against itself.
 """
 

@@ -17,7 +17,7 @@ and sleeping) at the K-th occurrence of:
 
 Chunks are made small (16 KB) so that every shard is written in several.
 Every pause point is in code that the library runs anyway: the script only
-wraps ``os.replace``, ``_npy.hash_array_rows`` and ``_npy.file_checksum``.
+wraps ``os.replace``, ``npy.hash_array_rows`` and ``npy.file_checksum``.
 """
 
 import os
@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from npyseq import _npy
+from npyseq.format import npy
 
 ROWS, COLS, ROWS_PER_SHARD = 40 * 64 + 17, 256, 64  # 41 shards per array, the last one short
 
@@ -56,10 +56,10 @@ def _pausing(kind: str, k: int):
 
 def main() -> None:
     mode, out, point = sys.argv[1:4]
-    _npy.CHUNK_BYTES = 16 * 1024
+    npy.CHUNK_BYTES = 16 * 1024
     hit = (lambda name: None) if point == "none" else _pausing(point.split(":")[0], int(point.split(":")[1]))
 
-    real_replace, real_hash, real_checksum = os.replace, _npy.hash_array_rows, _npy.file_checksum
+    real_replace, real_hash, real_checksum = os.replace, npy.hash_array_rows, npy.file_checksum
 
     def replace(src, dst, *args, **kwargs):
         if str(dst).endswith("manifest.json"):
@@ -79,8 +79,8 @@ def main() -> None:
         return real_checksum(path, progress)
 
     os.replace = replace
-    _npy.hash_array_rows = hash_rows
-    _npy.file_checksum = checksum
+    npy.hash_array_rows = hash_rows
+    npy.file_checksum = checksum
 
     import npyseq
     from npyseq.cli import main as cli_main

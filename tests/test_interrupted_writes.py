@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 import npyseq
-from npyseq import _npy
+from npyseq.format import npy
 from npyseq.storage import protocol
 from npyseq.errors import DatasetNotFoundError, DiskFullError, IncompleteDatasetError
 
@@ -296,7 +296,7 @@ def _enospc(*_args, **_kwargs):
 def test_injected_enospc_mid_shard_stops_every_job(tmp_path, monkeypatch):
     """One of 4 concurrent shard writers fails: the others stop too, and no .partial is left."""
     arrays = {"x": np.arange(64 * 1024, dtype=np.float32).reshape(256, 256)}
-    real, calls = _npy.hash_array_rows, []
+    real, calls = npy.hash_array_rows, []
 
     def failing(hasher, chunk):
         calls.append(1)
@@ -305,15 +305,15 @@ def test_injected_enospc_mid_shard_stops_every_job(tmp_path, monkeypatch):
         time.sleep(0.002)
         return real(hasher, chunk)
 
-    monkeypatch.setattr(_npy, "CHUNK_BYTES", 4096)  # 4 chunks per shard of 16 rows
-    monkeypatch.setattr(_npy, "hash_array_rows", failing)
+    monkeypatch.setattr(npy, "CHUNK_BYTES", 4096)  # 4 chunks per shard of 16 rows
+    monkeypatch.setattr(npy, "hash_array_rows", failing)
     with pytest.raises(DiskFullError, match=re.escape(f"{tmp_path / 'ds'}: the disk is full (ENOSPC")):
         npyseq.write_shards(tmp_path / "ds", arrays, rows=16, jobs=4, progress=False)
     time.sleep(0.1)  # a job still writing would leave a .partial behind now
     assert _no_partials(tmp_path / "ds") == []
     assert not (tmp_path / "ds" / "manifest.json").exists()
     assert len(calls) < 16 * 4  # the other jobs stopped early
-    monkeypatch.setattr(_npy, "hash_array_rows", real)
+    monkeypatch.setattr(npy, "hash_array_rows", real)
     npyseq.write_shards(tmp_path / "ds", arrays, rows=16, jobs=4, progress=False)
     npyseq.write_shards(tmp_path / "ref", arrays, rows=16, progress=False)
     assert tree_bytes(tmp_path / "ds") == tree_bytes(tmp_path / "ref")
@@ -341,7 +341,7 @@ def test_other_os_errors_are_not_disk_full(tmp_path, monkeypatch):
     def eio(hasher, chunk):
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(_npy, "hash_array_rows", eio)
+    monkeypatch.setattr(npy, "hash_array_rows", eio)
     with pytest.raises(OSError) as info:
         npyseq.write_shards(tmp_path / "ds", {"x": np.arange(10)}, rows=5, progress=False)
     assert type(info.value) is OSError and info.value.errno == errno.EIO

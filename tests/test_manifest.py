@@ -12,7 +12,7 @@ import pytest
 import xxhash
 
 import npyseq
-from npyseq import manifest as mf
+from npyseq.format import manifest as mf
 from npyseq.errors import ManifestError, UnsupportedDtypeError
 
 from _helpers import concat_shards, load_manifest_json, write_manifest_json

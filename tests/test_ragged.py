@@ -1,7 +1,7 @@
 """Ragged arrays: writing, reading, padding, the v2 format, bad input and corruption.
 
 The round trips are checked against the sources and, through ``json`` and
-``np.load`` alone, against the format specification in :mod:`npyseq.manifest`.
+``np.load`` alone, against the format specification in :mod:`npyseq.format.manifest`.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import npyseq
-from npyseq import InvalidArgumentError, ShardSequence, _npy
-from npyseq.manifest import MANIFEST_NAME
+from npyseq import InvalidArgumentError, ShardSequence
+from npyseq.format import npy
+from npyseq.format.manifest import MANIFEST_NAME
 
 from _fit_helpers import add_noise
 
@@ -213,7 +214,7 @@ def _fake_big_dataset(root, shards=40, rows=100_000, row_shape=(256,)):
         shape = row_shape if name == "x" else ()
         entries = []
         for k in range(shards):
-            header = _npy.header_bytes(dtype, (rows,) + shape)
+            header = npy.header_bytes(dtype, (rows,) + shape)
             size = len(header) + rows * dtype.itemsize * int(np.prod(shape))
             path = root / name / f"{k:06d}.npy"
             with open(path, "wb") as f:

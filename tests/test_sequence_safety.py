@@ -24,7 +24,8 @@ import pytest
 
 import npyseq
 from npyseq import (EmptySequenceError, InvalidArgumentError, ShardSequence, TransformError, WorkerError,
-                    _npy, _start_method, _watchdog, order)
+                    _start_method, _watchdog, order)
+from npyseq.format import npy
 from npyseq.ragged_sequence import RaggedSequence
 
 import _safety_transforms as t
@@ -102,7 +103,7 @@ class _Owner:
 def test_child_forked_while_a_thread_parses_a_header_reads_headers(ds):
     d, _ = ds
     shard = os.path.join(d.path, "x", "000000.npy")
-    result = _child_result(lambda: _npy._HEADER_LOCK, lambda: _npy.read_header(shard)[:2])
+    result = _child_result(lambda: npy._HEADER_LOCK, lambda: npy.read_header(shard)[:2])
     assert result == ("ok", (np.dtype("float32"), (70, 4)))
 
 

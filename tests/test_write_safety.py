@@ -36,7 +36,7 @@ import numpy as np
 import pytest
 
 import npyseq
-from npyseq import _npy
+from npyseq.format import npy
 from npyseq.storage import output
 from npyseq.cli import main
 from npyseq.errors import (
@@ -431,7 +431,7 @@ def test_ctrl_c_in_write_shards_deletes_its_partial_files_and_says_how_to_resume
     out = tmp_path / "ds"
     out.mkdir()
     (out / "keep.partial").write_text("not this run's")
-    real, calls, lock = _npy.hash_array_rows, [0], threading.Lock()
+    real, calls, lock = npy.hash_array_rows, [0], threading.Lock()
 
     def slow(hasher, chunk):
         with lock:
@@ -441,8 +441,8 @@ def test_ctrl_c_in_write_shards_deletes_its_partial_files_and_says_how_to_resume
         time.sleep(0.005)
         return real(hasher, chunk)
 
-    monkeypatch.setattr(_npy, "CHUNK_BYTES", 4096)  # 4 chunks per shard of 16 rows
-    monkeypatch.setattr(_npy, "hash_array_rows", slow)
+    monkeypatch.setattr(npy, "CHUNK_BYTES", 4096)  # 4 chunks per shard of 16 rows
+    monkeypatch.setattr(npy, "hash_array_rows", slow)
     with pytest.raises(KeyboardInterrupt) as info:
         npyseq.write_shards(out, arrays, rows=16, jobs=4, progress=False)
     assert _partials(out) == ["keep.partial"]  # at once: no writing thread is left
@@ -453,7 +453,7 @@ def test_ctrl_c_in_write_shards_deletes_its_partial_files_and_says_how_to_resume
     assert not (out / "manifest.json").exists() and not (out / LOCK_NAME).exists()
     time.sleep(0.05)
     assert _partials(out) == ["keep.partial"]
-    monkeypatch.setattr(_npy, "hash_array_rows", real)
+    monkeypatch.setattr(npy, "hash_array_rows", real)
     npyseq.write_shards(out, arrays, rows=16, jobs=4, progress=False)
     expected = reference(tmp_path, arrays, rows=16)
     assert tree_bytes(out) == dict(expected, **{"keep.partial": b"not this run's"})
@@ -461,10 +461,10 @@ def test_ctrl_c_in_write_shards_deletes_its_partial_files_and_says_how_to_resume
 
 CTRL_C_SCRIPT = textwrap.dedent("""
     import sys, threading, time
-    from npyseq import _npy
+    from npyseq.format import npy
     from npyseq.cli import main
 
-    real, calls, lock = _npy.hash_array_rows, [0], threading.Lock()
+    real, calls, lock = npy.hash_array_rows, [0], threading.Lock()
 
     def slow(hasher, chunk):
         with lock:
@@ -476,9 +476,9 @@ CTRL_C_SCRIPT = textwrap.dedent("""
         time.sleep(0.01)
         return real(hasher, chunk)
 
-    _npy.CHUNK_BYTES = 4096
+    npy.CHUNK_BYTES = 4096
     if sys.argv[1] == "slow":
-        _npy.hash_array_rows = slow
+        npy.hash_array_rows = slow
     sys.exit(main(["convert", *sys.argv[2:], "--rows-per-shard", "16", "--jobs", "2", "--quiet"]))
 """)
 
@@ -596,7 +596,7 @@ def _enospc(*_args, **_kwargs):
 def test_disk_full_deletes_only_the_runs_partial_files(tmp_path, monkeypatch):
     out = tmp_path / "out"
     before = _foreign_partials(out)
-    real, calls = _npy.hash_array_rows, []
+    real, calls = npy.hash_array_rows, []
 
     def failing(hasher, chunk):
         calls.append(1)
@@ -604,7 +604,7 @@ def test_disk_full_deletes_only_the_runs_partial_files(tmp_path, monkeypatch):
             _enospc()
         return real(hasher, chunk)
 
-    monkeypatch.setattr(_npy, "hash_array_rows", failing)
+    monkeypatch.setattr(npy, "hash_array_rows", failing)
     with pytest.raises(DiskFullError, match=re.escape(f"{out}: the disk is full (ENOSPC")):
         write(out, {"x": X}, rows=4, jobs=2)
     after = snapshot(out)
@@ -621,7 +621,7 @@ def test_an_aborted_shard_writer_deletes_only_its_partial_files(tmp_path, monkey
             w.append(x=X[:10])
             assert os.path.exists(out / "x" / "000001.npy.partial")
             if how == "disk full":
-                monkeypatch.setattr(_npy, "hash_array_rows", _enospc)
+                monkeypatch.setattr(npy, "hash_array_rows", _enospc)
                 w.append(x=X[:10])
             raise RuntimeError("the producer failed")
     after = snapshot(out)

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import npyseq
-from npyseq import _npy
+from npyseq.format import npy
 from npyseq.storage import sources
 from npyseq.errors import (
     DatasetChangedError,
@@ -425,7 +425,7 @@ def test_shard_writer_last_shard_header_shrinks(tmp_path, monkeypatch):
     (3 rows) is shorter than the one written when the shard was opened and
     the writer must move the data.
     """
-    original = _npy.header_bytes
+    original = npy.header_bytes
 
     def padded(dtype, shape):
         header = original(dtype, shape)
@@ -435,7 +435,7 @@ def test_shard_writer_last_shard_header_shrinks(tmp_path, monkeypatch):
         length = int.from_bytes(header[8:10], "little") + 64
         return header[:8] + length.to_bytes(2, "little") + header[10:-1] + b" " * 64 + b"\n"
 
-    monkeypatch.setattr(_npy, "header_bytes", padded)
+    monkeypatch.setattr(npy, "header_bytes", padded)
     x = np.arange(17 * 3, dtype=np.float64).reshape(17, 3)
     y = np.arange(17, dtype=np.uint8)
     with npyseq.ShardWriter(tmp_path / "w", rows=7) as w:

@@ -21,7 +21,7 @@ import time
 
 import npyseq
 from benchmarks.common import DATA, RESULTS, drop_cache, image_dataset, markdown_table, shard_files, write_result
-from npyseq import _npy
+from npyseq.format import npy
 from tools.synthetic import ROW_SHAPE
 
 
@@ -47,9 +47,9 @@ def measure(path: str, verify: str, cold: bool, batch_size: int) -> dict:
 
 def hash_rate(ds: npyseq.Dataset) -> float:
     path = shard_files(ds)[0]
-    _npy.file_checksum(path)  # warm
+    npy.file_checksum(path)  # warm
     t = time.perf_counter()
-    _npy.file_checksum(path)
+    npy.file_checksum(path)
     return os.path.getsize(path) / (time.perf_counter() - t) / 1e9
 
 

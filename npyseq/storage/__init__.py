@@ -1,6 +1,6 @@
 """Layer 2 of npyseq, storage: the files of a dataset.
 
-It builds on the format (what is on disk: :mod:`npyseq.manifest`, the
+It builds on the format (what is on disk: :mod:`npyseq.format.manifest`, the
 ``.npy`` facts) and knows nothing of ordering or Keras. The write side:
 
 * :mod:`~npyseq.storage.protocol`: the writing protocol both writers share

@@ -1,6 +1,6 @@
 """Where a write puts its dataset: the output folder, its locks, and what a write may delete.
 
-The writing protocol of :mod:`npyseq.manifest` (temporary names, fsync,
+The writing protocol of :mod:`npyseq.format.manifest` (temporary names, fsync,
 rename, the manifest last) makes a dataset atomic. This module keeps a write
 from destroying anything that is not npyseq's:
 
@@ -43,7 +43,7 @@ from npyseq.errors import (
     ManifestError,
     NpyseqError,
 )
-from npyseq.manifest import MANIFEST_NAME, PARTIAL_SUFFIX, Manifest, fsync_dir, read_manifest, write_manifest
+from npyseq.format.manifest import MANIFEST_NAME, PARTIAL_SUFFIX, Manifest, fsync_dir, read_manifest, write_manifest
 from npyseq.storage.ownership import (
     LOCK_NAME,
     OLD_SUFFIX,

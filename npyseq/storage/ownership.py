@@ -25,8 +25,8 @@ import stat
 from typing import Any, Callable, Iterable, Iterator
 
 from npyseq.errors import ForeignFilesError
-from npyseq.manifest import _NAME_RE  # public in the format package
-from npyseq.manifest import MANIFEST_NAME, PARTIAL_SUFFIX, Manifest
+from npyseq.format.manifest import _NAME_RE  # public in the format package
+from npyseq.format.manifest import MANIFEST_NAME, PARTIAL_SUFFIX, Manifest
 
 LOCK_NAME = ".npyseq.lock"
 STAGING_SUFFIX = ".npyseq-new"  # where overwrite=True builds the new dataset

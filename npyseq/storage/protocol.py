@@ -1,7 +1,7 @@
 """The writing protocol that :func:`npyseq.write_shards` and :class:`npyseq.ShardWriter` share.
 
 How a writer lays out a dataset's files (the "Writing protocol" of
-:mod:`npyseq.manifest`): shard sizes (:func:`parse_size`,
+:mod:`npyseq.format.manifest`): shard sizes (:func:`parse_size`,
 :func:`rows_per_shard`), shard and offsets file names, the array names a
 writer accepts, the dtypes the reader can read back (:func:`storable`), and
 the atomic step that writes one file (:func:`write_file`: a ``.partial``
@@ -30,14 +30,14 @@ import numpy as np
 import xxhash
 from numpy.lib import format as npy_format
 
-from npyseq import _npy
+from npyseq.format import npy
 from npyseq.errors import (
     DiskFullError,
     InvalidArgumentError,
     NpyseqError,
     UnsupportedDtypeError,
 )
-from npyseq.manifest import (
+from npyseq.format.manifest import (
     MANIFEST_NAME,
     MAX_COUNT,
     MAX_ROW_DIMS,
@@ -47,7 +47,7 @@ from npyseq.manifest import (
     logical_dtype,
     storage_dtype,
 )
-from npyseq.manifest import _parse_dtype  # the reader's own parser (public in the format package)
+from npyseq.format.manifest import _parse_dtype  # the reader's own parser (public in the format package)
 from npyseq.storage.ownership import (
     OLD_SUFFIX,
     STAGING_SUFFIX,
@@ -133,7 +133,7 @@ def row_bytes(dtype: np.dtype, shape: Iterable[int]) -> int:
 def shard_header_bytes(dtype: np.dtype, row_shape: Iterable[int]) -> int:
     """The length of a shard's ``.npy`` header sized for the most rows a shard may hold
     (2**40): a size limit keeps room for the longest header a shard can get."""
-    return len(_npy.header_bytes(dtype, (2**40,) + tuple(row_shape)))
+    return len(npy.header_bytes(dtype, (2**40,) + tuple(row_shape)))
 
 
 def rows_per_shard(shard_size: int | str | None, rows: int | None,
@@ -264,14 +264,14 @@ def storable(name: str, dtype: np.dtype, row_shape: tuple[int, ...]) -> tuple[np
             "use plain field names and formats")
     shape = (MAX_COUNT,) + row_shape
     try:
-        header = _npy.header_bytes(store, shape)
+        header = npy.header_bytes(store, shape)
     except UnicodeEncodeError as e:
         raise UnsupportedDtypeError(
             f"{refused}: a .npy header (format 1.0 and 2.0, which np.load and npyseq read) holds "
             f"only latin-1 text, and {e.object[e.start:e.end]!r} in its field names is not latin-1; "
             "rename the fields") from None
     try:
-        found_shape, fortran, found = _npy.read_header_from(io.BytesIO(header))
+        found_shape, fortran, found = npy.read_header_from(io.BytesIO(header))
     except ValueError as e:
         limit = _max_header_size()
         text = len(header) - (10 if header[6] == 1 else 12)  # magic, version and length come first
@@ -360,11 +360,11 @@ def write_file(root: str, path: str, header: bytes, data_bytes: int, chunks, reu
         for chunk in chunks():
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
-            _npy.hash_array_rows(expected, chunk)
-        if _npy.checksum_string(expected) == _npy.file_checksum(final):
+            npy.hash_array_rows(expected, chunk)
+        if npy.checksum_string(expected) == npy.file_checksum(final):
             if progress is not None:
                 progress.update(data_bytes)  # the bar counts data bytes, headers left out
-            return ShardInfo(path=path, bytes=nbytes, checksum=_npy.checksum_string(expected))
+            return ShardInfo(path=path, bytes=nbytes, checksum=npy.checksum_string(expected))
     partial = final + PARTIAL_SUFFIX
     h = xxhash.xxh3_64(header)
     f = create_file(partial, root)  # never through a link; this run's from now on
@@ -374,7 +374,7 @@ def write_file(root: str, path: str, header: bytes, data_bytes: int, chunks, reu
             for chunk in chunks():
                 if cancel is not None and cancel.is_set():
                     raise Cancelled()
-                f.write(_npy.hash_array_rows(h, chunk))
+                f.write(npy.hash_array_rows(h, chunk))
                 if progress is not None:
                     progress.update(chunk.nbytes)
             f.flush()
@@ -384,5 +384,5 @@ def write_file(root: str, path: str, header: bytes, data_bytes: int, chunks, reu
         with contextlib.suppress(OSError):
             os.unlink(partial)
         raise
-    _npy.drop_from_cache(final)
-    return ShardInfo(path=path, bytes=nbytes, checksum=_npy.checksum_string(h))
+    npy.drop_from_cache(final)
+    return ShardInfo(path=path, bytes=nbytes, checksum=npy.checksum_string(h))

@@ -15,9 +15,9 @@ from typing import IO, Any, Iterator, Mapping
 import numpy as np
 import xxhash
 
-from npyseq import _npy
+from npyseq.format import npy
 from npyseq.errors import InvalidArgumentError, WriteFailedError
-from npyseq.manifest import OFFSETS_DTYPE, PARTIAL_SUFFIX, ArrayInfo, Manifest, ShardInfo
+from npyseq.format.manifest import OFFSETS_DTYPE, PARTIAL_SUFFIX, ArrayInfo, Manifest, ShardInfo
 from npyseq.ragged import check_rows, concat_rows, is_row_list
 from npyseq.reader import Dataset, open_shards
 from npyseq.storage.output import Output
@@ -81,7 +81,7 @@ class ShardWriter:
     cast (``float64 -> float32``, floats to integers, 300 into int8, -1 into
     uint8, ``int64 -> float64``) raises :class:`~npyseq.InvalidArgumentError`:
     cast the batch yourself if the change is meant.
-    (:func:`npyseq._npy.cast_problem` states the rule in full.)
+    (:func:`npyseq.format.npy.cast_problem` states the rule in full.)
 
     An ``append`` that fails while writing (an ``OSError`` such as ``EFBIG``
     from a file-size limit, ``KeyboardInterrupt``, any exception) may leave
@@ -295,7 +295,7 @@ class ShardWriter:
             self._writing = path
             state.file = create_file(path, self._root)  # never through a link
             # A ragged array's values count is known at the end: its header is rewritten then.
-            header = _npy.header_bytes(spec.store, ((0 if spec.ragged else self._per_shard),) + spec.shape)
+            header = npy.header_bytes(spec.store, ((0 if spec.ragged else self._per_shard),) + spec.shape)
             state.file.write(header)
             state.hasher, state.ends = xxhash.xxh3_64(header), []
         self._rows_in_shard = 0
@@ -309,7 +309,7 @@ class ShardWriter:
         else:
             data = rows
         self._writing = state.file.name
-        state.file.write(_npy.hash_array_rows(state.hasher, data.view(spec.store)))
+        state.file.write(npy.hash_array_rows(state.hasher, data.view(spec.store)))
 
     def _finish_shard(self) -> None:
         k, rows = len(self._shard_rows), self._rows_in_shard
@@ -329,27 +329,27 @@ class ShardWriter:
         count = state.values_in_shard() if spec.ragged else rows
         if spec.ragged or rows != self._per_shard:
             written = 0 if spec.ragged else self._per_shard
-            state.file = _fix_header(state.file, partial, _npy.header_bytes(spec.store, (written,) + spec.shape),
-                                     _npy.header_bytes(spec.store, (count,) + spec.shape), count * spec.item_bytes)
+            state.file = _fix_header(state.file, partial, npy.header_bytes(spec.store, (written,) + spec.shape),
+                                     npy.header_bytes(spec.store, (count,) + spec.shape), count * spec.item_bytes)
             checksum = None
         else:
-            checksum = _npy.checksum_string(state.hasher)
+            checksum = npy.checksum_string(state.hasher)
         f = state.file
         f.flush()
         os.fsync(f.fileno())
         f.close()
         if checksum is None:
-            checksum = _npy.file_checksum(partial)
+            checksum = npy.file_checksum(partial)
         final = os.path.join(self._root, rel)
         os.replace(partial, final)
-        _npy.drop_from_cache(final)
+        npy.drop_from_cache(final)
         state.shards.append(ShardInfo(path=rel, bytes=os.path.getsize(final), checksum=checksum))
         if spec.ragged:
             self._writing = os.path.join(self._root, offsets_path(name, k))
             offsets = np.concatenate([np.zeros(1, OFFSETS_DTYPE)] + state.ends).astype(OFFSETS_DTYPE)
             state.values.append(count)
             state.offset_files.append(write_file(
-                self._root, offsets_path(name, k), _npy.header_bytes(OFFSETS_DTYPE, offsets.shape),
+                self._root, offsets_path(name, k), npy.header_bytes(OFFSETS_DTYPE, offsets.shape),
                 offsets.nbytes, lambda: iter([offsets]), False, None))
             state.ends = []
 
@@ -408,7 +408,7 @@ def _check(spec: ArraySpec, name: str, value: Any) -> Any:
             f"append(): array {name!r} rows must have shape {spec.shape}, got {a.shape[1:]}"
         )
     if a.dtype != spec.dtype:
-        problem = _npy.cast_problem(a, spec.dtype)
+        problem = npy.cast_problem(a, spec.dtype)
         if problem is not None:
             raise InvalidArgumentError(
                 f"append(): array {name!r} must have dtype {spec.dtype}, got {a.dtype}: {problem}. "
@@ -446,7 +446,7 @@ def _fix_header(f, partial: str, old: bytes, new: bytes, data_bytes: int):
         src.seek(len(old))
         remaining = data_bytes
         while remaining:
-            block = src.read(min(remaining, _npy.CHUNK_BYTES))
+            block = src.read(min(remaining, npy.CHUNK_BYTES))
             dst.write(block)
             remaining -= len(block)
     os.replace(tmp, partial)

@@ -17,9 +17,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from npyseq import _npy
+from npyseq.format import npy
 from npyseq.errors import InvalidArgumentError, NpyseqError
-from npyseq.manifest import MAX_COUNT
+from npyseq.format.manifest import MAX_COUNT
 from npyseq.ragged import RaggedInput, open_ragged
 from npyseq.storage.protocol import check_count, row_bytes
 
@@ -122,7 +122,7 @@ class _NpzStreamSource(Source):
         size = row_bytes(self.dtype, self.shape[1:])
         with _damaged_member(self.path, self.member), zipfile.ZipFile(self.path) as z, \
                 z.open(self.member) as f:
-            _npy.read_header_from(f)
+            npy.read_header_from(f)
             _skip(f, start * size)
             for a in range(start, stop, chunk_rows):
                 n = min(stop, a + chunk_rows) - a
@@ -146,7 +146,7 @@ def _damaged_member(path: str, member: str) -> Iterator[None]:
 
 def _skip(f, nbytes: int) -> None:
     while nbytes > 0:
-        got = f.read(min(nbytes, _npy.CHUNK_BYTES))
+        got = f.read(min(nbytes, npy.CHUNK_BYTES))
         if not got:
             break
         nbytes -= len(got)
@@ -169,7 +169,7 @@ def open_source(name: str, value: Any) -> Source | RaggedInput:
         path = os.fspath(value)
         if path.lower().endswith((".csv", ".tsv")):
             raise InvalidArgumentError(_text_file_message(name, path))
-        array = _npy.map_npy(path, name, npz_hint=f"; pass npyseq.NpzMember({path!r}, member)")
+        array = npy.map_npy(path, name, npz_hint=f"; pass npyseq.NpzMember({path!r}, member)")
         return _file_source(name, array, path)
     if isinstance(value, RawSource):
         return _file_source(name, _open_raw(value), value.path)
@@ -188,11 +188,11 @@ def open_source(name: str, value: Any) -> Source | RaggedInput:
 def _text_file_message(name: str, path: str) -> str:
     """What to do with a CSV file, which npyseq cannot read as it is."""
     delimiter = "\t" if path.lower().endswith(".tsv") else ","
-    npy = os.path.splitext(path)[0] + ".npy"
+    npy_path = os.path.splitext(path)[0] + ".npy"
     return (
         f"array {name!r}: {path} is a CSV file (text), not an array file; npyseq reads .npy files "
         f"(and .npz archives and raw binary files). Make a .npy of it first, e.g. "
-        f"np.save({npy!r}, np.loadtxt({path!r}, delimiter={delimiter!r})) (skiprows=1 for a header "
+        f"np.save({npy_path!r}, np.loadtxt({path!r}, delimiter={delimiter!r})) (skiprows=1 for a header "
         "row; a file bigger than memory: read it in chunks and append them to an npyseq.ShardWriter)"
     )
 
@@ -253,7 +253,7 @@ def _open_npz_member(name: str, src: NpzMember) -> Source:
             ) from None
         with _damaged_member(src.path, src.member), z.open(info) as f:
             try:
-                shape, fortran, dtype = _npy.read_header_from(f)
+                shape, fortran, dtype = npy.read_header_from(f)
             except (ValueError, EOFError, SyntaxError) as e:
                 raise InvalidArgumentError(f"{src.path}:{src.member} is not a .npy member ({e})") from None
             header_len = f.tell()

@@ -26,9 +26,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from npyseq import _npy
+from npyseq.format import npy
 from npyseq.errors import InvalidArgumentError
-from npyseq.manifest import MANIFEST_NAME, OFFSETS_DTYPE, ArrayInfo, Manifest, ShardInfo
+from npyseq.format.manifest import MANIFEST_NAME, OFFSETS_DTYPE, ArrayInfo, Manifest, ShardInfo
 from npyseq.ragged import RaggedInput, RaggedSource, shard_bounds
 from npyseq.reader import Dataset, open_shards
 from npyseq.storage.output import Output, check_sources
@@ -47,7 +47,7 @@ def _write_shard(root: str, path: str, source: Source, start: int, stop: int,
                  store: np.dtype, chunk_rows: int, progress,
                  cancel: threading.Event | None = None) -> ShardInfo:
     """Write rows [start, stop) of ``source`` as the shard ``path``; reuse it if correct."""
-    header = _npy.header_bytes(store, (stop - start,) + source.shape[1:])
+    header = npy.header_bytes(store, (stop - start,) + source.shape[1:])
     data_bytes = (stop - start) * row_bytes(store, source.shape[1:])
     return write_file(root, path, header, data_bytes,
                       lambda: (c.view(store) for c in source.chunks(start, stop, chunk_rows)),
@@ -65,12 +65,12 @@ def _write_ragged_shard(root: str, name: str, k: int, source: RaggedInput, start
     offsets = np.asarray(source.offsets[start:stop + 1], dtype=OFFSETS_DTYPE) - first
     n_values = int(offsets[-1])
     values = write_file(
-        root, shard_path(name, k), _npy.header_bytes(store, (n_values,) + source.element_shape),
+        root, shard_path(name, k), npy.header_bytes(store, (n_values,) + source.element_shape),
         n_values * row_bytes(store, source.element_shape),
-        lambda: (c.view(store) for c in source.chunks(start, stop, _npy.CHUNK_BYTES)),
+        lambda: (c.view(store) for c in source.chunks(start, stop, npy.CHUNK_BYTES)),
         True, progress, cancel)
     index = write_file(
-        root, offsets_path(name, k), _npy.header_bytes(OFFSETS_DTYPE, offsets.shape), offsets.nbytes,
+        root, offsets_path(name, k), npy.header_bytes(OFFSETS_DTYPE, offsets.shape), offsets.nbytes,
         lambda: iter([offsets]), True, progress, cancel)
     return values, n_values, index
 
@@ -234,7 +234,7 @@ def _write_all(output: Output, sources, stores, bounds, jobs, progress, total) -
             continue
         size = row_bytes(store, src.shape[1:])
         nbytes += total * size
-        chunk_rows = max(1, _npy.CHUNK_BYTES // max(1, size))
+        chunk_rows = max(1, npy.CHUNK_BYTES // max(1, size))
         jobs_of_source = [
             ((name, k), functools.partial(_write_shard, root, shard_path(name, k), src, a, b, store,
                                           chunk_rows))
