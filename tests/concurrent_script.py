@@ -17,6 +17,7 @@ place.
 """
 
 import json
+import os
 import sys
 import time
 
@@ -37,9 +38,20 @@ def version(v: int) -> dict:
     return {"x": x, "y": np.full(n, v, np.int32)}
 
 
-def read(path: str, seconds: float) -> dict:
-    end, passes, digest = time.monotonic() + seconds, 0, None
-    while time.monotonic() < end or passes == 0:
+_CAP = 150.0  # seconds: a bound on a run whose "done" file never comes (the test then fails)
+
+
+def _until(done: str):
+    """Keep going while the file ``done`` does not exist (the other process is still at work)."""
+    end = time.monotonic() + _CAP
+    while not os.path.exists(done) and time.monotonic() < end:
+        yield
+    yield  # one more pass after it finished
+
+
+def read(path: str, done: str) -> dict:
+    passes, digest = 0, None
+    for _ in _until(done):
         ds = npyseq.open_shards(path, verify="checksums")
         h = xxhash.xxh3_64()
         for name in ds.names:
@@ -50,16 +62,16 @@ def read(path: str, seconds: float) -> dict:
     return {"passes": passes, "digest": digest}
 
 
-def overwrite(path: str, versions: int) -> dict:
+def overwrite(path: str, versions: int, done: str) -> dict:
     for v in range(1, versions + 1):
         npyseq.write_shards(path, version(v), rows=100, overwrite=True, progress=False)
+    open(done, "w").close()
     return {"versions": versions}
 
 
-def check(path: str, seconds: float) -> dict:
-    end = time.monotonic() + seconds
+def check(path: str, done: str) -> dict:
     passes, changed, seen, errors, mixed, kinds = 0, 0, set(), [], 0, {}
-    while time.monotonic() < end:
+    for _ in _until(done):
         try:
             ds = npyseq.open_shards(path)
             x, y = ds["x"][:], ds["y"][:]
@@ -83,6 +95,8 @@ def check(path: str, seconds: float) -> dict:
 
 
 if __name__ == "__main__":
-    command, path, arg = sys.argv[1:4]
-    fn = {"read": read, "overwrite": overwrite, "check": check}[command]
-    print(json.dumps(fn(path, float(arg) if command != "overwrite" else int(arg))))
+    command, path, *args = sys.argv[1:]
+    if command == "overwrite":
+        print(json.dumps(overwrite(path, int(args[0]), args[1])))
+    else:
+        print(json.dumps({"read": read, "check": check}[command](path, args[0])))

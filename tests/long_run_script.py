@@ -23,6 +23,20 @@ def rss_anon() -> int:
         return int(re.search(r"^RssAnon:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
 
 
+_POOL_THREADS = ("_handle_workers", "_handle_tasks", "_handle_results")  # multiprocessing.Pool's
+
+
+def settle(deadline: float = 20.0) -> None:
+    """Wait until the epoch's closed pool is gone: its worker processes and its three
+    handler threads (named after their targets) have exited; polled, up to a deadline."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        pool_threads = [t for t in threading.enumerate() if any(h in t.name for h in _POOL_THREADS)]
+        if not multiprocessing.active_children() and not pool_threads:
+            return
+        time.sleep(0.01)
+
+
 if __name__ == "__main__":
     path, method, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
     multiprocessing.set_start_method(method, force=True)
@@ -35,7 +49,7 @@ if __name__ == "__main__":
     class Sample(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             gc.collect()
-            time.sleep(0.2)  # let the closed pool's workers and threads finish exiting
+            settle()
             samples["fds"].append(len(os.listdir("/proc/self/fd")))
             samples["threads"].append(threading.active_count())
             samples["tasks"].append(len(os.listdir("/proc/self/task")))

@@ -48,13 +48,15 @@ def test_two_readers_while_a_third_process_converts(tmp_path):
     source = rng.random((60_000, 256), dtype=np.float32)  # 61 MB to convert meanwhile
     np.save(tmp_path / "big.npy", source)
 
-    readers = [_start("read", tmp_path / "a", 4) for _ in range(2)]
+    done = tmp_path / "converted"  # the readers read until the conversion is over
+    readers = [_start("read", tmp_path / "a", done) for _ in range(2)]
     converter = subprocess.Popen(
         [sys.executable, "-m", "npyseq", "convert", str(tmp_path / "big.npy"), "-o", str(tmp_path / "b"),
          "--shard-size", "4MB", "--jobs", "2", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    results = [_result(r) for r in readers]
     out, err = converter.communicate(timeout=180)
+    done.touch()
+    results = [_result(r) for r in readers]
     assert converter.returncode == 0, err
 
     assert all(r["passes"] >= 2 for r in results), results
@@ -71,8 +73,9 @@ def overwritten(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("overwrite")
     path = tmp_path / "ds"
     npyseq.write_shards(path, concurrent_script.version(0), rows=100, progress=False)
-    writer = _start("overwrite", path, 120)
-    readers = [_start("check", path, 6) for _ in range(2)]
+    done = tmp_path_factory.mktemp("signal") / "written"  # the readers check until the writer is done
+    writer = _start("overwrite", path, 120, done)
+    readers = [_start("check", path, done) for _ in range(2)]
     results = [_result(r) for r in readers]
     _result(writer)
     final = npyseq.open_shards(path, verify="checksums")

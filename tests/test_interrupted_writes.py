@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -34,6 +35,7 @@ import pytest
 import npyseq
 from npyseq.format import npy
 from npyseq.storage import protocol
+from npyseq.storage import writer as writer_module
 from npyseq.errors import DatasetNotFoundError, DiskFullError, IncompleteDatasetError
 
 from _helpers import LOCK_NAME, assert_same_array, tree_bytes
@@ -305,11 +307,26 @@ def test_injected_enospc_mid_shard_stops_every_job(tmp_path, monkeypatch):
         time.sleep(0.002)
         return real(hasher, chunk)
 
+    # Every shard job counted in and out: when write_shards raises, none may still be writing
+    # (a job still running would leave its .partial behind after the cleanup).
+    real_job, active, lock = writer_module._write_shard, [0, 0], threading.Lock()
+
+    def job(*args, **kwargs):
+        with lock:
+            active[0] += 1
+        try:
+            return real_job(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+                active[1] += 1
+
     monkeypatch.setattr(npy, "CHUNK_BYTES", 4096)  # 4 chunks per shard of 16 rows
     monkeypatch.setattr(npy, "hash_array_rows", failing)
+    monkeypatch.setattr(writer_module, "_write_shard", job)
     with pytest.raises(DiskFullError, match=re.escape(f"{tmp_path / 'ds'}: the disk is full (ENOSPC")):
         npyseq.write_shards(tmp_path / "ds", arrays, rows=16, jobs=4, progress=False)
-    time.sleep(0.1)  # a job still writing would leave a .partial behind now
+    assert active[0] == 0 and active[1] >= 2, active  # every job that started has returned
     assert _no_partials(tmp_path / "ds") == []
     assert not (tmp_path / "ds" / "manifest.json").exists()
     assert len(calls) < 16 * 4  # the other jobs stopped early

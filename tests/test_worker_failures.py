@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import psutil
@@ -159,12 +160,27 @@ INTERRUPTS = [("tensorflow", "fork", "group"), ("tensorflow", "fork", "main"),
               ("jax", "spawn", "group"), ("jax", "forkserver", "group")]
 
 
+class LostInterruptWarning(UserWarning):
+    """A first Ctrl-C that did not stop training (the test then sends a second one)."""
+
+
+def _wait_for_children(pid: int, count: int, deadline: float) -> list:
+    """The descendants of ``pid`` once there are at least ``count`` (polled up to ``deadline`` s)."""
+    end = time.monotonic() + deadline
+    while True:
+        found = psutil.Process(pid).children(recursive=True)
+        if len(found) >= count or time.monotonic() > end:
+            assert len(found) >= count, f"{len(found)} child processes after {deadline} s, expected {count}"
+            return found
+        time.sleep(0.02)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("backend, method, target", INTERRUPTS,
                          ids=[f"{b}-{m}-{t}" for b, m, t in INTERRUPTS])
 def test_ctrl_c_during_fit_raises_keyboard_interrupt_and_leaves_no_process(dataset, backend, method,
-                                                                             target):
+                                                                             target, request):
     """SIGINT to the process group is a terminal's Ctrl-C; to the main process alone, a ``kill -INT``.
 
     Without npyseq, the group case hangs: the workers die of KeyboardInterrupt
@@ -182,9 +198,7 @@ def test_ctrl_c_during_fit_raises_keyboard_interrupt_and_leaves_no_process(datas
             line = proc.stdout.readline()
             if not line and proc.poll() is not None:
                 pytest.fail(f"the training script ended early: {proc.stderr.read()[-3000:]}")
-        time.sleep(0.3)
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-        assert len(descendants) >= 2  # the two workers (plus forkserver / resource tracker)
+        descendants = _wait_for_children(proc.pid, 2, deadline=30)  # the two workers (+ forkserver...)
         sent = time.monotonic()
         send = (lambda: os.killpg(proc.pid, signal.SIGINT)) if target == "group" else (
             lambda: os.kill(proc.pid, signal.SIGINT))
@@ -195,6 +209,11 @@ def test_ctrl_c_during_fit_raises_keyboard_interrupt_and_leaves_no_process(datas
             # Seen once in about 7 full runs (TensorFlow, fork, SIGINT to the main
             # process alone): the interrupt was lost and training went on. A user
             # presses Ctrl-C again; what must hold is that the program then stops.
+            # Not hidden: the run records it and pytest's summary shows the warning.
+            request.node.user_properties.append(("lost_first_sigint", True))
+            warnings.warn(LostInterruptWarning(
+                f"{backend}-{method}-{target}: the first SIGINT was lost (training went on for 20 s); "
+                "a second one was sent"))
             send()
             out, err = proc.communicate(timeout=60)
         exited_after = time.monotonic() - sent
