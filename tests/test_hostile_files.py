@@ -496,7 +496,7 @@ def _outcome(f):
 
 
 @pytest.mark.timeout(300)
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large], database=None)
 @given(data=st.data())
 def test_any_index_array_equals_numpy_or_both_raise(tmp_path_factory, data):
     n = data.draw(st.integers(1, 30), label="rows")

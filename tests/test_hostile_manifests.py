@@ -164,7 +164,7 @@ def _run_traced(root) -> tuple[str, int, float]:
         tracemalloc.stop()
 
 
-@settings(max_examples=700, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+@settings(max_examples=700, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large], database=None,
           derandomize=True)
 @given(data=st.data())
 def test_fuzzed_manifests_raise_only_npyseq_errors(dataset, tmp_path_factory, data):
@@ -185,7 +185,7 @@ def test_fuzzed_manifests_raise_only_npyseq_errors(dataset, tmp_path_factory, da
     shutil.rmtree(work.parent)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large], database=None,
           derandomize=True)
 @given(raw=st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode),
                      st.sampled_from([b"\xff\xfe{}", b"{\"format\": \"npyseq\"", b"\x00" * 100,
@@ -441,7 +441,7 @@ def _same(got, expected) -> bool:
 
 
 @pytest.mark.timeout(600)
-@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large], database=None,
           derandomize=True)
 @given(data=st.data())
 def test_replaced_files_give_right_bytes_or_npyseq_errors(file_dataset, tmp_path_factory, data):

@@ -16,7 +16,7 @@ import sys
 import ml_dtypes
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import npyseq
@@ -101,9 +101,9 @@ def test_round_trip(tmp_path_factory, n, dtype, element_shape, shard, kind, read
     rng = np.random.default_rng(seed)
     rows = make_rows(rng, n, dtype, element_shape, max_len=rng.integers(0, 30))
     y = np.arange(n, dtype=np.int64) * 7
+    # An empty list is no ragged array (nothing to append): not a valid example.
+    assume(not (n == 0 and kind in ("list", "iterable", "shard_writer")))
     root = tmp_path_factory.mktemp("rt") / "ds"
-    if n == 0 and kind in ("list", "iterable", "shard_writer"):
-        return  # an empty list is no ragged array; nothing to append
     write(kind, root, rows, {"y": y}, empty=np.empty((0,) + element_shape, dtype), **shard)
     ds = npyseq.open_shards(root, verify="checksums", read=read)
     r = ds["r"]
