@@ -111,7 +111,8 @@ def check_relative_path(path: Any, source: str) -> str:
 def check_checksum(value: Any, what: str, source: str) -> str:
     """``"<algorithm>:<hex digest>"`` as :data:`CHECKSUM_RE` allows (any algorithm)."""
     if not isinstance(value, str) or CHECKSUM_RE.fullmatch(value) is None:
-        raise _fail(source, f"{what} checksum is malformed: {value!r:.80} (expected "
+        size = f"{len(value)} characters; " if isinstance(value, str) else ""
+        raise _fail(source, f"{what} checksum is malformed: {value!r:.80} ({size}expected "
                             f"'<algorithm>:<hex digest>', 1-{MAX_ALGORITHM_LENGTH} characters "
                             f"[a-z0-9_], ':', 1-{MAX_DIGEST_LENGTH} lower-case hex digits)")
     return value
