@@ -120,14 +120,16 @@ shard's row lengths. ``offsets.path`` holds ``shard_rows[k] + 1`` integers of
 dtype ``"<i8"``: row ``j`` of the shard is ``values_file[offsets[j]:offsets[j + 1]]``;
 the offsets start at 0, never decrease, and end at ``values``. Fixed and
 ragged arrays share ``rows`` and ``shard_rows``, so rows stay aligned.
-``"ragged"`` is ``true`` or ``false`` (absent: ``false``).
+``"ragged"`` is ``true`` or ``false`` (absent: ``false``); ``true`` needs
+``"version": 2``.
 
 Limits
 ------
 A reader refuses a manifest beyond any of these (npyseq: ``ManifestError``
-naming the manifest, the field and the value found), and npyseq's writers
-refuse, before writing anything, an array they could only describe beyond
-one. Each is a constant of :mod:`npyseq.format.limits` unless a module is named.
+naming the manifest, the field and the value found); npyseq's writers check
+the names, dtypes, shapes and sizes they are given against them before
+writing anything. Each is a constant of :mod:`npyseq.format.limits` unless
+a module is named.
 
 * ``MAX_MANIFEST_BYTES = 256 * 2**20``: the most bytes of ``manifest.json``,
   checked before parsing.
@@ -192,24 +194,26 @@ Compatibility
   and readers report them as ones they cannot verify, not as a mismatch.
 * The names a writer owns. Besides ``manifest.json`` and the files it
   names, npyseq's writers create ``.npyseq.lock`` (``LOCK_NAME``) and
-  ``manifest.json.partial`` in the dataset folder, ``<k>.npy.partial``
-  (``PARTIAL_SUFFIX``) and ``<k>.npy.partial.tmp`` (``TMP_SUFFIX``, a shard
+  ``manifest.json.partial`` in the dataset folder, ``<shard>.partial``
+  (``PARTIAL_SUFFIX``) and ``<shard>.partial.tmp`` (``TMP_SUFFIX``, a shard
   whose header is being rewritten) in array folders, and the folders
   ``<folder>.npyseq-new`` (``STAGING_SUFFIX``) and ``<folder>.npyseq-old``
   (``OLD_SUFFIX``) beside it; they name shards ``<array>/<k>.npy`` and
   ``<array>/<k>.offsets.npy``, ``k`` the shard number in at least 6 digits.
-* What npyseq's writer deletes: only the files a manifest names and the
-  temporary files named as above. In the dataset folder: its own lock and
-  temporary files, those a killed run left directly in the folders of the
-  arrays it publishes, and, when it replaces a dataset, ``manifest.json``,
-  the files that manifest names and the temporary files beside them, then
-  the folders left empty. In ``<folder>.npyseq-new`` and ``-old``, folders
-  only npyseq writes: every file named as above (numbered shards included)
-  that the new manifest does not name. It refuses to write (``ForeignFilesError``)
-  rather than delete anything else: an overwrite of a folder holding
-  something its manifest does not name, a ``.npyseq-new`` or ``-old`` folder
-  holding something not named as above, a link or special file where it
-  writes. A third-party writer should use these names as npyseq does.
+* What npyseq's writer deletes: only files a manifest names and temporary
+  files named as above. In the dataset folder: its own lock and temporary
+  files; those a killed run left directly in the folders of the arrays it
+  publishes; a file at a path it writes that is not the shard it would
+  write (step 3 of the protocol); and, when it replaces a dataset,
+  ``manifest.json``, the files that manifest names and the temporary files
+  beside them, then the folders left empty. In ``<folder>.npyseq-new`` and
+  ``-old``, folders only npyseq writes, what an interrupted write left:
+  every file named as above (numbered shards included) but, in ``-new``,
+  those the new manifest names. It refuses to write (``ForeignFilesError``)
+  rather than delete anything else: an overwrite of a folder holding what
+  its manifest does not name, a ``-new`` or ``-old`` folder holding what is
+  not named as above, a link or special file where it writes. A
+  third-party writer should use these names as npyseq does.
 """
 
 from __future__ import annotations
