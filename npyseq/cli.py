@@ -29,7 +29,7 @@ import numpy as np
 
 from npyseq import __version__
 from npyseq.errors import NpyseqError, ShardError
-from npyseq.format.manifest import MAX_COUNT
+from npyseq.format.limits import MAX_COUNT
 from npyseq.ragged import RaggedSource
 from npyseq.reader import open_shards
 from npyseq.storage.protocol import DEFAULT_SHARD_SIZE, check_count, parse_size, short_repr

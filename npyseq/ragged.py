@@ -24,6 +24,7 @@ import numpy as np
 
 from npyseq.format import npy
 from npyseq.errors import CorruptShardError, InvalidArgumentError
+from npyseq.format.dtypes import cast_problem
 from npyseq.format.manifest import ArrayInfo
 
 __all__ = ["RaggedSource", "RaggedArray"]
@@ -161,7 +162,7 @@ def check_rows(name: str, rows: Any, dtype: np.dtype | None = None,
                 "like the rows before it"
             )
         if r.dtype != dtype:
-            problem = npy.cast_problem(r, dtype)
+            problem = cast_problem(r, dtype)
             if problem is not None:
                 raise InvalidArgumentError(
                     f"array {name!r}: row {i} has dtype {r.dtype}, expected {dtype} like the rows before "

@@ -48,10 +48,10 @@ from npyseq.format.manifest import (
     OFFSETS_DTYPE,
     ArrayInfo,
     Manifest,
-    logical_dtype,
     read_manifest,
     shard_offsets,
 )
+from npyseq.format.dtypes import logical_dtype
 
 if TYPE_CHECKING:
     from npyseq.ragged import RaggedArray

@@ -551,7 +551,7 @@ def test_logical_dtypes_outside_the_list_are_refused(tmp_path, logical, dtype, m
             npyseq.open_shards(root, verify=verify)
 
 
-@pytest.mark.parametrize("name", sorted(npyseq.format.manifest.LOGICAL_DTYPES))
+@pytest.mark.parametrize("name", sorted(npyseq.format.dtypes.LOGICAL_DTYPES))
 def test_every_listed_logical_dtype_round_trips(tmp_path, name):
     import ml_dtypes
 

@@ -12,7 +12,9 @@ import pytest
 import xxhash
 
 import npyseq
+from npyseq.format import dtypes
 from npyseq.format import manifest as mf
+from npyseq.storage import protocol
 from npyseq.errors import ManifestError, UnsupportedDtypeError
 
 from _helpers import concat_shards, load_manifest_json, write_manifest_json
@@ -67,7 +69,7 @@ def test_json_document_has_the_documented_fields():
 
 def test_write_then_read_manifest(tmp_path):
     m = _example_manifest()
-    mf.write_manifest(tmp_path, m)
+    protocol.write_manifest(tmp_path, m)
     back, raw = mf.read_manifest(tmp_path)
     assert back == m
     assert raw == m.to_json().encode("utf-8")
@@ -241,23 +243,23 @@ def test_zero_row_manifest_round_trips():
     (ml_dtypes.float8_e5m2, "|u1", "float8_e5m2"),
 ])
 def test_storage_dtype(dtype, stored, logical):
-    store, name = mf.storage_dtype(np.dtype(dtype))
+    store, name = dtypes.storage_dtype(np.dtype(dtype))
     assert store == np.dtype(stored)
     assert name == logical
-    assert mf.logical_dtype(store, name) == np.dtype(dtype)
+    assert dtypes.logical_dtype(store, name) == np.dtype(dtype)
 
 
 @pytest.mark.parametrize("dtype", [object, [("a", "<i4"), ("b", object)]])
 def test_storage_dtype_refuses_objects(dtype):
     with pytest.raises(UnsupportedDtypeError, match="array 'feat' has dtype .* which holds Python objects"):
-        mf.storage_dtype(np.dtype(dtype), "feat")
+        dtypes.storage_dtype(np.dtype(dtype), "feat")
 
 
 def test_logical_dtype_checks_name_and_width():
     with pytest.raises(ManifestError, match="unknown logical_dtype 'float7'"):
-        mf.logical_dtype(np.dtype("<u2"), "float7")
+        dtypes.logical_dtype(np.dtype("<u2"), "float7")
     with pytest.raises(ManifestError, match="logical_dtype 'bfloat16' is 2 bytes wide but the stored dtype uint32 is 4"):
-        mf.logical_dtype(np.dtype("<u4"), "bfloat16")
+        dtypes.logical_dtype(np.dtype("<u4"), "bfloat16")
 
 
 def test_shard_offsets():

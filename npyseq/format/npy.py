@@ -1,18 +1,32 @@
-"""Small helpers over ``numpy.lib.format``: shard headers and checksums."""
+"""The facts of ``.npy`` files npyseq relies on, over ``numpy.lib.format``:
+shard headers, the size of a row, and checksums."""
 
 from __future__ import annotations
 
 import io
+import math
 import os
+import sys
 import threading
+from typing import Iterable
 
 import numpy as np
 import xxhash
 from numpy.lib import format as npy_format
 
+from npyseq import forks
 from npyseq.errors import CorruptShardError, InvalidArgumentError, MissingShardError
 
 CHUNK_BYTES = 16 * 2**20
+
+# The checksum algorithm npyseq writes and the only one it can verify: XXH3,
+# 64 bits, seed 0, the digest as 16 lower-case hex digits.
+CHECKSUM_ALGORITHM = "xxh3_64"
+
+
+def row_bytes(dtype: np.dtype, shape: Iterable[int]) -> int:
+    """Bytes of one row of ``shape`` (exact: a huge shape cannot overflow)."""
+    return dtype.itemsize * math.prod(shape)
 
 
 def header_bytes(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
@@ -75,17 +89,10 @@ def map_npy(path: str, name: str, what: str = "source", npz_hint: str = "") -> n
 # thread workers open shards concurrently. Parsing one header at a time costs
 # nothing: it happens once per shard and process.
 _HEADER_LOCK = threading.Lock()
-
-
-def _new_header_lock() -> None:
-    # A child forked while another thread of the parent held the lock (thread
-    # workers of another sequence, an evaluation thread) would otherwise wait
-    # for it forever: the thread that would release it does not exist there.
-    global _HEADER_LOCK
-    _HEADER_LOCK = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_new_header_lock)
+# A child forked while another thread of the parent held the lock (thread
+# workers of another sequence, an evaluation thread) would otherwise wait for
+# it forever: the thread that would release it does not exist there.
+forks.new_lock_after_fork(sys.modules[__name__], "_HEADER_LOCK")
 
 
 def read_header_from(f) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -99,90 +106,6 @@ def read_header_from(f) -> tuple[tuple[int, ...], bool, np.dtype]:
     raise ValueError(f"unsupported .npy format version {version}; npyseq reads 1.0 and 2.0")
 
 
-def cast_problem(array: np.ndarray, dtype: np.dtype) -> str | None:
-    """Why casting ``array`` to ``dtype`` could change a value, or None if it cannot.
-
-    The writers cast a batch to the dtype its array already has only when no
-    value can change:
-
-    * casts NumPy calls ``"safe"`` within one kind of data: bool, integers
-      (``int8 -> int64``), floats (``float32 -> float64``), complex, strings
-      (``'S3' -> 'S5'``), dates and times of a finer unit, structs NumPy casts
-      safely;
-    * bool to numbers, floats to complex, and integers to floats or complex
-      that hold every integer of the source dtype exactly (``int16 -> float32``,
-      ``int32 -> float64``, but not ``int64 -> float64``);
-    * integers to integers of another range when every value fits
-      (``int64`` labels 0 to 9 into an ``int8`` array); this one is checked
-      value by value.
-
-    Everything else is refused: ``float64 -> float32`` (rounding, overflow to
-    inf), floats to integers, integers that do not fit (300 into ``int8``, -1
-    into ``uint8``), shorter strings, numbers to strings or times.
-    """
-    source, dtype = array.dtype, np.dtype(dtype)
-    if source == dtype:
-        return None
-    kinds = _number_kind(source), _number_kind(dtype)
-    if not np.can_cast(source, dtype, casting="safe"):
-        if kinds == ("int", "int") and source.kind in "iu" and dtype.kind in "iu":
-            if array.size == 0:
-                return None
-            info = np.iinfo(dtype)
-            if info.min <= int(array.min()) and int(array.max()) <= info.max:
-                return None
-            flat = array.reshape(-1)
-            bad = flat[(flat < info.min) | (flat > info.max)]
-            shown = ", ".join(str(int(v)) for v in bad[:3]) + (", ..." if len(bad) > 3 else "")
-            return f"it holds {shown}, outside the {dtype} range {info.min} to {info.max}"
-        return f"a cast from {source} to {dtype} can change values"
-    if kinds[0] is None or kinds[1] is None:
-        if kinds[0] is None and kinds[1] is None and source.kind == dtype.kind:
-            return None  # strings to longer strings, times to finer units, structs
-        return f"a cast from {source} to {dtype} changes the kind of data"
-    if kinds[0] == kinds[1] or kinds[0] == "bool" or kinds == ("float", "complex"):
-        return None
-    if kinds[0] == "int":
-        bits, exact = _magnitude_bits(source), _mantissa_bits(dtype)
-        if exact is not None and bits <= exact:
-            return None
-        return (f"a cast from {source} to {dtype} can change values ({dtype} holds integers exactly "
-                f"only up to 2**{exact})" if exact is not None else
-                f"a cast from {source} to {dtype} can change values")
-    return f"a cast from {source} to {dtype} can change values"
-
-
-def _number_kind(dtype: np.dtype) -> str | None:
-    """"bool", "int", "float" or "complex"; None for strings, times, structs."""
-    kind = {"b": "bool", "i": "int", "u": "int", "f": "float", "c": "complex"}.get(dtype.kind)
-    if kind is None and getattr(dtype.type, "__module__", "").startswith("ml_dtypes"):
-        import ml_dtypes
-
-        try:
-            ml_dtypes.finfo(dtype)
-            return "float"
-        except (TypeError, ValueError):
-            return "int"
-    return kind
-
-
-def _magnitude_bits(dtype: np.dtype) -> int:
-    """Bits of the largest magnitude an integer dtype holds."""
-    return dtype.itemsize * 8 - (1 if dtype.kind == "i" else 0)
-
-
-def _mantissa_bits(dtype: np.dtype) -> int | None:
-    """Integers up to 2**this are exact in the float or complex ``dtype``."""
-    try:
-        if dtype.kind in "fc":
-            return int(np.finfo(dtype).nmant) + 1
-        import ml_dtypes
-
-        return int(ml_dtypes.finfo(dtype).nmant) + 1
-    except (TypeError, ValueError):
-        return None
-
-
 def hash_array_rows(hasher: "xxhash.xxh3_64", chunk: np.ndarray) -> memoryview:
     """Feed a C-contiguous chunk's bytes to ``hasher`` and return them."""
     buf = np.ascontiguousarray(chunk).reshape(-1).view(np.uint8)
@@ -191,7 +114,14 @@ def hash_array_rows(hasher: "xxhash.xxh3_64", chunk: np.ndarray) -> memoryview:
 
 
 def checksum_string(hasher: "xxhash.xxh3_64") -> str:
-    return f"xxh3_64:{hasher.hexdigest()}"
+    """The checksum a manifest records for the bytes ``hasher`` has seen."""
+    return f"{CHECKSUM_ALGORITHM}:{hasher.hexdigest()}"
+
+
+def can_verify(checksum: str) -> bool:
+    """Whether npyseq can verify ``checksum`` (of :data:`CHECKSUM_ALGORITHM`). A manifest may
+    record another algorithm; a reader reports such a checksum as one it cannot verify."""
+    return checksum.partition(":")[0] == CHECKSUM_ALGORITHM
 
 
 def file_checksum(path: str, progress=None, fd: int | None = None) -> str:

@@ -4,8 +4,8 @@ It builds on the format (what is on disk: :mod:`npyseq.format.manifest`, the
 ``.npy`` facts) and knows nothing of ordering or Keras. The write side:
 
 * :mod:`~npyseq.storage.protocol`: the writing protocol both writers share
-  (shard sizes and names, the atomic file-writing step, disk full, what the
-  reader can read back).
+  (shard sizes and names, the atomic file-writing step, the manifest written
+  last, disk full).
 * :mod:`~npyseq.storage.output`: the output folder of one write (resolve,
   lock, decide, publish, swap, release).
 * :mod:`~npyseq.storage.ownership`: what npyseq wrote and what a path is;

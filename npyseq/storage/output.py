@@ -43,11 +43,9 @@ from npyseq.errors import (
     ManifestError,
     NpyseqError,
 )
-from npyseq.format.manifest import MANIFEST_NAME, PARTIAL_SUFFIX, Manifest, fsync_dir, read_manifest, write_manifest
+from npyseq.format.manifest import (LOCK_NAME, MANIFEST_NAME, OLD_SUFFIX, PARTIAL_SUFFIX, STAGING_SUFFIX, Manifest,
+                                    read_manifest)
 from npyseq.storage.ownership import (
-    LOCK_NAME,
-    OLD_SUFFIX,
-    STAGING_SUFFIX,
     check_file,
     delete_dataset,
     delete_leftovers,
@@ -61,6 +59,7 @@ from npyseq.storage.ownership import (
     open_own_file,
     remove_temporaries,
 )
+from npyseq.storage.protocol import fsync_dir, write_manifest
 
 
 # --- the lock ---------------------------------------------------------------------------

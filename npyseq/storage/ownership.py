@@ -22,16 +22,11 @@ import fcntl
 import os
 import re
 import stat
-from typing import Any, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from npyseq.errors import ForeignFilesError
-from npyseq.format.manifest import _NAME_RE  # public in the format package
-from npyseq.format.manifest import MANIFEST_NAME, PARTIAL_SUFFIX, Manifest
-
-LOCK_NAME = ".npyseq.lock"
-STAGING_SUFFIX = ".npyseq-new"  # where overwrite=True builds the new dataset
-OLD_SUFFIX = ".npyseq-old"  # where the old one waits, where folders cannot be exchanged
-TMP_SUFFIX = PARTIAL_SUFFIX + ".tmp"  # a shard whose header is being rewritten
+from npyseq.format.limits import is_array_name
+from npyseq.format.manifest import LOCK_NAME, MANIFEST_NAME, PARTIAL_SUFFIX, Manifest
 _SHARD_FILE_RE = re.compile(r"^\d{6,}(\.offsets)?\.npy$")
 _TEMP_FILE_RE = re.compile(r"^\d{6,}(\.offsets)?\.npy\.partial(\.tmp)?$")
 _ROOT_FILES = (MANIFEST_NAME, MANIFEST_NAME + PARTIAL_SUFFIX, LOCK_NAME)
@@ -39,11 +34,6 @@ _SHOWN = 10  # files named in an error message, at most
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-
-
-def is_array_name(name: Any) -> bool:
-    """Whether ``name`` is an array name the format allows (and so an array folder's name)."""
-    return isinstance(name, str) and bool(_NAME_RE.match(name))
 
 
 # --- what a path is -------------------------------------------------------------------

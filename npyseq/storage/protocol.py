@@ -3,9 +3,9 @@
 How a writer lays out a dataset's files (the "Writing protocol" of
 :mod:`npyseq.format.manifest`): shard sizes (:func:`parse_size`,
 :func:`rows_per_shard`), shard and offsets file names, the array names a
-writer accepts, the dtypes the reader can read back (:func:`storable`), and
-the atomic step that writes one file (:func:`write_file`: a ``.partial``
-file, fsync, rename; reused when a rerun finds it complete). A full disk
+writer accepts, the atomic step that writes one file (:func:`write_file`: a
+``.partial`` file, fsync, rename; reused when a rerun finds it complete) and
+the manifest (:func:`write_manifest`, then :func:`fsync_dir`). A full disk
 (``ENOSPC``, or ``EDQUOT`` for a quota) becomes one
 :class:`~npyseq.errors.DiskFullError` (:func:`disk_full_error`).
 
@@ -17,9 +17,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fractions
-import io
-import json
-import math
 import os
 import re
 import shutil
@@ -28,34 +25,22 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import xxhash
-from numpy.lib import format as npy_format
 
+from npyseq.errors import DiskFullError, ForeignFilesError, InvalidArgumentError
 from npyseq.format import npy
-from npyseq.errors import (
-    DiskFullError,
-    InvalidArgumentError,
-    NpyseqError,
-    UnsupportedDtypeError,
-)
+from npyseq.format.limits import MAX_COUNT, MAX_NAME_LENGTH, is_array_name
 from npyseq.format.manifest import (
     MANIFEST_NAME,
-    MAX_COUNT,
-    MAX_ROW_DIMS,
     OFFSETS_DTYPE,
-    PARTIAL_SUFFIX,
-    ShardInfo,
-    logical_dtype,
-    storage_dtype,
-)
-from npyseq.format.manifest import _parse_dtype  # the reader's own parser (public in the format package)
-from npyseq.storage.ownership import (
     OLD_SUFFIX,
+    PARTIAL_SUFFIX,
     STAGING_SUFFIX,
     TMP_SUFFIX,
-    check_file,
-    create_file,
-    is_array_name,
+    Manifest,
+    ShardInfo,
 )
+from npyseq.format.npy import row_bytes
+from npyseq.storage.ownership import check_file, create_file
 
 DEFAULT_SHARD_SIZE = "256MB"  # the largest shard file of an array
 _UNITS = {
@@ -125,11 +110,6 @@ def shard_limit(shard_size: int | str, rows: int | None) -> int | None:
     return parse_size(shard_size)
 
 
-def row_bytes(dtype: np.dtype, shape: Iterable[int]) -> int:
-    """Bytes of one row of ``shape`` (exact: a huge shape cannot overflow)."""
-    return dtype.itemsize * math.prod(shape)
-
-
 def shard_header_bytes(dtype: np.dtype, row_shape: Iterable[int]) -> int:
     """The length of a shard's ``.npy`` header sized for the most rows a shard may hold
     (2**40): a size limit keeps room for the longest header a shard can get."""
@@ -190,7 +170,7 @@ def check_name(name: Any) -> str:
     """Refuse an array name the format does not allow, or one npyseq's own files use."""
     if not is_array_name(name):
         raise InvalidArgumentError(
-            f"array names must be 1-128 letters, digits, '_', '-' or '.', not starting with '.'; "
+            f"array names must be 1-{MAX_NAME_LENGTH} letters, digits, '_', '-' or '.', not starting with '.'; "
             f"got {name!r}"
         )
     lower = name.lower()  # file systems that ignore case (macOS, Windows) make Manifest.json one
@@ -217,101 +197,6 @@ def check_names(names: Iterable[Any]) -> None:
                 f"array names {other!r} and {name!r} differ only in case: on a file system that "
                 "ignores case (macOS, Windows) their folders would be one; rename one of them"
             )
-
-
-# --- what the reader can read back ----------------------------------------------------
-# Format knowledge ("which dtypes and shapes a reader opens"): storable and its
-# helpers move to npyseq/format/dtypes.py with the format package.
-
-
-def storable(name: str, dtype: np.dtype, row_shape: tuple[int, ...]) -> tuple[np.dtype, str | None]:
-    """``storage_dtype`` of an array whose rows have ``row_shape`` (a ragged
-    array's element shape), once sure that the reader opens what the writers
-    would write for it; else an error, raised before anything is written.
-
-    The checks replay the reader's: the dtype description must come back
-    from the manifest's JSON as the same dtype, and a shard's ``.npy`` header
-    (for the largest row count a shard can have) must be writable in format
-    1.0 or 2.0 (latin-1 field names) and parse back, within numpy's
-    ``max_header_size``, as the same dtype and shape.
-    """
-    store, logical = storage_dtype(dtype, name)
-    row_shape = tuple(row_shape)
-    if len(row_shape) > MAX_ROW_DIMS:
-        raise InvalidArgumentError(
-            f"array {name!r}: rows of shape {row_shape} have {len(row_shape)} dimensions; npyseq "
-            f"stores rows of at most {MAX_ROW_DIMS} dimensions (its reader refuses more). "
-            "Reshape the rows (e.g. merge axes) before writing them")
-    if store.itemsize * math.prod(row_shape) > MAX_COUNT:
-        raise InvalidArgumentError(
-            f"array {name!r}: one row of shape {row_shape} and dtype {_describe(dtype)} would take "
-            f"{store.itemsize * math.prod(row_shape)} bytes, more than the 2**62 a manifest records")
-    refused = f"array {name!r} has dtype {_describe(dtype)}, which npyseq cannot store so that it reads it back"
-    if _has_titles(store):
-        # The manifest's JSON would hold [title, name] lists where numpy needs
-        # tuples: a reader working from the format's specification would fail.
-        raise UnsupportedDtypeError(
-            f"{refused}: its fields have titles, which npyseq does not store; drop them "
-            "(np.dtype({'names': ..., 'formats': ...}) without 'titles') before writing")
-    try:
-        descr = json.loads(json.dumps(npy_format.dtype_to_descr(store)))
-        same = _parse_dtype(descr, "dtype", "manifest.json") == store
-    except (TypeError, ValueError):  # not JSON, or a ManifestError
-        same = False
-    if not same:
-        raise UnsupportedDtypeError(
-            f"{refused}: its description does not survive manifest.json (JSON) unchanged; "
-            "use plain field names and formats")
-    shape = (MAX_COUNT,) + row_shape
-    try:
-        header = npy.header_bytes(store, shape)
-    except UnicodeEncodeError as e:
-        raise UnsupportedDtypeError(
-            f"{refused}: a .npy header (format 1.0 and 2.0, which np.load and npyseq read) holds "
-            f"only latin-1 text, and {e.object[e.start:e.end]!r} in its field names is not latin-1; "
-            "rename the fields") from None
-    try:
-        found_shape, fortran, found = npy.read_header_from(io.BytesIO(header))
-    except ValueError as e:
-        limit = _max_header_size()
-        text = len(header) - (10 if header[6] == 1 else 12)  # magic, version and length come first
-        raise UnsupportedDtypeError(
-            f"{refused}: its shards' .npy header "
-            + (f"would hold {text} characters, more than the {limit} that np.load and npyseq read "
-               "(numpy's max_header_size); use fewer or shorter-named fields, or split the "
-               "struct into several arrays" if text > limit else f"does not parse back ({e})")) from None
-    if found != store or tuple(found_shape) != shape or fortran:
-        raise UnsupportedDtypeError(f"{refused}: its .npy header reads back as dtype {found}")
-    if logical is not None:
-        try:
-            logical_dtype(store, logical)
-        except NpyseqError as e:
-            raise UnsupportedDtypeError(f"{refused}: the reader refuses its logical dtype ({e})") from None
-    return store, logical
-
-
-def _has_titles(dtype: np.dtype) -> bool:
-    """Whether a field of ``dtype`` (or of a struct nested in it) has a title."""
-    if dtype.subdtype is not None:
-        return _has_titles(dtype.subdtype[0])
-    if dtype.fields is None:
-        return False
-    return any(len(spec) > 2 or _has_titles(spec[0]) for spec in dtype.fields.values())
-
-
-def _describe(dtype: np.dtype) -> str:
-    """A dtype as a message names it: in full unless it is a long struct."""
-    text = str(dtype)
-    if len(text) <= 120:
-        return text
-    return f"{text[:80]}... (a struct of {len(dtype.names or ())} fields)"
-
-
-def _max_header_size() -> int:
-    """The longest ``.npy`` header numpy reads by default (10000 in numpy 1.24 to 2.x)."""
-    import inspect
-
-    return inspect.signature(npy_format.read_array_header_1_0).parameters["max_header_size"].default
 
 
 # --- disk full, and writing one file --------------------------------------------------
@@ -386,3 +271,42 @@ def write_file(root: str, path: str, header: bytes, data_bytes: int, chunks, reu
         raise
     npy.drop_from_cache(final)
     return ShardInfo(path=path, bytes=nbytes, checksum=npy.checksum_string(h))
+
+
+def write_manifest(root: str | os.PathLike, manifest: Manifest) -> None:
+    """Write ``root/manifest.json`` atomically (temporary file, fsync, rename)."""
+    root = os.fspath(root)
+    final = os.path.join(root, MANIFEST_NAME)
+    partial = final + PARTIAL_SUFFIX
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(partial, flags, 0o666)  # never through a link
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.EISDIR):
+            raise
+        raise ForeignFilesError(
+            f"{root}: {MANIFEST_NAME + PARTIAL_SUFFIX} is a symbolic link or a folder, where npyseq "
+            f"writes its temporary manifest; nothing was published. Move {partial} away and run again."
+        ) from None
+    try:
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(manifest.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, final)
+    except BaseException:  # a full disk, Ctrl-C: leave no temporary manifest behind
+        try:
+            os.unlink(partial)
+        except OSError:
+            pass
+        raise
+    fsync_dir(root)
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -17,14 +17,15 @@ import xxhash
 
 from npyseq.format import npy
 from npyseq.errors import InvalidArgumentError, WriteFailedError
-from npyseq.format.manifest import OFFSETS_DTYPE, PARTIAL_SUFFIX, ArrayInfo, Manifest, ShardInfo
+from npyseq.format.dtypes import cast_problem, storable
+from npyseq.format.manifest import OFFSETS_DTYPE, PARTIAL_SUFFIX, TMP_SUFFIX, ArrayInfo, Manifest, ShardInfo
+from npyseq.format.npy import row_bytes
 from npyseq.ragged import check_rows, concat_rows, is_row_list
 from npyseq.reader import Dataset, open_shards
 from npyseq.storage.output import Output
-from npyseq.storage.ownership import TMP_SUFFIX, create_file
+from npyseq.storage.ownership import create_file
 from npyseq.storage.protocol import (DEFAULT_SHARD_SIZE, check_names, disk_full_error, is_disk_full, offsets_path,
-                                     row_bytes, rows_per_shard, shard_header_bytes, shard_limit, shard_path,
-                                     storable, write_file)
+                                     rows_per_shard, shard_header_bytes, shard_limit, shard_path, write_file)
 
 __all__ = ["ShardWriter"]
 
@@ -81,7 +82,7 @@ class ShardWriter:
     cast (``float64 -> float32``, floats to integers, 300 into int8, -1 into
     uint8, ``int64 -> float64``) raises :class:`~npyseq.InvalidArgumentError`:
     cast the batch yourself if the change is meant.
-    (:func:`npyseq.format.npy.cast_problem` states the rule in full.)
+    (:func:`npyseq.format.dtypes.cast_problem` states the rule in full.)
 
     An ``append`` that fails while writing (an ``OSError`` such as ``EFBIG``
     from a file-size limit, ``KeyboardInterrupt``, any exception) may leave
@@ -408,7 +409,7 @@ def _check(spec: ArraySpec, name: str, value: Any) -> Any:
             f"append(): array {name!r} rows must have shape {spec.shape}, got {a.shape[1:]}"
         )
     if a.dtype != spec.dtype:
-        problem = npy.cast_problem(a, spec.dtype)
+        problem = cast_problem(a, spec.dtype)
         if problem is not None:
             raise InvalidArgumentError(
                 f"append(): array {name!r} must have dtype {spec.dtype}, got {a.dtype}: {problem}. "

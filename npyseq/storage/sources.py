@@ -19,9 +19,10 @@ import numpy as np
 
 from npyseq.format import npy
 from npyseq.errors import InvalidArgumentError, NpyseqError
-from npyseq.format.manifest import MAX_COUNT
+from npyseq.format.limits import MAX_COUNT
+from npyseq.format.npy import row_bytes
 from npyseq.ragged import RaggedInput, open_ragged
-from npyseq.storage.protocol import check_count, row_bytes
+from npyseq.storage.protocol import check_count
 
 __all__ = ["RawSource", "NpzMember"]
 
