@@ -144,7 +144,7 @@ def _walk(root: str, descend: Callable[[str], bool] = lambda rel: True,
 def _is_temp(rel: str) -> bool:
     """An npyseq lock or temporary file (at the root, or in a folder of shards)."""
     folder, _, name = rel.rpartition("/")
-    return name in _ROOT_FILES[1:] if not folder else bool(_TEMP_FILE_RE.match(name))
+    return name in _ROOT_FILES[1:] if not folder else bool(_TEMP_FILE_RE.fullmatch(name))
 
 
 def foreign_files(root: str, manifest: Manifest) -> list[str]:
@@ -168,7 +168,7 @@ def _looks_npyseq(rel: str) -> bool:
     if not folder:
         return name in _ROOT_FILES
     return ("/" not in folder and is_array_name(folder)
-            and bool(_SHARD_FILE_RE.match(name) or _TEMP_FILE_RE.match(name)))
+            and bool(_SHARD_FILE_RE.fullmatch(name) or _TEMP_FILE_RE.fullmatch(name)))
 
 
 def not_npyseq_shaped(root: str) -> list[str]:
