@@ -29,12 +29,12 @@ import numpy as np
 from npyseq.format import npy
 from npyseq.errors import InvalidArgumentError
 from npyseq.format.manifest import MANIFEST_NAME, OFFSETS_DTYPE, ArrayInfo, Manifest, ShardInfo
-from npyseq.ragged import RaggedInput, RaggedSource, shard_bounds
-from npyseq.reader import Dataset, open_shards
+from npyseq.storage.dataset import Dataset, open_shards
 from npyseq.storage.output import Output, check_sources
 from npyseq.storage.protocol import (DEFAULT_SHARD_SIZE, Cancelled, check_count, check_names, disk_full_error,
                                      is_disk_full, offsets_path, row_bytes, rows_per_shard, shard_header_bytes,
                                      shard_limit, shard_path, storable, write_file)
+from npyseq.storage.ragged_sources import RaggedInput, RaggedSource, shard_bounds
 from npyseq.storage.shard_writer import ShardWriter, interrupted_message, plan_first_batch
 from npyseq.storage.sources import NpzMember, RawSource, Source, open_source
 
