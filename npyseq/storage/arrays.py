@@ -255,25 +255,35 @@ class ShardedArray(DatasetArray):
         rows are located in the shards once per dataset (the arrays of a
         dataset share their shard boundaries); a new one for each batch.
         """
-        rows = as_index_array(rows, self.shape[0], self.name)
-        n, ds = len(rows), self._ds
-        if n and rows[-1] - rows[0] + 1 == n and (n < 3 or bool(np.all(rows[1:] > rows[:-1]))):
-            start, stop = int(rows[0]), int(rows[-1]) + 1
-            k = bisect.bisect_right(ds.shard_starts, start) - 1
-            if ds.map_reads and self._info.row_bytes and stop <= ds.shard_starts[k + 1]:
-                # The common case: one slice of one mapped shard, copied with
-                # none of read()'s general steps.
-                stored, _ = self._empty(n, out)
-                first = ds.shard_starts[k]
-                np.copyto(stored, ds.shard(self.name, k).array[start - first:stop - first])
-                return stored.view(self.dtype)
-            return self.read(start, stop, out)
+        rows, n, ds = np.asarray(rows), len(self), self._ds
+        first = last = None
+        if rows.dtype == np.int64 and rows.ndim == 1 and rows.size:
+            first, last = int(rows[0]), int(rows[-1])
+            if 0 <= first and last < n and last - first + 1 == rows.size and (
+                    rows.size < 3 or bool((rows[1:] > rows[:-1]).all())):
+                return self._read_span(first, last + 1, out)
+        # Ascending rows in range need no other check (a batch's are ascending).
+        if first is None or not (0 <= first and last < n) or not bool((rows[1:] >= rows[:-1]).all()):
+            rows = as_index_array(rows, n, self.name)
         where = None
-        if located is not None and n and ds.map_reads:
+        if located is not None and len(rows) and ds.map_reads:
             where = located.get(id(ds))
             if where is None:
                 where = located[id(ds)] = ds.locate(rows)
         return self._take(rows, out, where)
+
+    def _read_span(self, start: int, stop: int, out: np.ndarray | None) -> np.ndarray:
+        """Rows ``start`` to ``stop`` (in range): :meth:`read`, or for rows of one
+        mapped shard (dataset order, ``"batches"`` mode) a single copy with none
+        of its general steps."""
+        ds = self._ds
+        k = bisect.bisect_right(ds.shard_starts, start) - 1
+        if not (ds.map_reads and self._info.row_bytes and stop <= ds.shard_starts[k + 1]):
+            return self.read(start, stop, out)
+        stored, _ = self._empty(stop - start, out)
+        first = ds.shard_starts[k]
+        np.copyto(stored, ds.shard(self.name, k).array[start - first:stop - first])
+        return stored.view(self.dtype)
 
     # -- internals
 
