@@ -33,8 +33,10 @@ from npyseq.errors import (
     WriteFailedError,
 )
 from npyseq.format.manifest import FORMAT_VERSION, Manifest
-from npyseq.ragged import RaggedArray, RaggedSource
-from npyseq.reader import Dataset, ShardedArray, open_shards
+from npyseq.storage.arrays import ShardedArray
+from npyseq.storage.dataset import Dataset, open_shards
+from npyseq.storage.ragged_array import RaggedArray
+from npyseq.storage.ragged_sources import RaggedSource
 from npyseq.storage.protocol import parse_size
 from npyseq.storage.shard_writer import ShardWriter
 from npyseq.storage.sources import NpzMember, RawSource

@@ -28,11 +28,11 @@ from typing import Sequence
 import numpy as np
 
 from npyseq import __version__
-from npyseq.errors import NpyseqError, ShardError
+from npyseq.errors import NpyseqError
 from npyseq.format.limits import MAX_COUNT
-from npyseq.ragged import RaggedSource
-from npyseq.reader import open_shards
+from npyseq.storage.dataset import open_shards
 from npyseq.storage.protocol import DEFAULT_SHARD_SIZE, check_count, parse_size, short_repr
+from npyseq.storage.ragged_sources import RaggedSource
 from npyseq.storage.sources import NpzMember, RawSource
 from npyseq.storage.writer import MAX_JOBS, write_shards
 
@@ -238,30 +238,11 @@ def _info(args) -> int:
 def _verify(args) -> int:
     from tqdm.auto import tqdm
 
-    from npyseq.format import npy
-
     _check_folder(args.dataset, "verify")
     ds = open_shards(args.dataset, verify="none")
-    bad = []
     total = ds.nbytes
     with tqdm(total=total, unit="B", unit_scale=True, desc="npyseq verify", disable=args.quiet > 0) as bar:
-        for name, info in ds.manifest.arrays.items():
-            for k in range(len(info.shards)):
-                files = [(info.shards[k], lambda: ds._check_shard(name, info, k))]
-                if info.ragged:
-                    files.append((info.offsets[k], lambda: ds._check_offsets(info, k)))
-                for shard, check in files:
-                    try:
-                        path, fd, _ = check()
-                        try:
-                            found = npy.file_checksum(path, progress=bar, fd=fd)
-                        finally:
-                            os.close(fd)
-                    except ShardError as e:
-                        bad.append(str(e))
-                        continue
-                    if found != shard.checksum:
-                        bad.append(f"{path}: checksum {found} found, the manifest says {shard.checksum}")
+        bad = ds.verify(progress=bar)
     n = sum(len(a.files) for a in ds.manifest.arrays.values())
     if bad:
         for line in bad:

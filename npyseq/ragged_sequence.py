@@ -16,8 +16,8 @@ import numpy as np
 
 from npyseq import bucketing
 from npyseq.errors import InvalidArgumentError
-from npyseq.ragged import RaggedArray, check_pad_value
-from npyseq.reader import Dataset
+from npyseq.storage.dataset import Dataset
+from npyseq.storage.ragged_array import RaggedArray, check_pad_value
 from npyseq.sequence import _ARRAYS, ShardSequence, _flatten, _positive_int
 
 __all__ = ["RaggedSequence"]

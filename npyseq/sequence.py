@@ -22,8 +22,9 @@ import numpy as np
 from npyseq import _start_method, _watchdog, order
 from npyseq._pool import BufferPool
 from npyseq.errors import EmptySequenceError, InvalidArgumentError, NpyseqError, TransformError, WorkerError
-from npyseq.ragged import RaggedArray
-from npyseq.reader import Dataset, ShardedArray, open_shards
+from npyseq.storage.arrays import ShardedArray
+from npyseq.storage.dataset import Dataset, open_shards
+from npyseq.storage.ragged_array import RaggedArray
 
 __all__ = ["ShardSequence"]
 

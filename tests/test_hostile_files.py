@@ -209,12 +209,12 @@ def test_unreadable_shard_is_a_shard_error(root, monkeypatch):
 
 
 def test_manifest_read_error_is_a_manifest_error(root, monkeypatch):
-    from npyseq import reader
+    from npyseq.storage import dataset
 
     def failing_read(root_, fd=None):
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(reader, "read_manifest", failing_read)
+    monkeypatch.setattr(dataset, "read_manifest", failing_read)
     with pytest.raises(ManifestError, match=re.escape(
             f"{root / 'manifest.json'}: cannot be read (Input/output error)")):
         npyseq.open_shards(root)
@@ -592,7 +592,7 @@ def test_truncated_mapped_shard_is_corrupt_not_sigbus(tmp_path):
         for read in ("auto", "mmap"):
             shutil.copytree(root, root + "." + read)  # a fresh copy per mode
             ds = npyseq.open_shards(root + "." + read, read=read)
-            assert ds._map_reads
+            assert ds.map_reads
             assert ds["x"][5].sum() == np.arange(5 * 4096, 6 * 4096, dtype=np.float32).sum()
             ds["t"][:]
             seq = npyseq.ShardSequence(ds, x="x", batch_size=4)

@@ -195,7 +195,7 @@ def test_indexing(text):
     assert_rows_equal(t[np.array([3, 3, 0])], [rows[3], rows[3], rows[0]])
     assert_rows_equal(t[np.array([True, False, False, True, False])], [rows[0], rows[3]])
     assert t[[]] == []
-    with pytest.raises(IndexError, match="index 5 is out of bounds for 'tokens' with 5 rows"):
+    with pytest.raises(IndexError, match="index 5 is out of bounds for 5 rows of 'tokens'"):
         t[5]
     with pytest.raises(IndexError, match="index 9 is out of bounds for 5 rows"):
         t[[0, 9]]
@@ -386,7 +386,19 @@ def test_offsets_that_overrun_the_values_are_refused(stored):
     def overrun(o):
         o[-1] += 1
     path = _rewrite_offsets(root, 2, overrun)
-    with pytest.raises(CorruptShardError, match=re.escape(f"{path}: the last offset is")):
+    values = root / "t" / "000002.npy"
+    last = len(np.load(path)) - 1
+    with pytest.raises(CorruptShardError, match=re.escape(
+            f"{path}: offset {last} is {np.load(path)[-1]}, past the end of the values ({values} holds "
+            f"{len(np.load(values))})")):
+        npyseq.open_shards(root)["t"].lengths()
+
+    def short(o):
+        o[-1] -= 2  # one less than before the overrun
+    _rewrite_offsets(root, 2, short)
+    with pytest.raises(CorruptShardError, match=re.escape(
+            f"{path}: the last offset is {len(np.load(values)) - 1}, but the values ({values}) hold "
+            f"{len(np.load(values))}; offsets must end at the number of values")):
         npyseq.open_shards(root)["t"].lengths()
 
 
@@ -479,10 +491,17 @@ def test_lengths_that_overflow_int64_are_refused(tmp_path):
 def test_offsets_file_that_wraps_around_is_refused(stored):
     root, _ = stored
 
-    def wrap(o):  # differences of these wrap around in int64
-        o[1], o[2] = 2**62, -(2**63)
+    def wrap(o):  # o[2] - o[1] wraps around to a positive int64
+        o[2] = -(2**63)
     path = _rewrite_offsets(root, 0, wrap)
-    with pytest.raises(CorruptShardError, match=re.escape(f"{path}: offsets must not decrease, but offset 2 is")):
+    with pytest.raises(CorruptShardError, match=re.escape(
+            f"{path}: offsets must not decrease, but offset 2 is {-(2**63)} after {np.load(path)[1]} at 1")):
+        npyseq.open_shards(root)["t"].lengths()
+
+    def past(o):  # and a huge offset is past the end, not a wrapped-around length
+        o[1], o[2] = 2**62, -(2**63)
+    _rewrite_offsets(root, 0, past)
+    with pytest.raises(CorruptShardError, match=re.escape(f"{path}: offset 1 is {2**62}, past the end of the values")):
         npyseq.open_shards(root)["t"].lengths()
 
 

@@ -126,10 +126,10 @@ def test_read_take_and_array_protocol(small):
 
 
 BAD_KEYS = [
-    (N, IndexError, f"index {N} is out of bounds for 'x' with {N} rows"),
-    (-N - 1, IndexError, f"index {-N - 1} is out of bounds for 'x' with {N} rows"),
-    ([0, N], IndexError, f"index {N} is out of bounds for {N} rows"),
-    (np.array([-N - 1, 2]), IndexError, f"index {-N - 1} is out of bounds for {N} rows"),
+    (N, IndexError, f"index {N} is out of bounds for {N} rows of 'x'"),
+    (-N - 1, IndexError, f"index {-N - 1} is out of bounds for {N} rows of 'x'"),
+    ([0, N], IndexError, f"index {N} is out of bounds for {N} rows of 'x'"),
+    (np.array([-N - 1, 2]), IndexError, f"index {-N - 1} is out of bounds for {N} rows of 'x'"),
     (np.array([1.0, 2.0]), IndexError, "only integers, slices, and integer or boolean arrays are valid indices"),
     (np.ones(N - 1, bool), IndexError, re.escape(f"boolean index must have shape ({N},), got ({N - 1},)")),
     ("a", IndexError, "only integers, slices"),
@@ -266,7 +266,7 @@ def test_threads_share_a_small_cache(many_shards):
 def test_open_shards_arguments(small):
     root, _ = small
     with pytest.raises(InvalidArgumentError, match=re.escape(
-            "verify must be one of ('none', 'headers', 'checksums'), got 'all'")):
+            "verify must be one of 'none', 'headers', 'checksums'; got 'all'")):
         npyseq.open_shards(root, verify="all")
     for bad in (0, -1, True, 2.0):
         with pytest.raises(InvalidArgumentError, match=re.escape(f"max_open must be a positive int, got {bad!r}")):
@@ -329,16 +329,16 @@ def test_read_modes_give_identical_rows(many_shards, monkeypatch):
     keys = [slice(None), slice(5, 597), rng.permutation(600), np.sort(rng.choice(600, 100)),
             np.repeat(np.arange(0, 600, 7), 2)]
     views = {mode: npyseq.open_shards(root, read=mode)["x"] for mode in ("pread", "mmap")}
-    assert views["pread"].dataset._map_reads is False and views["mmap"].dataset._map_reads is True
+    assert views["pread"].dataset.map_reads is False and views["mmap"].dataset.map_reads is True
     for key in keys:
         assert_same_array(views["pread"][key], x[key])
         assert_same_array(views["mmap"][key], x[key])
     # "auto" maps when the data takes at most half the memory budget, else preads.
-    import npyseq.reader as reader
+    from npyseq.storage import dataset
 
-    monkeypatch.setattr(reader, "memory_budget", lambda: 2 * x.nbytes * 10)
-    assert npyseq.open_shards(root)._map_reads is True
-    monkeypatch.setattr(reader, "memory_budget", lambda: x.nbytes)
-    assert npyseq.open_shards(root)._map_reads is False
+    monkeypatch.setattr(dataset, "memory_budget", lambda: 2 * x.nbytes * 10)
+    assert npyseq.open_shards(root).map_reads is True
+    monkeypatch.setattr(dataset, "memory_budget", lambda: x.nbytes)
+    assert npyseq.open_shards(root).map_reads is False
     with pytest.raises(npyseq.InvalidArgumentError, match="read must be one of .*got 'fast'"):
         npyseq.open_shards(root, read="fast")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import sys
 import threading
 from typing import Iterable
@@ -15,7 +14,7 @@ import xxhash
 from numpy.lib import format as npy_format
 
 from npyseq import forks
-from npyseq.errors import CorruptShardError, InvalidArgumentError, MissingShardError
+from npyseq.errors import CorruptShardError, MissingShardError
 
 CHUNK_BYTES = 16 * 2**20
 
@@ -65,24 +64,6 @@ def read_header(path: str, fd: int | None = None) -> tuple[np.dtype, tuple[int, 
     return dtype, tuple(shape), bool(fortran), offset
 
 
-def map_npy(path: str, name: str, what: str = "source", npz_hint: str = "") -> np.ndarray:
-    """The ``.npy`` file ``path`` memory-mapped read-only (never unpickled) for array ``name``.
-
-    Errors name the array, what the file is for (``what``) and the file; a
-    ``.npz`` archive is refused, with ``npz_hint`` saying what to pass instead.
-    """
-    if not os.path.exists(path):
-        raise InvalidArgumentError(f"array {name!r}: {what} file {path!r} does not exist")
-    try:
-        with _HEADER_LOCK:  # see read_header_from
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        raise InvalidArgumentError(f"array {name!r}: {path}: cannot be read as .npy ({e})") from None
-    if not isinstance(array, np.ndarray):
-        raise InvalidArgumentError(f"array {name!r}: {path} is a .npz archive{npz_hint}")
-    return array
-
-
 # numpy parses a header with ast.literal_eval, and CPython 3.11 (before
 # 3.11.8) can fail compiling in two threads at once with a spurious
 # "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905);
@@ -104,6 +85,12 @@ def read_header_from(f) -> tuple[tuple[int, ...], bool, np.dtype]:
         if version == (2, 0):
             return npy_format.read_array_header_2_0(f)
     raise ValueError(f"unsupported .npy format version {version}; npyseq reads 1.0 and 2.0")
+
+
+def header_lock() -> threading.Lock:
+    """The lock that every ``.npy`` header is parsed under (see above): hold it
+    around ``np.load`` of a ``.npy`` file too."""
+    return _HEADER_LOCK
 
 
 def hash_array_rows(hasher: "xxhash.xxh3_64", chunk: np.ndarray) -> memoryview:
@@ -140,17 +127,3 @@ def file_checksum(path: str, progress=None, fd: int | None = None) -> str:
             if progress is not None:
                 progress.update(n)
     return checksum_string(h)
-
-
-def drop_from_cache(path: str) -> None:
-    """Ask the kernel to drop a file's clean pages (best effort)."""
-    if not hasattr(os, "posix_fadvise"):
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)

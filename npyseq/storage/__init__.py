@@ -13,8 +13,20 @@ It builds on the format (what is on disk: :mod:`npyseq.format.manifest`, the
 * :mod:`~npyseq.storage.sources`: the inputs of fixed-size arrays.
 * :mod:`~npyseq.storage.writer`: :func:`~npyseq.write_shards`.
 * :mod:`~npyseq.storage.shard_writer`: :class:`~npyseq.ShardWriter`.
+* :mod:`~npyseq.storage.ragged_sources`: the inputs of ragged arrays, and
+  ``.npy`` inputs of either kind.
 
-The read side (``Dataset``, ``ShardedArray``, ``RaggedArray``: today
-:mod:`npyseq.reader` and :mod:`npyseq.ragged`) joins this package in a later
-step. The public names are re-exported by :mod:`npyseq`; import them from there.
+The read side:
+
+* :mod:`~npyseq.storage.files`: the pinned dataset folder, opening a checked
+  ``.npy`` file of it, open shards (memory map or ``pread``), the memory budget.
+* :mod:`~npyseq.storage.not_found`: what a path that is not a dataset holds.
+* :mod:`~npyseq.storage.dataset`: :func:`~npyseq.open_shards` and
+  :class:`~npyseq.Dataset` (integrity checks, the shard cache, ``verify()``).
+* :mod:`~npyseq.storage.arrays`: :class:`~npyseq.ShardedArray` and the
+  indexing rules every array shares.
+* :mod:`~npyseq.storage.ragged_array`: :class:`~npyseq.RaggedArray` and the
+  offsets invariant.
+
+The public names are re-exported by :mod:`npyseq`; import them from there.
 """

@@ -269,7 +269,7 @@ def write_file(root: str, path: str, header: bytes, data_bytes: int, chunks, reu
         with contextlib.suppress(OSError):
             os.unlink(partial)
         raise
-    npy.drop_from_cache(final)
+    drop_from_cache(final)
     return ShardInfo(path=path, bytes=nbytes, checksum=npy.checksum_string(h))
 
 
@@ -308,5 +308,20 @@ def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def drop_from_cache(path: str) -> None:
+    """Ask the kernel to drop a file's clean pages (best effort): a written shard
+    is not read again by the writer, and its pages would crowd out the source's."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)

@@ -20,12 +20,13 @@ from npyseq.errors import InvalidArgumentError, WriteFailedError
 from npyseq.format.dtypes import cast_problem, storable
 from npyseq.format.manifest import OFFSETS_DTYPE, PARTIAL_SUFFIX, TMP_SUFFIX, ArrayInfo, Manifest, ShardInfo
 from npyseq.format.npy import row_bytes
-from npyseq.ragged import check_rows, concat_rows, is_row_list
-from npyseq.reader import Dataset, open_shards
+from npyseq.storage.dataset import Dataset, open_shards
 from npyseq.storage.output import Output
 from npyseq.storage.ownership import create_file
-from npyseq.storage.protocol import (DEFAULT_SHARD_SIZE, check_names, disk_full_error, is_disk_full, offsets_path,
+from npyseq.storage.protocol import (DEFAULT_SHARD_SIZE, check_names, disk_full_error, drop_from_cache, is_disk_full,
+                                     offsets_path,
                                      rows_per_shard, shard_header_bytes, shard_limit, shard_path, write_file)
+from npyseq.storage.ragged_sources import check_rows, concat_rows, is_row_list
 
 __all__ = ["ShardWriter"]
 
@@ -343,7 +344,7 @@ class ShardWriter:
             checksum = npy.file_checksum(partial)
         final = os.path.join(self._root, rel)
         os.replace(partial, final)
-        npy.drop_from_cache(final)
+        drop_from_cache(final)
         state.shards.append(ShardInfo(path=rel, bytes=os.path.getsize(final), checksum=checksum))
         if spec.ragged:
             self._writing = os.path.join(self._root, offsets_path(name, k))

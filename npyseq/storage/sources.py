@@ -2,7 +2,7 @@
 
 An in-memory array, a memmap, a ``.npy`` path, a :class:`RawSource` (a
 headerless binary file), an :class:`NpzMember` (one array of a ``.npz``
-archive, streamed), or a ragged input (:mod:`npyseq.ragged`). Every source
+archive, streamed), or a ragged input (:mod:`npyseq.storage.ragged_sources`). Every source
 yields its rows in chunks, so that no writer ever holds a whole array.
 """
 
@@ -21,7 +21,7 @@ from npyseq.format import npy
 from npyseq.errors import InvalidArgumentError, NpyseqError
 from npyseq.format.limits import MAX_COUNT
 from npyseq.format.npy import row_bytes
-from npyseq.ragged import RaggedInput, open_ragged
+from npyseq.storage.ragged_sources import RaggedInput, map_npy, open_ragged
 from npyseq.storage.protocol import check_count
 
 __all__ = ["RawSource", "NpzMember"]
@@ -170,7 +170,7 @@ def open_source(name: str, value: Any) -> Source | RaggedInput:
         path = os.fspath(value)
         if path.lower().endswith((".csv", ".tsv")):
             raise InvalidArgumentError(_text_file_message(name, path))
-        array = npy.map_npy(path, name, npz_hint=f"; pass npyseq.NpzMember({path!r}, member)")
+        array = map_npy(path, name, npz_hint=f"; pass npyseq.NpzMember({path!r}, member)")
         return _file_source(name, array, path)
     if isinstance(value, RawSource):
         return _file_source(name, _open_raw(value), value.path)

@@ -31,12 +31,12 @@ from npyseq.errors import InvalidArgumentError
 from npyseq.format.dtypes import storable
 from npyseq.format.manifest import MANIFEST_NAME, OFFSETS_DTYPE, ArrayInfo, Manifest, ShardInfo
 from npyseq.format.npy import row_bytes
-from npyseq.ragged import RaggedInput, RaggedSource, shard_bounds
-from npyseq.reader import Dataset, open_shards
+from npyseq.storage.dataset import Dataset, open_shards
 from npyseq.storage.output import Output, check_sources
 from npyseq.storage.protocol import (DEFAULT_SHARD_SIZE, Cancelled, check_count, check_names, disk_full_error,
                                      is_disk_full, offsets_path, rows_per_shard, shard_header_bytes, shard_limit,
                                      shard_path, write_file)
+from npyseq.storage.ragged_sources import RaggedInput, RaggedSource, shard_bounds
 from npyseq.storage.shard_writer import ShardWriter, interrupted_message, plan_first_batch
 from npyseq.storage.sources import NpzMember, RawSource, Source, open_source
 

@@ -1,9 +1,10 @@
 """Files under a reader: the pinned dataset folder, open shards, the memory budget.
 
 :class:`Folder` holds a directory descriptor of the dataset folder that every
-file is opened relative to; :class:`OpenShard` is one open shard file, read by
-``pread`` or copied out of a read-only memory map; :func:`memory_budget` is
-what decides between the two.
+file is opened relative to, and opens a ``.npy`` file of the manifest only once
+it is checked (:meth:`Folder.open_npy`); :class:`OpenShard` is one open shard
+file, read by ``pread`` or copied out of a read-only memory map;
+:func:`memory_budget` is what decides between the two.
 """
 
 from __future__ import annotations
@@ -14,10 +15,22 @@ import mmap
 import os
 import resource
 import stat
+from typing import Callable
 
 import numpy as np
 
-from npyseq.errors import CorruptShardError, DatasetNotFoundError, ShardError, TooManyOpenFilesError
+from npyseq.errors import (
+    CorruptShardError,
+    DatasetChangedError,
+    DatasetNotFoundError,
+    ManifestError,
+    MissingShardError,
+    NpyseqError,
+    ShardError,
+    TooManyOpenFilesError,
+)
+from npyseq.format import npy
+from npyseq.format.manifest import MANIFEST_NAME
 
 __all__ = ["Folder", "OpenShard", "memory_budget", "file_kind", "too_many_open_files"]
 
@@ -192,6 +205,84 @@ class Folder:
         except OSError:
             return os.path.realpath(self.root)
 
+    def open_npy(self, relative: str, nbytes: int, dtype: np.dtype,
+                 shape: tuple[int, ...]) -> tuple[str, int, int]:
+        """Open the ``.npy`` file ``relative`` (a path of the manifest) once it is checked.
+
+        The file must lie inside the folder, be a regular file of ``nbytes``
+        bytes, and its header must say ``dtype``, ``shape`` and C order.
+        Returns ``(path, descriptor, data offset)``; the caller closes the
+        descriptor. Raises :class:`MissingShardError`,
+        :class:`CorruptShardError`, :class:`DatasetChangedError` (the folder
+        was swapped out meanwhile) or :class:`ManifestError` (the path leads
+        outside the folder).
+        """
+        path = os.path.join(self.root, *relative.split("/"))
+        # Where the path leads is checked before it is opened (a FIFO or a
+        # device outside the folder is never opened), and again after (a
+        # symbolic link swapped in between).
+        root = self.real_root()
+        if root.endswith(" (deleted)"):
+            raise self.changed_error()
+        target = self.resolve(relative)
+        if target is not None:
+            self._check_inside(relative, target, root)
+        try:
+            fd = self.open(relative, path, CorruptShardError,
+                           "a shard is a regular .npy file: restore it, or convert the dataset again")
+        except FileNotFoundError:
+            if self.replaced():
+                raise self.changed_error() from None
+            raise MissingShardError(f"{path}: shard file is missing") from None
+        except NpyseqError:
+            raise
+        except OSError as e:
+            raise CorruptShardError(f"{path}: cannot be opened ({e.strerror or e})") from None
+        try:
+            real = self.real_path(fd, path)
+            if root != self.real_root() or real.endswith(" (deleted)"):
+                raise self.changed_error()  # moved or deleted while we looked: swapped out
+            self._check_inside(relative, real, root)
+            offset = _check_header(path, fd, nbytes, dtype, shape)
+        except BaseException:
+            os.close(fd)
+            raise
+        return path, fd, offset
+
+    def _check_inside(self, relative: str, real: str, root: str) -> None:
+        if os.path.commonpath([real, root]) != root:
+            raise ManifestError(
+                f"{os.path.join(self.root, MANIFEST_NAME)}: shard path {relative!r} resolves to "
+                f"{real}, outside the dataset folder; refusing to read it"
+            )
+
+    def changed_error(self) -> DatasetChangedError:
+        """The error for a folder replaced at its path after it was opened."""
+        return DatasetChangedError(
+            f"{self.root}: the dataset folder was replaced after it was opened "
+            "(e.g. converted again with --overwrite); reopen it with npyseq.open_shards"
+        )
+
+
+def _check_header(path: str, fd: int, nbytes: int, dtype: np.dtype, shape: tuple[int, ...]) -> int:
+    """The data offset of the open ``.npy`` file ``fd``, once its header and size are as expected."""
+    found_dtype, found_shape, fortran, offset = npy.read_header(path, fd=fd)
+    if found_dtype != dtype:
+        raise CorruptShardError(f"{path}: dtype {found_dtype} found, the manifest says {dtype}")
+    if found_shape != shape:
+        raise CorruptShardError(f"{path}: shape {found_shape} found, the manifest says {shape}")
+    if fortran and len(shape) > 1:
+        raise CorruptShardError(f"{path}: stored in Fortran order; npyseq shards are C order")
+    size = os.fstat(fd).st_size
+    if size != nbytes:
+        raise CorruptShardError(f"{path}: {size} bytes found, the manifest says {nbytes}")
+    data = dtype.itemsize * math.prod(shape)
+    if offset + data != size:
+        raise CorruptShardError(
+            f"{path}: header ({offset} bytes) plus data ({data} bytes) does not equal the file size {size}"
+        )
+    return offset
+
 
 class OpenShard:
     """An open shard file: a read-only memory map, or a descriptor for ``pread``.
@@ -216,8 +307,9 @@ class OpenShard:
         """Takes ownership of ``fd``, the open, checked file: it is closed
         exactly once, here if this raises, else when the shard is dropped."""
         self.path, self.fd, self.offset, self.shape, self.dtype = path, fd, offset, shape, dtype
-        self.size = offset + dtype.itemsize * math.prod(shape)  # the file's size when it was checked
-        self.max_open = max_open
+        self.row_bytes = dtype.itemsize * math.prod(shape[1:])
+        self.size = offset + self.row_bytes * shape[0]  # the file's size when it was checked
+        self.max_open, self.mapped = max_open, mapped
         self._map: mmap.mmap | None = None
         self._array: np.ndarray | None = None
         if mapped:  # reads copy out of the map, which holds a descriptor of its own
@@ -263,6 +355,22 @@ class OpenShard:
                 "after it was opened (reading it would crash the process with SIGBUS)"
             )
         return self._array
+
+    def copier(self) -> Callable[[int, int, np.ndarray], None]:
+        """A function that copies rows ``[a, b)`` of the shard into ``dest``
+        (C-contiguous, of the stored dtype): out of the memory map for a shard
+        opened mapped (its size is checked now, once: take one per batch), else
+        with one ``pread``."""
+        if self.mapped:
+            array = self.array
+
+            def copy(a: int, b: int, dest: np.ndarray) -> None:
+                dest[...] = array[a:b]
+        else:
+            def copy(a: int, b: int, dest: np.ndarray) -> None:
+                if b > a and self.row_bytes:
+                    self.pread(dest.reshape(-1).view(np.uint8), a, self.row_bytes)
+        return copy
 
     def pread(self, dest: np.ndarray, row: int, row_bytes: int) -> None:
         """Fill ``dest`` (contiguous uint8) with the bytes of rows from ``row`` on."""
