@@ -2,7 +2,7 @@
 
 A :class:`RaggedSequence` is a :class:`npyseq.ShardSequence` whose ragged
 arrays come out padded per batch, with optional length bucketing
-(:mod:`npyseq.bucketing`). Like :mod:`npyseq.sequence` it imports ``keras``
+(:mod:`npyseq.order.bucketing`). Like :mod:`npyseq.sequence` it imports ``keras``
 only, never a backend, and ``__getitem__`` is NumPy and file I/O alone.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from npyseq import bucketing
+from npyseq.order import bucketing
 from npyseq.errors import InvalidArgumentError
 from npyseq.ragged import RaggedArray, check_pad_value
 from npyseq.reader import Dataset
@@ -56,7 +56,7 @@ class RaggedSequence(ShardSequence):
         return_lengths: add to ``x`` the int32 kept length of each sample,
             shape ``(batch,)``, for each ragged input.
         bucket: group samples of similar lengths into batches (see
-            :mod:`npyseq.bucketing`): pools of ``bucket_pool`` consecutive
+            :mod:`npyseq.order.bucketing`): pools of ``bucket_pool`` consecutive
             batches of the ``shuffle`` order are sorted by length and cut
             into batches, whose order within the pool is shuffled. Every
             row is still used once per epoch, in an order that depends on

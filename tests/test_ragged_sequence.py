@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import npyseq
-from npyseq import InvalidArgumentError, bucketing, order
+from npyseq import InvalidArgumentError, order
+from npyseq.order import bucketing
 from npyseq.ragged_sequence import RaggedSequence
 
 from _helpers import BACKENDS, run_backend_script
