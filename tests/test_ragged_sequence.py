@@ -14,7 +14,7 @@ import pytest
 import npyseq
 from npyseq import InvalidArgumentError, order
 from npyseq.order import bucketing
-from npyseq.ragged_sequence import RaggedSequence
+from npyseq.keras.ragged_sequence import RaggedSequence
 
 from _helpers import BACKENDS, run_backend_script
 
