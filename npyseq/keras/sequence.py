@@ -291,7 +291,9 @@ class ShardSequence(keras.utils.PyDataset):
         return rows
 
     def __getitem__(self, index: int):
-        if self._pid != os.getpid():  # first batch in a worker process of Keras' pool
+        # First batch in a worker process of Keras' pool, whatever its start method (under spawn
+        # and forkserver the sequence arrives pickled): a pid check, not an after-fork reset.
+        if self._pid != os.getpid():
             watchdog.prepare_worker()
             self._pid = os.getpid()
             self._in_worker = True

@@ -244,8 +244,12 @@ def _network(n: int, seed: int, epoch: int, tag: int, inverse: bool):
     return kind(round_keys(seed, epoch, tag), bits, inverse)
 
 
-def _walk(x: np.ndarray, n: int, seed: int, epoch: int, tag: int, inverse: bool) -> np.ndarray:
-    """Cycle walking: apply the Feistel permutation until every value is < n."""
+def _walk(x, n: int, seed, epoch, tag: int, inverse: bool) -> np.ndarray:
+    """Cycle walking: apply the Feistel permutation (or its inverse) until every value is < n."""
+    seed, epoch = check_seed(seed), check_epoch(epoch)
+    x = np.asarray(x, dtype=np.int64)
+    if n <= 1 or len(x) == 0:
+        return x.copy()
     network = _network(n, seed, epoch, tag, inverse)
     out = network(x.astype(network.dtype))
     todo = np.flatnonzero(out >= n)
@@ -267,19 +271,11 @@ def _walk(x: np.ndarray, n: int, seed: int, epoch: int, tag: int, inverse: bool)
 
 def permute(positions: np.ndarray, n: int, seed: int, epoch: int, tag: int = GLOBAL_TAG) -> np.ndarray:
     """Image of ``positions`` under the permutation of ``[0, n)`` keyed by ``(seed, epoch, tag)``."""
-    seed, epoch = check_seed(seed), check_epoch(epoch)
-    positions = np.asarray(positions, dtype=np.int64)
-    if n <= 1 or len(positions) == 0:
-        return positions.copy()
     return _walk(positions, n, seed, epoch, tag, inverse=False)
 
 
 def unpermute(values: np.ndarray, n: int, seed: int, epoch: int, tag: int = GLOBAL_TAG) -> np.ndarray:
     """Inverse of :func:`permute`: the positions that map to ``values``."""
-    seed, epoch = check_seed(seed), check_epoch(epoch)
-    values = np.asarray(values, dtype=np.int64)
-    if n <= 1 or len(values) == 0:
-        return values.copy()
     return _walk(values, n, seed, epoch, tag, inverse=True)
 
 
