@@ -27,6 +27,8 @@ import numpy as np
 
 from npyseq.forks import after_fork
 
+__all__ = ["BufferPool"]
+
 # References to a pooled buffer that are the pool's own while it is checked:
 # its list slot, the loop variable and getrefcount's argument.
 _POOL_REFS = 3

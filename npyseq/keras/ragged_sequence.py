@@ -28,15 +28,15 @@ from npyseq.storage.protocol import row_bytes
 
 __all__ = ["RaggedSequence"]
 
-SIDES = ("post", "pre")  # where padding goes, and which end truncating cuts
+_SIDES = ("post", "pre")  # where padding goes, and which end truncating cuts
 # The keyword arguments RaggedSequence passes on to ShardSequence.
 _SHARD_OPTIONS = frozenset(p.name for p in inspect.signature(ShardSequence.__init__).parameters.values()
                            if p.kind is p.KEYWORD_ONLY)
 
 
-def check_side(value: Any, argument: str) -> str:
+def _check_side(value: Any, argument: str) -> str:
     """``value`` if it is ``"post"`` or ``"pre"``, for ``padding`` and ``truncating``."""
-    if not (isinstance(value, str) and value in SIDES):
+    if not (isinstance(value, str) and value in _SIDES):
         raise InvalidArgumentError(f"{argument} must be 'post' or 'pre', got {short_repr(value)}")
     return value
 
@@ -144,7 +144,7 @@ class RaggedSequence(ShardSequence):
         unknown = sorted(set(options) - _SHARD_OPTIONS)
         if unknown:
             raise TypeError(f"RaggedSequence() got an unexpected keyword argument {unknown[0]!r}")
-        self.padding, self.truncating = check_side(padding, "padding"), check_side(truncating, "truncating")
+        self.padding, self.truncating = _check_side(padding, "padding"), _check_side(truncating, "truncating")
         self.max_length = None if max_length is None else positive_int(max_length, "max_length")
         self.pad_to_multiple = None if pad_to_multiple is None else positive_int(pad_to_multiple, "pad_to_multiple")
         self.return_mask, self.return_lengths = flag(return_mask, "return_mask"), flag(return_lengths, "return_lengths")

@@ -56,6 +56,12 @@ __all__ = [
     "row_table",
     "TABLE_MAX",
     "ROW_TABLE_MAX",
+    "round_keys",
+    "feistel",
+    "feistel_int",
+    "TABULATED_BITS",
+    "TabulatedFeistel",
+    "ComputedFeistel",
 ]
 
 # Seeds are 64-bit: every seed in [0, SEED_LIMIT) gives its own orders; seeds
