@@ -7,8 +7,11 @@ by ``keras.utils.PyDataset`` classes (:class:`ShardSequence`, and
 :class:`RaggedSequence` for rows of different lengths).
 
 Importing npyseq does not import Keras; the Sequence classes load it on
-first use.
+first use. The pure functions that order the rows are :mod:`npyseq.order`.
 """
+
+import importlib
+from typing import TYPE_CHECKING
 
 from npyseq.errors import (
     ChecksumMismatchError,
@@ -42,21 +45,30 @@ from npyseq.storage.shard_writer import ShardWriter
 from npyseq.storage.sources import NpzMember, RawSource
 from npyseq.storage.writer import write_shards
 
+if TYPE_CHECKING:  # loaded on first use (see __getattr__); type checkers and IDEs see them here
+    from npyseq.keras.ragged_sequence import RaggedSequence
+    from npyseq.keras.sequence import ShardSequence
+
 __version__ = "0.1.0"
+
+# The Sequence classes import Keras (about 2 s); they are loaded on first use
+# so that `npyseq convert`, `info` and `verify` start at once.
+_LAZY = {
+    "ShardSequence": "npyseq.keras.sequence",
+    "RaggedSequence": "npyseq.keras.ragged_sequence",
+}
 
 
 def __getattr__(name: str):
-    # The Sequence classes import Keras (about 2 s); load them on first use so
-    # that `npyseq convert`, `info` and `verify` start at once.
-    if name == "ShardSequence":
-        from npyseq.sequence import ShardSequence
-
-        return ShardSequence
-    if name == "RaggedSequence":
-        from npyseq.ragged_sequence import RaggedSequence
-
-        return RaggedSequence
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # found directly from now on
+        return value
     raise AttributeError(f"module 'npyseq' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
 
 
 __all__ = [

@@ -18,7 +18,7 @@ if __name__ == "__main__":
     import numpy as np
 
     import npyseq
-    from npyseq.ragged_sequence import RaggedSequence
+    from npyseq.keras.ragged_sequence import RaggedSequence
 
     vocab, n = 12, 1536
     rng = np.random.default_rng(0)

@@ -21,7 +21,7 @@ if __name__ == "__main__":
     import keras
 
     from _fit_helpers import PhaseCallback, RecordRows, batches_by_epoch
-    from npyseq.ragged_sequence import RaggedSequence
+    from npyseq.keras.ragged_sequence import RaggedSequence
 
     class RecordWidth(keras.layers.Layer):
         """Identity layer that records the padded length of every batch in eager mode."""

@@ -1,11 +1,12 @@
-"""Property tests of the pure length-bucketing functions in npyseq.bucketing."""
+"""Property tests of the pure length-bucketing functions in npyseq.order.bucketing."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npyseq import InvalidArgumentError, bucketing, order
+from npyseq import InvalidArgumentError, order
+from npyseq.order import bucketing
 
 MODES = [False, "batches", "blocks", "global"]
 

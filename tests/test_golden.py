@@ -71,7 +71,7 @@ def test_batch_order_is_pinned(mode):
 
 
 def test_bucketed_order_is_pinned():
-    from npyseq.ragged_sequence import RaggedSequence
+    from npyseq.keras.ragged_sequence import RaggedSequence
 
     seq = RaggedSequence(golden(2), x="tokens", y="y", batch_size=4, shuffle="global", seed=7,
                          bucket=True, bucket_pool=2)

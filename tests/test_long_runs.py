@@ -1,7 +1,7 @@
 """Long runs: 30 epochs with 2 process workers leak no file descriptors, threads, processes or memory.
 
 Keras starts a new worker pool at every epoch; npyseq adds a watchdog thread
-per epoch (npyseq/_watchdog.py) and opens shards lazily in every worker. Over
+per epoch (npyseq/keras/watchdog.py) and opens shards lazily in every worker. Over
 30 epochs of a 15-shard dataset the main process must end where it started,
 after a warm-up: the same open files, the same threads, no child left, and
 anonymous memory within a small drift (measured: 263 -> 267 MiB, most of it

@@ -1,4 +1,6 @@
-"""Property tests of the pure index functions in npyseq.order."""
+"""Property tests of the pure index functions in npyseq.order (batches and permutation)."""
+
+import re
 
 import numpy as np
 import pytest
@@ -6,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npyseq import InvalidArgumentError, order
+from npyseq.order import permutation
 
 MODES = [False, "batches", "blocks", "global"]
 
@@ -119,11 +122,32 @@ def test_host_shards_are_disjoint_equal_and_cover_all_but_the_remainder(n, k):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(num_shards=0, index=0), "num_shards must be a positive int, got 0"),
     (dict(num_shards=2, index=2), r"index must be in \[0, 2\) for num_shards=2, got 2"),
-    (dict(num_shards=2.0, index=0), "num_shards must be an int, got 2.0"),
+    (dict(num_shards=2.0, index=0), "num_shards must be a positive int, got 2.0"),
+    (dict(num_shards=2, index=True), "index must be an int, got True"),
 ])
 def test_host_shard_validates(kwargs, message):
     with pytest.raises(InvalidArgumentError, match=message):
         order.HostShard(**kwargs)
+
+
+def test_shuffle_takes_bools_as_bools():
+    """Before, 0 and np.False_ compared equal to False, passed the check, and then shuffled by blocks."""
+    assert order.check_shuffle(np.False_) is False and order.check_shuffle(None) is False
+    assert order.check_shuffle(np.True_) == "global"
+    assert np.array_equal(order.batch_indices(20, 4, 0, shuffle=np.False_, seed=1), np.arange(4))
+    assert np.array_equal(order.batch_indices(20, 4, 0, shuffle=np.True_, seed=1),
+                          order.batch_indices(20, 4, 0, shuffle="global", seed=1))
+    for value in (0, 1, 0.0, "Global"):
+        with pytest.raises(InvalidArgumentError, match=(
+                r"^shuffle must be False, 'batches', 'blocks' or 'global' \(True means 'global'\), "
+                f"got {re.escape(repr(value))}$")):
+            order.batch_indices(20, 4, 0, shuffle=value)
+
+
+def test_a_batch_index_is_an_int_not_a_bool():
+    with pytest.raises(IndexError, match=r"^batch index True is out of range: this epoch has 3 batches$"):
+        order.batch_indices(10, 4, True)
+    assert np.array_equal(order.batch_indices(10, 4, np.int64(1)), np.arange(4, 8))
 
 
 def test_bad_arguments():
@@ -140,27 +164,27 @@ def test_bad_arguments():
        inverse=st.booleans())
 def test_scalar_and_vector_feistel_agree(x, bits, seed, inverse):
     x %= 1 << bits
-    keys = order._keys(seed, 0, 3)
-    vector = int(order._feistel(np.array([x], dtype=np.uint64), keys, bits, inverse)[0])
-    assert order._feistel_int(x, [int(k) for k in keys], bits, inverse) == vector
+    keys = permutation.round_keys(seed, 0, permutation.GLOBAL_TAG)
+    vector = int(permutation.feistel(np.array([x], dtype=np.uint64), keys, bits, inverse)[0])
+    assert permutation.feistel_int(x, [int(k) for k in keys], bits, inverse) == vector
 
 
 @settings(max_examples=200, deadline=None)
-@given(bits=st.integers(2, order._TABULATED_BITS), seed=st.integers(0, 2**64 - 1),
+@given(bits=st.integers(2, permutation.TABULATED_BITS), seed=st.integers(0, 2**64 - 1),
        inverse=st.booleans(), data=st.data())
 def test_tabulated_and_computed_feistel_agree(bits, seed, inverse, data):
     xs = np.array(data.draw(st.lists(st.integers(0, 2**bits - 1), min_size=1, max_size=50)), dtype=np.uint64)
-    keys = order._keys(seed, 0, 3)
-    expected = order._feistel(xs, keys, bits, inverse)
-    network = order._TabulatedFeistel(keys, bits, inverse)
+    keys = permutation.round_keys(seed, 0, permutation.GLOBAL_TAG)
+    expected = permutation.feistel(xs, keys, bits, inverse)
+    network = permutation.TabulatedFeistel(keys, bits, inverse)
     assert np.array_equal(network(xs.astype(network.dtype)), expected)
     assert [network.one(int(x)) for x in xs] == expected.tolist()
 
 
-@pytest.mark.parametrize("n", [5000, order._ROW_TABLE_MAX])
+@pytest.mark.parametrize("n", [5000, permutation.ROW_TABLE_MAX])
 def test_global_batches_from_the_row_table_equal_permute(n):
     bs = 256
     for b in (0, 7, order.num_batches(n, bs) - 1):
         positions = np.arange(b * bs, min(n, (b + 1) * bs))
-        expected = np.sort(order.permute(positions, n, 3, 2, order._MODE_TAGS["global"]))
+        expected = np.sort(order.permute(positions, n, 3, 2, permutation.GLOBAL_TAG))
         assert np.array_equal(order.batch_indices(n, bs, b, shuffle="global", seed=3, epoch=2), expected)

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import npyseq
-from npyseq import InvalidArgumentError, bucketing, order
-from npyseq.ragged_sequence import RaggedSequence
+from npyseq import InvalidArgumentError, order
+from npyseq.order import bucketing
+from npyseq.keras.ragged_sequence import RaggedSequence
 
 from _helpers import BACKENDS, run_backend_script
 

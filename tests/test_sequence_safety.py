@@ -24,9 +24,10 @@ import pytest
 
 import npyseq
 from npyseq import (EmptySequenceError, InvalidArgumentError, ShardSequence, TransformError, WorkerError,
-                    _start_method, _watchdog, order)
+                    order)
 from npyseq.format import npy
-from npyseq.ragged_sequence import RaggedSequence
+from npyseq.keras import start_method, watchdog
+from npyseq.keras.ragged_sequence import RaggedSequence
 
 import _safety_transforms as t
 from _failing_transforms import TransformFailed, raise_on_row
@@ -111,11 +112,11 @@ def test_child_forked_while_a_thread_parses_a_header_reads_headers(ds):
 def test_child_forked_while_a_thread_holds_the_watchdog_lock_can_watch(ds):
     def watch_and_unwatch():
         owner = _Owner()
-        _watchdog.watch(owner)
-        _watchdog.unwatch(owner)
+        watchdog.watch(owner)
+        watchdog.unwatch(owner)
         return "watched"
 
-    assert _child_result(lambda: _watchdog._WATCHDOG._lock, watch_and_unwatch) == ("ok", "watched")
+    assert _child_result(lambda: watchdog._WATCHDOG._lock, watch_and_unwatch) == ("ok", "watched")
 
 
 @pytest.mark.timeout(120)
@@ -179,11 +180,11 @@ def test_watchdog_reports_a_result_thread_that_died(ds):
     """A result the pool cannot unpickle kills its result thread; before, get() waited forever."""
     from keras.src.trainers.data_adapters import py_dataset_adapter
 
-    _watchdog.install()
+    watchdog.install()
     owner = _Owner()
     pool = multiprocessing.get_context("fork").Pool(2)
     py_dataset_adapter._DATA_POOLS.add(pool)  # as Keras registers its pools
-    _watchdog.watch(owner)
+    watchdog.watch(owner)
     try:
         workers = list(pool._pool)
         start = time.monotonic()
@@ -199,7 +200,7 @@ def test_watchdog_reports_a_result_thread_that_died(ds):
             time.sleep(0.05)
         assert [p.pid for p in workers if p.exitcode is None] == []
     finally:
-        _watchdog.unwatch(owner)
+        watchdog.unwatch(owner)
 
 
 # --- what a transform returns ----------------------------------------------------------
@@ -489,18 +490,18 @@ def default_fork(monkeypatch):
 
 
 def test_jax_gets_forkserver_instead_of_fork_and_explicit_methods_win(default_fork, monkeypatch):
-    assert _start_method.choose(None, "jax") == "forkserver"
-    assert _start_method.choose(None, "tensorflow") is None  # Keras' default (fork) stays
-    assert _start_method.choose(None, "torch") is None
-    assert _start_method.choose("fork", "jax") == "fork"
-    assert _start_method.choose("spawn", "tensorflow") == "spawn"
+    assert start_method.choose(None, "jax") == "forkserver"
+    assert start_method.choose(None, "tensorflow") is None  # Keras' default (fork) stays
+    assert start_method.choose(None, "torch") is None
+    assert start_method.choose("fork", "jax") == "fork"
+    assert start_method.choose("spawn", "tensorflow") == "spawn"
     monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))  # interactive: no file
-    assert _start_method.choose(None, "jax") is None
+    assert start_method.choose(None, "jax") is None
 
 
 def test_jax_keeps_a_start_method_that_is_not_fork(monkeypatch):
     monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "spawn")
-    assert _start_method.choose(None, "jax") is None
+    assert start_method.choose(None, "jax") is None
 
 
 def test_bad_start_method_is_refused(ds):

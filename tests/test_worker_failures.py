@@ -9,7 +9,7 @@ What Keras alone does, for reference (measured with Keras 3.15): an exception
 in a worker reaches the caller; a worker process that dies (SIGKILL, os._exit)
 makes fit wait forever; Ctrl-C in a terminal (SIGINT to the whole process
 group) kills the workers mid-batch and fit waits forever too. npyseq's
-watchdog and its SIGINT handling in workers (npyseq/_watchdog.py) turn both
+watchdog and its SIGINT handling in workers (npyseq/keras/watchdog.py) turn both
 hangs into errors, tested here.
 """
 

@@ -21,7 +21,8 @@ import numpy as np
 
 import npyseq
 from benchmarks.common import DATA, RESULTS, make_or_reuse_dataset, markdown_table, write_result
-from npyseq import bucketing, order
+from npyseq import order
+from npyseq.order import bucketing
 
 LONGEST = 2000
 DISTRIBUTIONS = {"lognormal(5, 1)": (5.0, 1.0), "lognormal(4, 1)": (4.0, 1.0)}

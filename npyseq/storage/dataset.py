@@ -377,19 +377,6 @@ class Dataset:
             self._lengths[name] = lengths
         return lengths
 
-    # ShardSequence._read still reaches in by these names until it calls
-    # ShardedArray.gather (its module is moving meanwhile): remove them then.
-    _shard = shard
-    _locate = locate
-
-    @property
-    def _starts(self) -> list[int]:
-        return self.shard_starts
-
-    @property
-    def _map_reads(self) -> bool:
-        return self.map_reads
-
     # -- the shard cache and the checks
 
     def _reset_cache(self) -> None:

@@ -28,13 +28,13 @@ whatever the size of the dataset. Larger pools pad less and mix less; with
 ``K = 1`` bucketing changes nothing (the batches are ``order.batch_indices``).
 
 Lengths come from a function ``lengths(rows) -> int array`` (for a
-:class:`npyseq.reader.RaggedArray`, its ``lengths`` method), or an array of
+:class:`npyseq.RaggedArray`, its ``lengths`` method), or an array of
 every row's length.
 
 Example:
 
 >>> import numpy as np
->>> from npyseq import bucketing
+>>> from npyseq.order import bucketing
 >>> lengths = np.array([5, 1, 4, 2, 3, 6])
 >>> [bucketing.batch_indices(6, 2, b, lengths, bucket_pool=3).tolist() for b in range(3)]
 [[1, 3], [2, 4], [0, 5]]
@@ -48,23 +48,23 @@ from typing import Callable
 
 import numpy as np
 
-from npyseq import order
+from npyseq.arguments import integer, positive_int
 from npyseq.errors import InvalidArgumentError
+from npyseq.order import batches
+from npyseq.order.permutation import permute
 
 __all__ = ["DEFAULT_BUCKET_POOL", "num_pools", "locate", "pool_rows", "sort_by_length", "batch_indices"]
 
 DEFAULT_BUCKET_POOL = 100
 # Keys the permutation of the slots of pool p apart from npyseq.order's shuffles
-# (tags 1 to 4): tag = _SLOT_TAG * 2**32 + p.
+# (the tags of npyseq.order.permutation, 1 to 5): tag = _SLOT_TAG * 2**32 + p.
 _SLOT_TAG = 0xB0C4E7
 
 Lengths = Callable[[np.ndarray], np.ndarray] | np.ndarray
 
 
 def _check_pool(bucket_pool: int) -> int:
-    if isinstance(bucket_pool, bool) or not isinstance(bucket_pool, (int, np.integer)) or bucket_pool < 1:
-        raise InvalidArgumentError(f"bucket_pool must be a positive int (batches per pool), got {bucket_pool!r}")
-    return int(bucket_pool)
+    return integer(bucket_pool, "bucket_pool", 1, what="a positive int (batches per pool)")
 
 
 def num_pools(rows: int, batch_size: int, bucket_pool: int, drop_remainder: bool = False) -> int:
@@ -73,7 +73,7 @@ def num_pools(rows: int, batch_size: int, bucket_pool: int, drop_remainder: bool
     >>> num_pools(1000, 10, 30)
     4
     """
-    return -(-order.num_batches(rows, batch_size, drop_remainder) // _check_pool(bucket_pool))
+    return -(-batches.num_batches(rows, batch_size, drop_remainder) // _check_pool(bucket_pool))
 
 
 def locate(
@@ -92,17 +92,14 @@ def locate(
     >>> locate(1000, 10, 35, bucket_pool=30)
     (1, 5)
     """
-    shuffle = order.check_shuffle(shuffle)
+    shuffle = batches.check_shuffle(shuffle)
     bucket_pool = _check_pool(bucket_pool)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise InvalidArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
-    count = order.num_batches(rows, batch_size, drop_remainder)
-    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 0 <= batch < count:
-        raise IndexError(f"batch index {batch!r} is out of range: this epoch has {count} batches")
-    pool, slot = divmod(int(batch), bucket_pool)
+    batch_size = positive_int(batch_size, "batch_size")
+    count = batches.num_batches(rows, batch_size, drop_remainder)
+    pool, slot = divmod(batches.check_batch(batch, count), bucket_pool)
     if shuffle is not False:
         slots = min(bucket_pool, count - pool * bucket_pool)
-        slot = int(order.permute(np.array([slot]), slots, seed, epoch, _SLOT_TAG * 2**32 + pool)[0])
+        slot = int(permute(np.array([slot]), slots, seed, epoch, _SLOT_TAG * 2**32 + pool)[0])
     return pool, slot
 
 
@@ -125,23 +122,23 @@ def pool_rows(
     >>> pool_rows(10, 2, 1, bucket_pool=3).tolist()
     [6, 7, 8, 9]
     """
-    shuffle = order.check_shuffle(shuffle)
+    shuffle = batches.check_shuffle(shuffle)
     bucket_pool = _check_pool(bucket_pool)
-    count = order.num_batches(rows, batch_size, drop_remainder)
+    count = batches.num_batches(rows, batch_size, drop_remainder)
     first, stop = pool * bucket_pool, min((pool + 1) * bucket_pool, count)
     if not 0 <= first < count:
         raise IndexError(f"pool index {pool!r} is out of range: this epoch has "
                          f"{num_pools(rows, batch_size, bucket_pool, drop_remainder)} pools")
-    block_size = block_size or order.default_block_size(batch_size)
+    block_size = block_size or batches.default_block_size(batch_size)
     kwargs = dict(shuffle=shuffle, seed=seed, epoch=epoch, block_size=block_size)
     if shuffle == "batches" or (drop_remainder and stop == count):
         # Batches of contiguous rows in shuffled order, or a pool that ends
         # where drop_remainder cuts: batch by batch (cheap for "batches").
-        return np.concatenate([order.batch_indices(rows, batch_size, b, drop_remainder=drop_remainder, **kwargs)
-                               for b in range(first, stop)])
+        return np.concatenate([batches.batch_indices(rows, batch_size, b, drop_remainder=drop_remainder,
+                                                     **kwargs) for b in range(first, stop)])
     # Otherwise batches map consecutive positions of one row stream, whatever
     # the batch size: the pool is one batch of B*K rows, one vectorized call.
-    return order.batch_indices(rows, batch_size * bucket_pool, pool, **kwargs)
+    return batches.batch_indices(rows, batch_size * bucket_pool, pool, **kwargs)
 
 
 def sort_by_length(rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -7,15 +7,27 @@ TensorFlow forces (it sets glibc's ``M_TRIM_THRESHOLD`` to 128 KB when a
 0.13 ms for a reused one. The pool hands out a buffer again only when its
 reference count shows that no array, view or tensor still holds it, so reuse
 can never overwrite data in use.
+
+A pool starts afresh in a forked child (:func:`npyseq.forks.after_fork`): a
+worker forked while a thread of the trainer held the pool's lock would wait
+for it forever.
+
+>>> pool = BufferPool()
+>>> a = pool.empty(1024)
+>>> pool.empty(1024) is a    # ``a`` is still in use
+False
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 
 import numpy as np
+
+from npyseq.forks import after_fork
+
+__all__ = ["BufferPool"]
 
 # References to a pooled buffer that are the pool's own while it is checked:
 # its list slot, the loop variable and getrefcount's argument.
@@ -27,17 +39,16 @@ class BufferPool:
 
     def __init__(self, per_size: int = 16):
         self.per_size = per_size
-        self._reset()
+        self.reset_after_fork()
+        after_fork(self)
 
-    def _reset(self) -> None:
+    def reset_after_fork(self) -> None:
+        """Start afresh: no buffers, a new lock (in a new pool, and in a forked child)."""
         self._buffers: dict[int, list[np.ndarray]] = {}
         self._lock = threading.Lock()
-        self._pid = os.getpid()
 
     def empty(self, nbytes: int) -> np.ndarray:
         """A uint8 buffer of ``nbytes`` that nothing else refers to."""
-        if self._pid != os.getpid():  # forked: start afresh, locks may be held
-            self._reset()
         with self._lock:
             buffers = self._buffers.setdefault(nbytes, [])
             for buf in buffers:
@@ -52,5 +63,4 @@ class BufferPool:
         return {"per_size": self.per_size}
 
     def __setstate__(self, state):
-        self.per_size = state["per_size"]
-        self._reset()
+        self.__init__(state["per_size"])

@@ -35,9 +35,9 @@ What npyseq does, in the main process only, and only while a
   ``__getitem__`` are made picklable in the worker, see
   ``ShardSequence.__getitem__``; what is left is a batch that cannot be
   rebuilt.)
-* The watchdog's lock is re-created in a forked child
-  (``os.register_at_fork``), so a fork while another thread holds it cannot
-  leave the child waiting for it.
+* The watchdog starts afresh in a forked child, with a new lock
+  (:func:`npyseq.forks.after_fork`), so a fork while another thread holds
+  it cannot leave the child waiting for it.
 
 The thread that waits for the batch (the main thread, or tf.data's generator
 thread on TensorFlow) then raises the error, and ``fit`` ends with it.
@@ -51,7 +51,6 @@ without them npyseq does not detect the death (Keras' own behaviour).
 from __future__ import annotations
 
 import multiprocessing
-import os
 import signal
 import threading
 import time
@@ -61,6 +60,7 @@ from multiprocessing import util as mp_util
 from typing import Any
 
 from npyseq.errors import NpyseqError, WorkerDiedError, WorkerError
+from npyseq.forks import after_fork
 
 __all__ = ["install", "watch", "unwatch", "prepare_worker", "POLL_SECONDS"]
 
@@ -131,10 +131,11 @@ def install() -> None:
 
 class _Watchdog:
     def __init__(self) -> None:
-        self._reset()
+        self.reset_after_fork()
+        after_fork(self)
 
-    def _reset(self) -> None:
-        """Start afresh: in a new process, or in a forked child (see the end of the module)."""
+    def reset_after_fork(self) -> None:
+        """Start afresh: in a new process, or in a forked child."""
         self._lock = threading.Lock()
         self._active: weakref.WeakSet = weakref.WeakSet()
         self._thread: threading.Thread | None = None
@@ -343,10 +344,9 @@ def _release_dead_workers_locks(pool) -> None:
             pass
 
 
-_WATCHDOG = _Watchdog()
 # A child forked while a thread of the parent held the watchdog's lock must
 # not wait for it; nothing of the parent's pools applies there anyway.
-os.register_at_fork(after_in_child=_WATCHDOG._reset)
+_WATCHDOG = _Watchdog()
 
 
 def watch(owner: Any) -> None:

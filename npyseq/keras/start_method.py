@@ -32,6 +32,8 @@ from npyseq.errors import InvalidArgumentError
 
 __all__ = ["check", "choose", "install"]
 
+_PRELOAD = "npyseq.keras.sequence"  # what the fork server imports: npyseq's sequences, and so Keras
+
 
 def check(value):
     """``value`` if it is ``None`` or a start method of this platform."""
@@ -83,11 +85,11 @@ def _preload_keras(context) -> None:
 
     server = getattr(forkserver, "_forkserver", None)
     modules = getattr(server, "_preload_modules", None)
-    if not isinstance(modules, list) or "npyseq.sequence" in modules:
+    if not isinstance(modules, list) or _PRELOAD in modules:
         return
     if getattr(server, "_forkserver_pid", None) is not None:
         return  # running: too late, and harmless (the workers import it themselves)
-    context.set_forkserver_preload(modules + ["npyseq.sequence"])
+    context.set_forkserver_preload(modules + [_PRELOAD])
 
 
 def install() -> None:

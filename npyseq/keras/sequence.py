@@ -1,73 +1,40 @@
 """``keras.utils.PyDataset`` classes over sharded datasets: :class:`ShardSequence`.
 
-This is the only npyseq module that imports Keras (``import npyseq`` loads it
-on first use of :class:`ShardSequence`). It imports ``keras`` only, never a
-backend: ``__getitem__`` is NumPy and file I/O alone, so it is safe in thread
-and process workers on the TensorFlow, JAX and torch backends.
+Like everything that imports Keras, it lives in :mod:`npyseq.keras`
+(``import npyseq`` loads it on first use of :class:`ShardSequence`). It
+imports ``keras`` only, never a backend: ``__getitem__`` is NumPy and file I/O
+alone, so it is safe in thread and process workers on the TensorFlow, JAX and
+torch backends. What a batch holds is :mod:`~npyseq.keras.structure`'s, its
+settings and rows are :mod:`~npyseq.keras.options`', its order is
+:mod:`npyseq.order`'s.
 """
 
 from __future__ import annotations
 
-import bisect
 import copy
 import dataclasses
 import os
 import pickle
-import traceback
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import keras
 import numpy as np
 
-from npyseq import _start_method, _watchdog, order
-from npyseq._pool import BufferPool
-from npyseq.errors import EmptySequenceError, InvalidArgumentError, NpyseqError, TransformError, WorkerError
+from npyseq import order
+from npyseq.arguments import flag, integer, non_negative_int, positive_int
+from npyseq.errors import EmptySequenceError, InvalidArgumentError
+from npyseq.keras import start_method as start_methods
+from npyseq.keras import watchdog
+from npyseq.keras.options import OPTION_NAMES, Options, Rows
+from npyseq.keras.pool import BufferPool
+from npyseq.keras.structure import array_key, build, flatten, resolve, resolve_dtypes
+from npyseq.keras.worker import check_transformed, sendable
 from npyseq.storage.arrays import ShardedArray
 from npyseq.storage.dataset import Dataset, open_shards
-from npyseq.storage.ragged_array import RaggedArray
 
 __all__ = ["ShardSequence"]
 
-_RNG_TAG = 0x5EED
-_ARRAYS = (ShardedArray, RaggedArray)
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Options:
-    """The settings of a sequence that its views may change (:meth:`ShardSequence.with_options`).
-
-    Checked and normalized when made, so a sequence never holds a bad one;
-    ``seq.batch_size = 64`` replaces the whole object, and views made after
-    that use it.
-    """
-
-    batch_size: int = 32
-    shuffle: bool | str = False
-    seed: int = 0
-    block_size: int | None = None
-    drop_remainder: bool = False
-    transform: Callable | None = None
-
-    def __post_init__(self) -> None:
-        def put(name: str, value: Any) -> None:
-            object.__setattr__(self, name, value)
-
-        put("batch_size", _positive_int(self.batch_size, "batch_size"))
-        put("shuffle", order.check_shuffle(self.shuffle))
-        put("seed", order.check_seed(self.seed))
-        put("block_size", None if self.block_size is None else _positive_int(self.block_size, "block_size"))
-        put("drop_remainder", bool(self.drop_remainder))
-        if self.transform is not None and not callable(self.transform):
-            raise InvalidArgumentError(f"transform must be callable, got {self.transform!r:.80}")
-
-
-_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(_Options))
+_RNG_TAG = 0x5EED  # keys the generator a transform gets apart from the shuffles
 
 
 def _option(name: str) -> property:
@@ -79,50 +46,6 @@ def _option(name: str) -> property:
                                               self._rows, f"setting {name}={value!r:.80}")
 
     return property(get, set, doc=f"The sequence's ``{name}`` (checked when set; later views use it).")
-
-
-@dataclasses.dataclass(frozen=True)
-class _Rows:
-    """Which dataset rows a sequence reads, in its own order.
-
-    Position ``i`` (``0 <= i < count``) is position ``offset + i`` of the
-    parent's order, first put through the keyed permutation of the
-    parent's rows that :meth:`ShardSequence.split` draws when ``permuted``
-    holds its ``(rows, seed)``. The parent is the dataset itself (position
-    = row) when ``parent`` is None. Nothing here grows with the data.
-    """
-
-    offset: int
-    count: int
-    permuted: tuple[int, int] | None = None
-    parent: "_Rows | None" = None
-
-    @property
-    def span(self) -> tuple[int, int] | None:
-        """``(start, stop)`` when the rows are one range of the dataset, in dataset order."""
-        if self.permuted is None and self.parent is None:
-            return self.offset, self.offset + self.count
-        return None
-
-    def rows(self, positions: np.ndarray) -> np.ndarray:
-        """The dataset rows at ``positions`` (int64, in ``[0, count)``), in the same order."""
-        p = positions + self.offset if self.offset else positions
-        if self.permuted is not None:
-            p = order.split_rows(p, *self.permuted)
-        return p if self.parent is None else self.parent.rows(p)
-
-    def part(self, start: int, stop: int) -> "_Rows":
-        """Positions ``[start, stop)`` of this selection."""
-        return dataclasses.replace(self, offset=self.offset + start, count=stop - start)
-
-    def shuffled(self, seed: int) -> "_Rows":
-        """All rows of this selection, in the order of the split permutation keyed by ``seed``."""
-        return _Rows(0, self.count, (self.count, seed), self)
-
-    def describe(self) -> str:
-        if self.span is not None:
-            return f"rows [{self.span[0]}, {self.span[1]})"
-        return f"{self.count} rows drawn by split(shuffle_rows=True)"
 
 
 class ShardSequence(keras.utils.PyDataset):
@@ -222,11 +145,9 @@ class ShardSequence(keras.utils.PyDataset):
         max_queue_size: int = 4,
         start_method: str | None = None,
     ):
-        if not isinstance(workers, (int, np.integer)) or isinstance(workers, bool) or workers < 0:
-            raise InvalidArgumentError(f"workers must be a non-negative int, got {workers!r}")
-        _positive_int(max_queue_size, "max_queue_size")
-        super().__init__(workers=int(workers), use_multiprocessing=bool(use_multiprocessing),
-                         max_queue_size=int(max_queue_size))
+        super().__init__(workers=non_negative_int(workers, "workers"),
+                         use_multiprocessing=flag(use_multiprocessing, "use_multiprocessing"),
+                         max_queue_size=positive_int(max_queue_size, "max_queue_size"))
         self.start_method = start_method
         if not isinstance(dataset, Dataset):
             if isinstance(dataset, (str, os.PathLike)):
@@ -236,18 +157,18 @@ class ShardSequence(keras.utils.PyDataset):
                     f"dataset must be an npyseq.Dataset or a dataset folder path, got {type(dataset).__name__}"
                 )
         self.dataset = dataset
-        options = _Options(batch_size, shuffle, seed, block_size, drop_remainder, transform)
+        options = Options(batch_size, shuffle, seed, block_size, drop_remainder, transform)
         if x is None:
             raise InvalidArgumentError("x must name at least one array of the dataset, got None")
-        self._x = self._resolve(x, "x")
-        self._y = None if y is None else self._resolve(y, "y")
+        self._x = resolve(x, dataset, "x")
+        self._y = None if y is None else resolve(y, dataset, "y")
         if sample_weight is not None and y is None:
             raise InvalidArgumentError("sample_weight needs y: Keras takes (x, y, sample_weight)")
-        self._w = None if sample_weight is None else self._resolve(sample_weight, "sample_weight")
+        self._w = None if sample_weight is None else resolve(sample_weight, dataset, "sample_weight")
         self._check_arrays()
         self._check_lengths()
-        self._dtypes = self._resolve_dtypes(dtype)
-        rows = _Rows(0, len(self._first_leaf()))
+        self._dtypes = resolve_dtypes(dtype, self._leaves())
+        rows = Rows(0, len(self._leaves()[0]))
         self._options = self._checked_options(options, rows, type(self).__name__)
         self._rows = rows
         self._reset_state()
@@ -255,8 +176,8 @@ class ShardSequence(keras.utils.PyDataset):
             # Before Keras makes its enqueuer and pool (the pool may start
             # before on_epoch_begin): the watchdog notes each pool's workers,
             # and the pool of a sequence starts with its start method.
-            _watchdog.install()
-            _start_method.install()
+            watchdog.install()
+            start_methods.install()
 
     def _reset_state(self) -> None:
         """The state of a new sequence (or view): epoch 0, this process, its own buffers."""
@@ -264,10 +185,10 @@ class ShardSequence(keras.utils.PyDataset):
         self._in_epoch = False
         self._pid = os.getpid()
         self._in_worker = False
-        # Batch buffers are reused once Keras has let go of them (see _pool.py).
+        # Batch buffers are reused once Keras has let go of them (see pool.py).
         self._pool = BufferPool()
 
-    def _checked_options(self, options: _Options, rows: _Rows, what: str) -> _Options:
+    def _checked_options(self, options: Options, rows: Rows, what: str) -> Options:
         """``options`` if this sequence can use them over ``rows``; else an npyseq error naming ``what``."""
         transform = options.transform
         if transform is not None and self.use_multiprocessing and self.workers > 0:
@@ -306,40 +227,17 @@ class ShardSequence(keras.utils.PyDataset):
 
     @start_method.setter
     def start_method(self, value: str | None) -> None:
-        self._start_method = _start_method.check(value)
+        self._start_method = start_methods.check(value)
 
     def _worker_start_method(self) -> str | None:
         """The start method for this sequence's next pool (None: leave it to Keras)."""
-        return _start_method.choose(self._start_method, keras.backend.backend())
+        return start_methods.choose(self._start_method, keras.backend.backend())
 
     # -- structure of a batch
 
-    def _resolve(self, spec: Any, what: str) -> Any:
-        """Replace every array name in ``spec`` by its :class:`ShardedArray` (or ``RaggedArray``)."""
-        if isinstance(spec, _ARRAYS):
-            return spec
-        if isinstance(spec, str):
-            if spec not in self.dataset:
-                raise InvalidArgumentError(
-                    f"{what}: unknown array {spec!r}; the dataset at {self.dataset.path} has "
-                    f"{self.dataset.names}"
-                )
-            return self.dataset[spec]
-        if isinstance(spec, Mapping):
-            if not spec:
-                raise InvalidArgumentError(f"{what} must not be an empty dict")
-            return {str(k): self._resolve(v, what) for k, v in spec.items()}
-        if isinstance(spec, (list, tuple)):
-            if not spec:
-                raise InvalidArgumentError(f"{what} must not be an empty list")
-            return tuple(self._resolve(v, what) for v in spec)
-        raise InvalidArgumentError(
-            f"{what} must be an array name, a list of names or a dict of names, got {spec!r:.80}"
-        )
-
     def _leaves(self) -> list[ShardedArray]:
         """Every array of ``x``, ``y`` and ``sample_weight``, in order."""
-        return [a for s in (self._x, self._y, self._w) if s is not None for a in _flatten(s)]
+        return [a for s in (self._x, self._y, self._w) if s is not None for a in flatten(s)]
 
     def _check_arrays(self) -> None:
         """Refuse ragged arrays: they need padding (``RaggedSequence``)."""
@@ -350,36 +248,10 @@ class ShardSequence(keras.utils.PyDataset):
                 "fixed-size rows only: use npyseq.RaggedSequence, which pads each batch"
             )
 
-    def _first_leaf(self) -> ShardedArray:
-        return self._leaves()[0]
-
     def _check_lengths(self) -> None:
         lengths = {f"{a.name} ({a.dataset.path})": len(a) for a in self._leaves()}
         if len(set(lengths.values())) > 1:
             raise InvalidArgumentError(f"all arrays must have the same number of rows, got {lengths}")
-
-    def _resolve_dtypes(self, dtype: Any) -> dict[tuple[str, str], np.dtype]:
-        """Map each array's key to the dtype its batches are cast to."""
-        out = {}
-        if dtype is None:
-            return out
-        leaves = self._leaves()
-        if isinstance(dtype, Mapping):
-            names = {a.name for a in leaves}
-            for name, d in dtype.items():
-                if name not in names:
-                    raise InvalidArgumentError(
-                        f"dtype: {name!r} is not an array this sequence reads ({sorted(names)})"
-                    )
-            for a in leaves:
-                if a.name in dtype:
-                    out[_key(a)] = _dtype(dtype[a.name])
-            return out
-        target = _dtype(dtype)
-        for a in leaves:
-            if _is_float(a.dtype):
-                out[_key(a)] = target
-        return out
 
     # -- Keras PyDataset API
 
@@ -419,8 +291,10 @@ class ShardSequence(keras.utils.PyDataset):
         return rows
 
     def __getitem__(self, index: int):
-        if self._pid != os.getpid():  # first batch in a worker process of Keras' pool
-            _watchdog.prepare_worker()
+        # First batch in a worker process of Keras' pool, whatever its start method (under spawn
+        # and forkserver the sequence arrives pickled): a pid check, not an after-fork reset.
+        if self._pid != os.getpid():
+            watchdog.prepare_worker()
             self._pid = os.getpid()
             self._in_worker = True
         if not self._in_worker:
@@ -428,7 +302,7 @@ class ShardSequence(keras.utils.PyDataset):
         try:
             return self._get(index)
         except Exception as e:
-            sent = _sendable(e, f"reading batch {index!r} of {self!r}")
+            sent = sendable(e, f"reading batch {index!r} of {self!r}")
             if sent is e:
                 raise
             raise sent from None
@@ -441,7 +315,7 @@ class ShardSequence(keras.utils.PyDataset):
         batch = self._batch(self.batch_rows(index, epoch))
         if options.transform is not None:
             seq = np.random.SeedSequence([options.seed, epoch, int(index), _RNG_TAG])
-            batch = _check_transformed(options.transform(batch, np.random.default_rng(seq)),
+            batch = check_transformed(options.transform(batch, np.random.default_rng(seq)),
                                        options.transform, index, epoch)
         return batch
 
@@ -454,7 +328,7 @@ class ShardSequence(keras.utils.PyDataset):
         located: dict = {}  # id of a dataset -> where the rows are in its shards, for all its arrays
 
         def read(array: ShardedArray) -> np.ndarray:
-            key = _key(array)
+            key = array_key(array)
             data = cache.get(key)
             if data is None:
                 data = self._read(array, rows, span, located)
@@ -464,45 +338,30 @@ class ShardSequence(keras.utils.PyDataset):
                 cache[key] = data
             return data
 
-        batch = (_build(self._x, read),)
+        batch = (build(self._x, read),)
         if self._y is not None:
-            batch += (_build(self._y, read),)
+            batch += (build(self._y, read),)
         if self._w is not None:
-            batch += (_build(self._w, read),)
+            batch += (build(self._w, read),)
         return batch
 
     def _read(self, array: ShardedArray, rows: np.ndarray, span: tuple[int, int] | None,
               located: dict) -> np.ndarray:
-        """The rows ``rows`` of one array, into a pooled buffer."""
-        n = len(rows)
-        info, ds = array._info, array.dataset
-        raw = self._pool.empty(n * info.row_bytes)
-        if span and ds._map_reads and info.row_bytes:
-            # The common case (dataset order, or "batches"): one slice of one
-            # mapped shard, copied with none of read()'s general checks.
-            k = bisect.bisect_right(ds._starts, span[0]) - 1
-            first = ds._starts[k]
-            if span[1] <= ds._starts[k + 1]:
-                stored = raw.view(info.dtype).reshape((n,) + info.shape)
-                np.copyto(stored, ds._shard(array.name, k).array[span[0] - first:span[1] - first])
-                return stored if array.dtype == info.dtype else stored.view(array.dtype)
-        out = raw.view(array.dtype).reshape((n,) + array.shape[1:])
-        if span:
-            return array.read(*span, out=out)
-        if ds._map_reads and n and id(ds) not in located:
-            located[id(ds)] = ds._locate(rows)
-        return array._take(rows, out, located.get(id(ds)))
+        """The rows ``rows`` of one array, into a pooled buffer (``span``: the rows
+        as a range when they are consecutive; ``located``: shared by the arrays of a batch)."""
+        out = self._pool.empty(len(rows) * array.row_bytes).view(array.dtype)
+        return array.gather(rows, out.reshape((len(rows),) + array.shape[1:]), located)
 
     def on_epoch_begin(self) -> None:
         self._in_epoch = True
         if self.use_multiprocessing and self.workers > 0:
             # Keras waits forever for a batch of a worker process that died;
-            # the watchdog turns that into a WorkerDiedError (see _watchdog).
-            _start_method.install()
-            _watchdog.watch(self)
+            # the watchdog turns that into a WorkerDiedError (see watchdog.py).
+            start_methods.install()
+            watchdog.watch(self)
 
     def on_epoch_end(self) -> None:
-        _watchdog.unwatch(self)
+        watchdog.unwatch(self)
         # Keras also calls on_epoch_end before the first epoch (and twice per
         # validation pass); only the end of an epoch that began advances it.
         if self._in_epoch:
@@ -514,12 +373,10 @@ class ShardSequence(keras.utils.PyDataset):
     def subset(self, start: int, stop: int) -> "ShardSequence":
         """A sequence over positions ``[start, stop)`` of this one, with its settings (no copy)."""
         n = self.num_rows
-        for name, v in (("start", start), ("stop", stop)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise InvalidArgumentError(f"{name} must be an int, got {v!r}")
+        start, stop = integer(start, "start"), integer(stop, "stop")
         if not 0 <= start <= stop <= n:
             raise InvalidArgumentError(f"subset needs 0 <= start <= stop <= {n}, got start={start}, stop={stop}")
-        return self._view(self._rows.part(int(start), int(stop)), f"subset({start}, {stop})")
+        return self._view(self._rows.part(start, stop), f"subset({start}, {stop})")
 
     def split(self, fraction_or_rows: float | int, *, shuffle_rows: bool = False,
               seed: int = 0) -> tuple["ShardSequence", "ShardSequence"]:
@@ -565,8 +422,7 @@ class ShardSequence(keras.utils.PyDataset):
             raise InvalidArgumentError(
                 f"split takes a fraction in (0, 1) or a row count in [0, {n}], got {fraction_or_rows!r}"
             )
-        if not isinstance(shuffle_rows, (bool, np.bool_)):
-            raise InvalidArgumentError(f"shuffle_rows must be True or False, got {shuffle_rows!r}")
+        shuffle_rows = flag(shuffle_rows, "shuffle_rows")
         rows = self._rows.shuffled(order.check_seed(seed)) if shuffle_rows else self._rows
         what = f"split({fraction_or_rows!r}) of {n} rows"
         train = self._view(rows.part(0, k), f"{what}, first part")
@@ -595,12 +451,12 @@ class ShardSequence(keras.utils.PyDataset):
         >>> train, val = seq.split(0.9)
         >>> val = val.with_options(batch_size=1024)   # bigger batches for evaluation
         """
-        unknown = sorted(set(changes) - set(_OPTION_NAMES))
+        unknown = sorted(set(changes) - set(OPTION_NAMES))
         if unknown:
-            raise InvalidArgumentError(f"with_options takes {list(_OPTION_NAMES)}, got {unknown}")
+            raise InvalidArgumentError(f"with_options takes {list(OPTION_NAMES)}, got {unknown}")
         return self._view(self._rows, f"with_options({', '.join(sorted(changes))})", **changes)
 
-    def _view(self, rows: _Rows, what: str, **changes: Any) -> "ShardSequence":
+    def _view(self, rows: Rows, what: str, **changes: Any) -> "ShardSequence":
         """A copy of this sequence over ``rows``, with ``changes`` to its options, at epoch 0."""
         options = dataclasses.replace(self._options, **changes) if changes else self._options
         options = self._checked_options(options, rows, what)
@@ -610,98 +466,11 @@ class ShardSequence(keras.utils.PyDataset):
         return view
 
     def __repr__(self) -> str:
-        return (f"<npyseq.ShardSequence {self._rows.describe()} of {self.dataset.path!r} "
-                f"batch_size={self.batch_size} shuffle={self.shuffle!r} seed={self.seed} "
-                f"epoch={self.epoch} batches={self.num_batches}>")
+        fields = " ".join(f"{name}={value}" for name, value in self._repr_fields())
+        return f"<npyseq.{type(self).__name__} {self._rows.describe()} of {self.dataset.path!r} {fields}>"
 
+    def _repr_fields(self) -> list[tuple[str, str]]:
+        """``(name, value)`` of what ``repr`` shows after the rows; subclasses add theirs."""
+        return [("batch_size", str(self.batch_size)), ("shuffle", repr(self.shuffle)), ("seed", str(self.seed)),
+                ("epoch", str(self.epoch)), ("batches", str(self.num_batches))]
 
-def _callable_name(fn: Any) -> str:
-    """``module.qualname`` of a function, a ``functools.partial`` of one, or a callable object."""
-    inner = getattr(fn, "func", fn)  # functools.partial
-    if not hasattr(inner, "__qualname__"):
-        inner = type(inner)
-    return f"{getattr(inner, '__module__', '?')}.{inner.__qualname__}"
-
-
-def _check_transformed(batch: Any, transform: Callable, index: int, epoch: int) -> Any:
-    """``batch`` if Keras can take it as a batch, else a TransformError naming ``transform``.
-
-    Keras takes ``(x,)``, ``(x, y)``, ``(x, y, sample_weight)`` (a list is made
-    a tuple), an array alone or a dict of inputs; and it skips a ``None``
-    batch, then waits for it forever.
-    """
-    if isinstance(batch, (dict, np.ndarray)) or (isinstance(batch, (tuple, list)) and 1 <= len(batch) <= 3):
-        return batch
-    hint = (" (a missing `return batch`? A transform that changes the batch in place must still return it)"
-            if batch is None else "")
-    found = " ".join(repr(batch)[:100].split())  # one line
-    items = f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else ""
-    raise TransformError(
-        f"transform {_callable_name(transform)} returned {found} of type {type(batch).__name__}{items} "
-        f"for batch {index} of epoch {epoch}{hint}; it must return the batch: a tuple (x,), (x, y) or "
-        "(x, y, sample_weight) of arrays (a list is made a tuple), an array x alone, or a dict of inputs"
-    )
-
-
-def _sendable(error: Exception, where: str) -> Exception:
-    """``error`` if it reaches the trainer intact from a worker process, else a WorkerError telling it.
-
-    Keras' process pool pickles an exception raised in a worker and its
-    result thread unpickles it; an exception that cannot make that trip (an
-    ``__init__`` with several arguments, an unpicklable attribute) kills
-    that thread or is replaced by an unhelpful MaybeEncodingError. So it is
-    tried here first, on the worker's own exception object (no outside
-    data), and only an exception that fails the trip is wrapped: anything
-    else keeps its type, as Keras would report it.
-    """
-    if isinstance(error, NpyseqError):
-        return error  # one message and nothing else: always survives
-    try:
-        pickle.loads(pickle.dumps(error))
-        return error
-    except Exception as e:
-        problem = f"{type(e).__name__}: {e}"
-    kind = type(error)
-    text = "".join(traceback.format_exception(kind, error, error.__traceback__)).rstrip()
-    return WorkerError(
-        f"{kind.__module__}.{kind.__qualname__}: {error}\n"
-        f"(raised in a Keras worker process, pid {os.getpid()}, {where}; that exception cannot be sent "
-        f"to the trainer as itself ({problem}), so npyseq sent it as this WorkerError. To get "
-        f"{kind.__qualname__} itself, give it an __init__ that takes the message alone, or use "
-        "thread workers.)\n"
-        f"Traceback in the worker:\n{text}"
-    )
-
-
-def _key(array: ShardedArray) -> tuple[str, str]:
-    # Stable across pickling into workers, unlike id().
-    return array.dataset.path, array.name
-
-
-def _is_float(dtype: np.dtype) -> bool:
-    if np.issubdtype(dtype, np.floating):
-        return True
-    return getattr(dtype.type, "__module__", "").startswith("ml_dtypes") and "float" in dtype.name
-
-
-def _dtype(value: Any) -> np.dtype:
-    try:
-        return np.dtype(value)
-    except TypeError:
-        raise InvalidArgumentError(f"dtype {value!r} is not a numpy dtype") from None
-
-
-def _flatten(spec: Any) -> list:
-    """The arrays of a resolved ``x``/``y``/``sample_weight`` spec, in order."""
-    if isinstance(spec, _ARRAYS):
-        return [spec]
-    parts = spec.values() if isinstance(spec, dict) else spec
-    return [leaf for part in parts for leaf in _flatten(part)]
-
-
-def _build(spec: Any, read: Callable[[ShardedArray], np.ndarray]) -> Any:
-    if isinstance(spec, _ARRAYS):
-        return read(spec)
-    if isinstance(spec, dict):
-        return {k: _build(v, read) for k, v in spec.items()}
-    return tuple(_build(v, read) for v in spec)

@@ -2,34 +2,52 @@
 
 A :class:`RaggedSequence` is a :class:`npyseq.ShardSequence` whose ragged
 arrays come out padded per batch, with optional length bucketing
-(:mod:`npyseq.bucketing`). Like :mod:`npyseq.sequence` it imports ``keras``
-only, never a backend, and ``__getitem__`` is NumPy and file I/O alone.
+(:mod:`npyseq.order.bucketing`). It extends :class:`~npyseq.ShardSequence`
+through two hooks, ``_batch`` and ``_read``, and takes its arguments as
+``**options``. Like :mod:`npyseq.keras.sequence` it imports ``keras`` only,
+never a backend, and ``__getitem__`` is NumPy and file I/O alone.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
-from npyseq import bucketing
+from npyseq.arguments import flag, positive_int, short_repr
 from npyseq.errors import InvalidArgumentError
+from npyseq.keras.sequence import ShardSequence
+from npyseq.keras.structure import ARRAYS, flatten
+from npyseq.order import bucketing
+from npyseq.format.npy import row_bytes
 from npyseq.storage.dataset import Dataset
 from npyseq.storage.ragged_array import RaggedArray, check_pad_value
-from npyseq.sequence import _ARRAYS, ShardSequence, _flatten, _positive_int
 
 __all__ = ["RaggedSequence"]
 
-_SIDES = ("post", "pre")
+_SIDES = ("post", "pre")  # where padding goes, and which end truncating cuts
+# The keyword arguments RaggedSequence passes on to ShardSequence.
+_SHARD_OPTIONS = frozenset(p.name for p in inspect.signature(ShardSequence.__init__).parameters.values()
+                           if p.kind is p.KEYWORD_ONLY)
+
+
+def _check_side(value: Any, argument: str) -> str:
+    """``value`` if it is ``"post"`` or ``"pre"``, for ``padding`` and ``truncating``."""
+    if not (isinstance(value, str) and value in _SIDES):
+        raise InvalidArgumentError(f"{argument} must be 'post' or 'pre', got {short_repr(value)}")
+    return value
 
 
 class RaggedSequence(ShardSequence):
     """Batches of a dataset with ragged arrays, each padded to the batch's longest sample.
 
     Takes every argument of :class:`npyseq.ShardSequence`, with the same
-    meaning; any array of ``x``, ``y`` or ``sample_weight`` may be ragged. A
+    meaning (``**options``: ``batch_size``, ``shuffle``, ``seed``, ``workers``
+    and the rest, as keywords), plus the ragged options below; any array of
+    ``x``, ``y`` or ``sample_weight`` may be ragged. A
     ragged array of element shape ``s`` comes out as one array of shape
     ``(batch, L) + s``, where ``L`` is the length of the longest sample of
     the batch (at least 1), rounded up to a multiple of ``pad_to_multiple``,
@@ -56,7 +74,7 @@ class RaggedSequence(ShardSequence):
         return_lengths: add to ``x`` the int32 kept length of each sample,
             shape ``(batch,)``, for each ragged input.
         bucket: group samples of similar lengths into batches (see
-            :mod:`npyseq.bucketing`): pools of ``bucket_pool`` consecutive
+            :mod:`npyseq.order.bucketing`): pools of ``bucket_pool`` consecutive
             batches of the ``shuffle`` order are sorted by length and cut
             into batches, whose order within the pool is shuffled. Every
             row is still used once per epoch, in an order that depends on
@@ -111,16 +129,6 @@ class RaggedSequence(ShardSequence):
         y: Any = None,
         sample_weight: Any = None,
         *,
-        batch_size: int = 32,
-        shuffle: bool | str = False,
-        seed: int = 0,
-        block_size: int | None = None,
-        drop_remainder: bool = False,
-        transform: Callable | None = None,
-        dtype: Any = None,
-        workers: int = 1,
-        use_multiprocessing: bool = False,
-        max_queue_size: int = 4,
         padding: str = "post",
         truncating: str = "post",
         pad_value: Any = 0,
@@ -131,28 +139,20 @@ class RaggedSequence(ShardSequence):
         bucket: bool = False,
         bucket_pool: int = bucketing.DEFAULT_BUCKET_POOL,
         bucket_by: str | None = None,
-        start_method: str | None = None,
+        **options: Any,
     ):
-        for name, side in (("padding", padding), ("truncating", truncating)):
-            if side not in _SIDES:
-                raise InvalidArgumentError(f"{name} must be 'post' or 'pre', got {side!r}")
-        self.padding, self.truncating = padding, truncating
-        self.max_length = None if max_length is None else _positive_int(max_length, "max_length")
-        self.pad_to_multiple = (None if pad_to_multiple is None
-                                else _positive_int(pad_to_multiple, "pad_to_multiple"))
-        for name, flag in (("return_mask", return_mask), ("return_lengths", return_lengths), ("bucket", bucket)):
-            if not isinstance(flag, (bool, np.bool_)):
-                raise InvalidArgumentError(f"{name} must be True or False, got {flag!r}")
-        self.return_mask, self.return_lengths, self.bucket = bool(return_mask), bool(return_lengths), bool(bucket)
-        self.bucket_pool = _positive_int(bucket_pool, "bucket_pool")
+        unknown = sorted(set(options) - _SHARD_OPTIONS)
+        if unknown:
+            raise TypeError(f"RaggedSequence() got an unexpected keyword argument {unknown[0]!r}")
+        self.padding, self.truncating = _check_side(padding, "padding"), _check_side(truncating, "truncating")
+        self.max_length = None if max_length is None else positive_int(max_length, "max_length")
+        self.pad_to_multiple = None if pad_to_multiple is None else positive_int(pad_to_multiple, "pad_to_multiple")
+        self.return_mask, self.return_lengths = flag(return_mask, "return_mask"), flag(return_lengths, "return_lengths")
+        self.bucket = flag(bucket, "bucket")
+        self.bucket_pool = positive_int(bucket_pool, "bucket_pool")
         if bucket_by is not None and not bucket:
             raise InvalidArgumentError(f"bucket_by={bucket_by!r} needs bucket=True")
-        super().__init__(
-            dataset, x, y, sample_weight, batch_size=batch_size, shuffle=shuffle, seed=seed,
-            block_size=block_size, drop_remainder=drop_remainder, transform=transform, dtype=dtype,
-            workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size,
-            start_method=start_method,
-        )
+        super().__init__(dataset, x, y, sample_weight, **options)
         ragged = [a for a in self._leaves() if a.ragged]
         self._pad_values = _resolve_pad_values(pad_value, ragged)
         self._bucket_key = self._resolve_bucket_by(bucket_by, ragged) if bucket else None
@@ -190,12 +190,12 @@ class RaggedSequence(ShardSequence):
         what = "return_mask" if self.return_mask else "return_lengths"
         x = self._x
         entries = x.values() if isinstance(x, dict) else x if isinstance(x, tuple) else [x]
-        if not all(isinstance(v, _ARRAYS) for v in entries):
+        if not all(isinstance(v, ARRAYS) for v in entries):
             raise InvalidArgumentError(
                 f"{what} needs x to be an array name, a list of names or a dict of names, not a nested structure"
             )
-        if not any(isinstance(a, RaggedArray) for a in _flatten(x)):
-            names = [a.name for a in _flatten(x)]
+        if not any(isinstance(a, RaggedArray) for a in flatten(x)):
+            names = [a.name for a in flatten(x)]
             raise InvalidArgumentError(f"{what}=True but no array of x is ragged: x reads {names}")
         if isinstance(x, dict):
             for name, array in x.items():
@@ -240,7 +240,7 @@ class RaggedSequence(ShardSequence):
         # Padded to the batch's own length, into a reused buffer.
         length = self._batch_length(array.lengths(rows).max(initial=0))
         shape = (len(rows), length) + tuple(array.element_shape)
-        out = self._pool.empty(int(np.prod(shape)) * array.dtype.itemsize).view(array.dtype).reshape(shape)
+        out = self._pool.empty(row_bytes(array.dtype, shape)).view(array.dtype).reshape(shape)
         return array.padded(rows, length=length, pad_value=self._pad_values.get(array.name, 0),
                             padding=self.padding, truncating=self.truncating, out=out)[0]
 
@@ -260,7 +260,7 @@ class RaggedSequence(ShardSequence):
                     if self.return_lengths:
                         out[name + "_lengths"] = lengths.astype(np.int32)
             return out
-        single = isinstance(self._x, _ARRAYS)
+        single = isinstance(self._x, ARRAYS)
         arrays, inputs = ((self._x,), (x,)) if single else (self._x, x)
         ragged = [(array, value) for array, value in zip(arrays, inputs) if isinstance(array, RaggedArray)]
         masks = [self._mask(kept(a, v), v.shape[1]) for a, v in ragged] if self.return_mask else []
@@ -273,11 +273,11 @@ class RaggedSequence(ShardSequence):
             return positions < lengths[:, None]
         return positions >= (length - lengths)[:, None]
 
-    def __repr__(self) -> str:
-        bucket = f" bucket_pool={self.bucket_pool} bucket_by={self._bucket_key.name!r}" if self.bucket else ""
-        return (f"<npyseq.RaggedSequence {self._rows.describe()} of {self.dataset.path!r} "
-                f"batch_size={self.batch_size} shuffle={self.shuffle!r} seed={self.seed} "
-                f"epoch={self.epoch} batches={self.num_batches}{bucket}>")
+    def _repr_fields(self) -> list[tuple[str, str]]:
+        fields = super()._repr_fields()
+        if self.bucket:
+            fields += [("bucket_pool", str(self.bucket_pool)), ("bucket_by", repr(self._bucket_key.name))]
+        return fields
 
 
 # Pools of the last few batches asked for; a pool serves bucket_pool batches,
@@ -306,3 +306,15 @@ def _resolve_pad_values(pad_value: Any, ragged: list) -> dict[str, Any]:
     for name, value in values.items():
         check_pad_value(value, dtypes[name], name)
     return values
+
+
+def _signature() -> inspect.Signature:
+    """The signature ``help`` and ``inspect`` show: ``**options`` spelled out as ShardSequence's keywords."""
+    own = list(inspect.signature(RaggedSequence.__init__).parameters.values())
+    inherited = [p for p in inspect.signature(ShardSequence.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    positional = [p for p in own if p.kind is p.POSITIONAL_OR_KEYWORD]
+    ragged = [p for p in own if p.kind is p.KEYWORD_ONLY]
+    return inspect.Signature(positional + inherited + ragged)
+
+
+RaggedSequence.__init__.__signature__ = _signature()
