@@ -8,7 +8,7 @@ that lands at ``n`` or above goes round again until it is below ``n``), so
 any position can be mapped alone, in any process, at any time.
 
 The network exists in four equal forms, held equal by property tests
-(tests/test_order.py): :func:`feistel` on a numpy array, :func:`feistel_int`
+(tests/order/test_order.py): :func:`feistel` on a numpy array, :func:`feistel_int`
 on one Python int, and :class:`TabulatedFeistel` (its ``__call__`` and
 ``one``), which tabulates the round functions of domains up to
 ``2**TABULATED_BITS``: about 4x faster on a batch of indices.

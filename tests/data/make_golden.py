@@ -1,4 +1,4 @@
-"""Write the golden datasets of tests/test_golden.py: one per format version.
+"""Write the golden datasets of tests/format/test_golden.py: one per format version.
 
     python tests/data/make_golden.py
 

@@ -1,4 +1,4 @@
-"""Train with process workers until interrupted (Ctrl-C); for tests/test_worker_failures.py.
+"""Train with process workers until interrupted (Ctrl-C); for tests/keras/test_worker_failures.py.
 
 Usage: python interrupt_script.py DATASET START_METHOD
 Prints TRAINING once batches flow, and INTERRUPTED when fit raises

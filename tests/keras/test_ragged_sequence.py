@@ -18,7 +18,7 @@ from npyseq.keras.ragged_sequence import RaggedSequence
 
 from _helpers import BACKENDS, run_backend_script
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support")  # scripts, helpers
 N = 203
 MODES = [False, "batches", "blocks", "global"]
 
@@ -224,7 +224,7 @@ def test_same_batches_in_worker_processes(ds, method):
         assert all(np.array_equal(x1[k], x2[k]) for k in x1) and np.array_equal(y1, y2)
 
 
-# --- through model.fit, in fresh processes (tests/ragged_fit_script.py)
+# --- through model.fit, in fresh processes (tests/support/ragged_fit_script.py)
 
 FIT_CONFIGS = {
     "1 worker": ("default", 1, 0),
@@ -313,7 +313,7 @@ def test_out_of_range_batches_raise_index_error(ds):
     assert np.array_equal(seq[-1][0], seq[4][0])
 
 
-# --- Embedding + LSTM/GRU on each backend, in subprocesses (tests/ragged_backend_script.py)
+# --- Embedding + LSTM/GRU on each backend, in subprocesses (tests/support/ragged_backend_script.py)
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def backend_facts(request, tmp_path_factory):

@@ -1,7 +1,7 @@
 """Embedding + LSTM through RaggedSequence on one Keras backend (set KERAS_BACKEND before running).
 
 Usage: KERAS_BACKEND=jax python ragged_backend_script.py DATASET_DIR
-Prints one JSON object of measured facts; tests/test_ragged_sequence.py asserts them.
+Prints one JSON object of measured facts; tests/keras/test_ragged_sequence.py asserts them.
 
 The task: the label is 1 when the last real token of a sample is above the
 middle of the vocabulary. Padding comes after the tokens, so a recurrent layer

@@ -623,5 +623,5 @@ def test_resume_with_changed_source_rewrites_every_shard(tmp_path):
     assert_same_array(ds["x"][:], changed["x"])
 
 
-# SIGKILL at every point of a conversion, then a byte-identical rerun: tests/test_interrupted_writes.py
+# SIGKILL at every point of a conversion, then a byte-identical rerun: tests/storage/test_interrupted_writes.py
 # (deterministic pause points; a random-kill loop here could land too few kills).

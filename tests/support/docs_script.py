@@ -1,6 +1,6 @@
 """Run the Python blocks of one Markdown file, top to bottom; for tests/test_docs.py.
 
-    python tests/docs_script.py BLOCKS.json
+    python tests/support/docs_script.py BLOCKS.json
 
 ``BLOCKS.json`` is a list of ``[file, first_line, code]``. The blocks run in
 this module's namespace, in the current folder, one after another, as a user

@@ -4,7 +4,7 @@ Locks across fork, exceptions and batches that cannot travel back from a
 worker process, what a transform returns, epoch and seed checks, the parts of
 ``split`` (contiguous and drawn at random), views taking the options of the
 sequence as it is, empty sequences, and the start method of worker processes.
-The same failures through a real ``fit`` are in tests/test_fit_safety.py.
+The same failures through a real ``fit`` are in tests/keras/test_fit_safety.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """End-to-end checks on one Keras backend (set KERAS_BACKEND before running).
 
 Usage: KERAS_BACKEND=jax python backend_script.py DATASET_DIR
-Prints one JSON object of measured facts; tests/test_backends.py asserts them.
+Prints one JSON object of measured facts; tests/keras/test_backends.py asserts them.
 """
 
 import json

@@ -20,7 +20,7 @@ import npyseq
 
 from _helpers import assert_same_array, tree_bytes
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/
 sys.path.insert(0, os.path.join(HERE, "data"))
 import make_golden  # noqa: E402
 

@@ -20,7 +20,7 @@ import pytest
 
 import npyseq
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support")  # scripts, helpers
 EPOCHS, WARMUP = 30, 5
 
 

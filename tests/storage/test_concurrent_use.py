@@ -1,6 +1,6 @@
 """Concurrent use: readers beside a converter, and readers while a dataset is overwritten.
 
-Processes of tests/concurrent_script.py run at the same time: two read one
+Processes of tests/support/concurrent_script.py run at the same time: two read one
 dataset over and over (with checksums) while a third converts another one;
 then readers open, read and check a dataset while a writer replaces it again
 and again with ``overwrite=True``. Version ``v`` of that dataset has its own
@@ -22,7 +22,7 @@ import npyseq
 
 from _helpers import assert_same_array, tree_bytes
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support")  # scripts, helpers
 SCRIPT = os.path.join(HERE, "concurrent_script.py")
 sys.path.insert(0, HERE)
 import concurrent_script  # noqa: E402

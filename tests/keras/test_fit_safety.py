@@ -1,6 +1,6 @@
 """Real ``fit`` runs that used to hang: each error reaches fit's caller in seconds, naming what went wrong.
 
-Each backend runs its scenarios in a fresh process (tests/fit_safety_script.py)
+Each backend runs its scenarios in a fresh process (tests/support/fit_safety_script.py)
 so that a hang is a timeout here, with the scenario that hung named, rather
 than a stuck test run. What each guards against (issue 11):
 
@@ -28,7 +28,7 @@ import npyseq
 
 from _safety_transforms import FAIL_ROW
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support")  # scripts, helpers
 N = 600
 
 CONFIGS = {

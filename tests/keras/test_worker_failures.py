@@ -1,7 +1,7 @@
 """Worker failures during ``fit``: errors reach the caller in seconds, nothing hangs, nothing is orphaned.
 
-Each configuration runs in a fresh process (tests/worker_failure_script.py,
-tests/interrupt_script.py) so that the start method and the backend are set
+Each configuration runs in a fresh process (tests/support/worker_failure_script.py,
+tests/support/interrupt_script.py) so that the start method and the backend are set
 before Keras starts, and so that a hang is a timeout here rather than a
 stuck test run.
 
@@ -30,7 +30,7 @@ import pytest
 
 import npyseq
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support")  # scripts, helpers
 N = 2000
 FAIL_ROW = 224  # _failing_transforms.FAIL_ROW
 

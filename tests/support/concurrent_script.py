@@ -1,4 +1,4 @@
-"""Processes for tests/test_concurrent_use.py: readers, a converter, an overwriting writer.
+"""Processes for tests/storage/test_concurrent_use.py: readers, a converter, an overwriting writer.
 
 Usage:
   python concurrent_script.py read DATASET SECONDS

@@ -3,9 +3,9 @@
 After any interruption, ``open_shards`` either refuses the folder as an
 incomplete dataset or opens a complete, valid one; running the same
 conversion (or the same producer) again finishes it, byte-identical to a run
-that was never interrupted. tests/test_writer.py kills a conversion at 7
+that was never interrupted. tests/storage/test_writer.py kills a conversion at 7
 random moments; here the kills land at chosen points of the writing protocol
-(tests/kill_point_script.py pauses there and prints PAUSED): inside a shard,
+(tests/support/kill_point_script.py pauses there and prints PAUSED): inside a shard,
 between shards, while a rerun hashes the shards it keeps, with the manifest
 written but not renamed, and just after it was renamed; plus kills at random
 times.
@@ -40,7 +40,7 @@ from npyseq.errors import DatasetNotFoundError, DiskFullError, IncompleteDataset
 
 from _helpers import LOCK_NAME, assert_same_array, tree_bytes
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support")  # scripts, helpers
 SCRIPT = os.path.join(HERE, "kill_point_script.py")
 sys.path.insert(0, HERE)
 import kill_point_script  # noqa: E402  (the data the script writes)

@@ -1,4 +1,4 @@
-"""Corrupt data that tests/test_errors.py and tests/test_manifest.py do not already cover.
+"""Corrupt data that tests/storage/test_bad_shards.py and tests/format/test_manifest.py do not already cover.
 
 Covered there: truncated and grown shards, a flipped byte (checksums), wrong
 dtype/shape/rows in a shard's header, missing shards, non-.npy and Fortran

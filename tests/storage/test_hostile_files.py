@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import gc
-import json
 import mmap
 import os
 import re

@@ -1,4 +1,4 @@
-"""Transforms that misbehave on purpose, for tests/test_sequence_safety.py and tests/test_fit_safety.py.
+"""Transforms that misbehave on purpose, for tests/keras/test_sequence_safety.py and tests/keras/test_fit_safety.py.
 
 Module level, so that spawn and forkserver workers import them by name.
 Column 0 of ``x`` holds each row's index; with ``shuffle=False`` and batch

@@ -1,4 +1,4 @@
-"""Transforms that fail on purpose, for tests/test_worker_failures.py.
+"""Transforms that fail on purpose, for tests/keras/test_worker_failures.py.
 
 Module level, so that spawn and forkserver workers can import them by name.
 Column 0 of ``x`` holds each row's index; with ``shuffle=False`` and batch

@@ -1,6 +1,6 @@
 """End to end: real ``model.fit`` through ShardSequence, every worker kind and start method.
 
-Each configuration runs in a fresh process (tests/fit_order_script.py) so that
+Each configuration runs in a fresh process (tests/support/fit_order_script.py) so that
 the multiprocessing start method is set before Keras starts. A recording
 layer stores the row index (column 0 of x) of every row the model consumed.
 """
@@ -15,7 +15,7 @@ import pytest
 
 import npyseq
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support")  # scripts, helpers
 N = 150
 MODES = ["False", "batches", "blocks", "global"]
 CONFIGS = {
