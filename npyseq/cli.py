@@ -29,6 +29,7 @@ import numpy as np
 
 from npyseq import __version__
 from npyseq.errors import NpyseqError
+from npyseq.format import npy
 from npyseq.format.limits import MAX_COUNT
 from npyseq.storage.dataset import open_shards
 from npyseq.storage.protocol import DEFAULT_SHARD_SIZE, check_count, parse_size, short_repr
@@ -214,7 +215,7 @@ def _info(args) -> int:
     ds = open_shards(args.dataset)
     m = ds.manifest
     print(f"dataset   {ds.path}")
-    print(f"format    npyseq v{m.version}, manifest xxh3_64:{ds.checksum}")
+    print(f"format    npyseq v{m.version}, manifest {npy.CHECKSUM_ALGORITHM}:{ds.checksum}")
     print(f"rows      {len(ds)}")
     rows = m.shard_rows
     if rows:

@@ -261,7 +261,7 @@ class Dataset:
             f"{n}: {self._dtypes[n]} " + (f"ragged (n,) + {info.shape}" if info.ragged else f"{info.shape}")
             for n, info in self.manifest.arrays.items())
         return (f"<npyseq.Dataset {self.path!r} rows={len(self)} shards={self.num_shards} "
-                f"manifest=xxh3_64:{self.checksum} {{{arrays}}}>")
+                f"manifest={npy.CHECKSUM_ALGORITHM}:{self.checksum} {{{arrays}}}>")
 
     def __reduce__(self):
         return (reopen, (self.path, self.checksum, self._verify, self._max_open, self._read))
@@ -437,6 +437,8 @@ class Dataset:
     def _verify_checksum(self, key: Any, path: str, fd: int, expected: str) -> None:
         if self._verify == "checksums" and key not in self._hashed:
             problem = _checksum_problem(path, fd, expected)
+            if problem is not None and not npy.can_verify(expected):
+                raise ShardError(f"{problem}; open it with verify='headers' to read it unverified")
             if problem is not None:
                 raise ChecksumMismatchError(f"{problem}; the shard is corrupt")
             self._hashed.add(key)
@@ -457,5 +459,9 @@ class Dataset:
 
 def _checksum_problem(path: str, fd: int, expected: str, progress: Any = None) -> str | None:
     """What is wrong with the checksum of the open file ``fd``, or None."""
+    if not npy.can_verify(expected):  # a manifest may record another algorithm (see the spec)
+        algorithm = expected.partition(":")[0]
+        return (f"{path}: checksum {expected} cannot be verified: npyseq computes "
+                f"{npy.CHECKSUM_ALGORITHM} checksums, not {algorithm}")
     found = npy.file_checksum(path, progress=progress, fd=fd)
     return None if found == expected else f"{path}: checksum {found} found, the manifest says {expected}"

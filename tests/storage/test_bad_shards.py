@@ -19,6 +19,7 @@ from npyseq.errors import (
     IncompleteDatasetError,
     ManifestError,
     MissingShardError,
+    ShardError,
 )
 
 from _helpers import assert_same_array, flip_byte, load_manifest_json, write_manifest_json
@@ -255,6 +256,23 @@ def test_flipped_byte_is_caught_by_checksums_only(root):
     with pytest.raises(ChecksumMismatchError, match=re.escape(
             f"{path}: checksum {found} found, the manifest says {expected}; the shard is corrupt")):
         ds["x"][5]
+
+
+def test_a_checksum_of_another_algorithm_is_unverifiable_not_a_mismatch(root):
+    """The spec allows other algorithms: npyseq says it cannot verify one, never that the data is corrupt."""
+    doc = load_manifest_json(root)
+    doc["arrays"]["x"]["shards"][1]["checksum"] = "sha256:" + "ab" * 32
+    write_manifest_json(root, doc)
+    path = _shard(root)
+    message = (f"{path}: checksum sha256:{'ab' * 32} cannot be verified: npyseq computes xxh3_64 "
+               "checksums, not sha256")
+
+    assert_same_array(npyseq.open_shards(root)["x"][:], X)  # the headers are checked, and fine
+    ds = npyseq.open_shards(root, verify="checksums")
+    with pytest.raises(ShardError, match=re.escape(message + "; open it with verify='headers'")) as e:
+        ds["x"][5]
+    assert not isinstance(e.value, ChecksumMismatchError)
+    assert npyseq.open_shards(root, verify="none").verify() == [message]
 
 
 def test_checksums_mode_reads_good_shards(root):
