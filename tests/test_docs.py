@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "tests", "docs_script.py")
+SCRIPT = os.path.join(ROOT, "tests", "support", "docs_script.py")
 DOCS_DIR = os.path.join(ROOT, "docs")
 PAGES = ["README.md", "CONTRIBUTING.md"] + sorted(
     os.path.join("docs", f) for f in os.listdir(DOCS_DIR) if f.endswith(".md"))
