@@ -16,7 +16,7 @@ from tools.memcap import cgroup_available, drop_page_cache, run_capped
 pytestmark = [pytest.mark.cgroup, pytest.mark.slow]
 
 CAP = 768 * 2**20
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ from _helpers import DTYPES, assert_same_array, load_manifest_json, random_array
 X = np.arange(10 * 3, dtype=np.float32).reshape(10, 3)
 Y = np.arange(10, dtype=np.int64)
 ROWS = [np.arange(i % 4, dtype=np.int32) + 10 * i for i in range(10)]
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 
 
 @pytest.fixture

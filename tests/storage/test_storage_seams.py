@@ -25,7 +25,7 @@ from npyseq.errors import ChecksumMismatchError, CorruptShardError, DatasetChang
 from _helpers import assert_same_array, load_manifest_json, write_manifest_json
 
 N = 23  # rows: shards of 5, 5, 5, 5, 3
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 READ_SIDE = ["files", "not_found", "dataset", "arrays", "ragged_array", "ragged_sources"]
 
 
