@@ -17,7 +17,7 @@ import numpy as np
 
 from npyseq.errors import InvalidArgumentError
 
-__all__ = ["short_repr", "integer", "positive_int", "non_negative_int", "one_of", "flag"]
+__all__ = ["short_repr", "is_int", "integer", "positive_int", "non_negative_int", "one_of", "flag"]
 
 MAX_INT = 2**62  # the largest count npyseq records (the manifest's integer limit)
 
@@ -28,7 +28,8 @@ def short_repr(value: Any) -> str:
     return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an int (numpy's too), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
@@ -38,7 +39,7 @@ def integer(value: Any, argument: str, minimum: int | None = None, maximum: int 
     if what is None:
         what = {None: "an int", 0: "a non-negative int", 1: "a positive int"}.get(
             minimum, f"an int of at least {minimum}")
-    if not _is_int(value) or (minimum is not None and value < minimum):
+    if not is_int(value) or (minimum is not None and value < minimum):
         raise InvalidArgumentError(f"{argument} must be {what}, got {short_repr(value)}")
     if maximum is not None and value > maximum:
         limit = "2**62" if maximum == MAX_INT else str(maximum)

@@ -32,7 +32,8 @@ from npyseq.errors import NpyseqError
 from npyseq.format import npy
 from npyseq.format.limits import MAX_COUNT
 from npyseq.storage.dataset import open_shards
-from npyseq.storage.protocol import DEFAULT_SHARD_SIZE, check_count, parse_size, short_repr
+from npyseq.arguments import short_repr
+from npyseq.storage.protocol import DEFAULT_SHARD_SIZE, check_count, parse_size
 from npyseq.storage.ragged_sources import RaggedSource
 from npyseq.storage.sources import NpzMember, RawSource
 from npyseq.storage.writer import MAX_JOBS, write_shards

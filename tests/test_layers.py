@@ -161,3 +161,16 @@ def test_no_module_is_over_500_lines(path):
     with open(path, encoding="utf-8") as f:
         lines = sum(1 for _ in f)
     assert lines <= 500, f"{path}: {lines} lines; a module over 500 lines holds two ideas"
+
+
+def test_argument_ints_are_checked_in_one_place():
+    """User arguments go through npyseq.arguments; format/ checks JSON values (no numpy ints there)."""
+    pattern = "isinstance(value, (int, np.integer))"
+    found = []
+    for module, path in MODULES.items():
+        text = open(path, encoding="utf-8").read()
+        if module != "npyseq.arguments" and ("np.integer)" in text and "isinstance(" in text
+                                            and " or not isinstance(" in text):
+            found += [f"{path}:{n}" for n, line in enumerate(text.splitlines(), 1)
+                      if " or not isinstance(" in line and "np.integer" in line]
+    assert not found, f"hand-written int checks (use npyseq.arguments, like {pattern!r} there): {found}"

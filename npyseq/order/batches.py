@@ -21,7 +21,7 @@ import dataclasses
 
 import numpy as np
 
-from npyseq.arguments import integer, positive_int
+from npyseq.arguments import integer, is_int, positive_int
 from npyseq.errors import InvalidArgumentError
 from npyseq.order.permutation import (
     BATCHES_TAG,
@@ -80,7 +80,7 @@ def num_batches(rows: int, batch_size: int, drop_remainder: bool = False) -> int
 
 def check_batch(batch, count: int) -> int:
     """``batch`` as an int, or an IndexError unless it is an int (not a bool) in ``[0, count)``."""
-    if isinstance(batch, (bool, np.bool_)) or not isinstance(batch, (int, np.integer)) or not 0 <= batch < count:
+    if not is_int(batch) or not 0 <= batch < count:
         raise IndexError(f"batch index {batch!r} is out of range: this epoch has {count} batches")
     return int(batch)
 

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import xxhash
 
+from npyseq.arguments import integer, short_repr
 from npyseq.errors import DiskFullError, ForeignFilesError, InvalidArgumentError
 from npyseq.format import npy
 from npyseq.format.limits import MAX_COUNT, MAX_NAME_LENGTH, is_array_name
@@ -81,21 +82,11 @@ def parse_size(value: int | str, argument: str = "shard_size") -> int:
     return n
 
 
-def short_repr(value: Any) -> str:
-    """``repr(value)`` for a message, shortened if long (a 400-digit number)."""
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
-
-
 def check_count(value: Any, argument: str, minimum: int = 1, maximum: int = MAX_COUNT,
                 what: str = "a positive int") -> int:
-    """``value`` as an int in ``[minimum, maximum]``, or an error naming ``argument``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InvalidArgumentError(f"{argument} must be {what}, got {short_repr(value)}")
-    if value > maximum:
-        limit = "2**62" if maximum == MAX_COUNT else str(maximum)
-        raise InvalidArgumentError(f"{argument} must be at most {limit}, got {short_repr(value)}")
-    return int(value)
+    """``value`` as an int in ``[minimum, maximum]``, or an error naming ``argument``
+    (:func:`npyseq.arguments.integer`, with the writers' wording)."""
+    return integer(value, argument, minimum, maximum, what)
 
 
 # --- shard sizes and file names -------------------------------------------------------
