@@ -32,6 +32,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import secrets
 import stat
 import sys
 from typing import Iterable
@@ -319,6 +320,16 @@ class Output:
         return (f"{self.root}: writing was interrupted. Nothing was published: no manifest was written "
                 f"and the .partial files of this run were removed; {kept}the complete shards were kept: "
                 f"{again}.")
+
+    def share_token(self) -> tuple[str, str]:
+        """Write a random token into the lock file of ``root``; return ``(its path, the token)``:
+        a cluster worker that reads the token there sees this folder (:mod:`npyseq.storage.cluster`)."""
+        token = secrets.token_hex(16)
+        lock = self._locks[-1]
+        os.ftruncate(lock.fd, 0)
+        os.pwrite(lock.fd, token.encode("ascii"), 0)
+        os.fsync(lock.fd)
+        return lock.path, token
 
     def release(self) -> None:
         """Release the locks (deleting their files); idempotent."""

@@ -24,6 +24,7 @@ from npyseq.errors import InvalidArgumentError
 from npyseq.format import npy
 from npyseq.format.dtypes import cast_problem
 from npyseq.storage.ragged_array import CHECK_CHUNK, offsets_problem
+from npyseq.storage.signatures import not_npy_message, sniff
 
 __all__ = ["RaggedSource", "RaggedInput", "map_npy", "open_ragged", "check_rows", "concat_rows", "is_row_list",
            "shard_bounds"]
@@ -36,6 +37,10 @@ def map_npy(path: str, name: str, what: str = "source", npz_hint: str = "") -> n
     """
     if not os.path.exists(path):
         raise InvalidArgumentError(f"array {name!r}: {what} file {path!r} does not exist")
+    fmt = sniff(path)
+    if fmt not in ("npy", "npz", "zip"):
+        # numpy would try to unpickle it, and say so: name what the file looks like instead.
+        raise InvalidArgumentError(not_npy_message(name, path, fmt))
     try:
         with npy.header_lock():  # numpy parses the header as npyseq's reader does
             array = np.load(path, mmap_mode="r", allow_pickle=False)

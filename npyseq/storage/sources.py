@@ -21,8 +21,10 @@ from npyseq.format import npy
 from npyseq.errors import InvalidArgumentError, NpyseqError
 from npyseq.format.limits import MAX_COUNT
 from npyseq.format.npy import row_bytes
+from npyseq.storage.array_sources import ArrayLikeSource, Hdf5Path, is_array_like, open_array_like
 from npyseq.storage.ragged_sources import RaggedInput, map_npy, open_ragged
 from npyseq.storage.protocol import check_count
+from npyseq.storage.signatures import raw_refusal, sniff
 
 __all__ = ["RawSource", "NpzMember"]
 
@@ -160,7 +162,7 @@ def _read_exact(f, nbytes: int, path: str) -> bytes:
     return data
 
 
-def open_source(name: str, value: Any) -> Source | RaggedInput:
+def open_source(name: str, value: Any) -> Source | RaggedInput | ArrayLikeSource:
     """The input array ``name`` of :func:`npyseq.write_shards` as a source of rows; refuse
     what is not an array, a ``.npy`` path, a RawSource, an NpzMember or a ragged input."""
     ragged = open_ragged(name, value)
@@ -176,13 +178,15 @@ def open_source(name: str, value: Any) -> Source | RaggedInput:
         return _file_source(name, _open_raw(value), value.path)
     if isinstance(value, NpzMember):
         return _open_npz_member(name, value)
+    if isinstance(value, Hdf5Path) or is_array_like(value):  # h5py, Zarr, Dask: read in pieces
+        return open_array_like(name, value)
     if isinstance(value, np.ndarray):
         return _ArraySource(name, value)
     if hasattr(value, "__array__") or isinstance(value, (list, tuple)):
         return _ArraySource(name, np.asarray(value))
     raise InvalidArgumentError(
-        f"array {name!r}: expected a numpy array, a memmap, a path to a .npy file, a RawSource "
-        f"or an NpzMember, got {type(value).__name__}"
+        f"array {name!r}: expected a numpy array, a memmap, a path to a .npy file, a RawSource, "
+        f"an NpzMember or an array-like (h5py, Zarr, Dask), got {type(value).__name__}"
     )
 
 
@@ -206,6 +210,9 @@ def _file_source(name: str, array: np.ndarray, path: str) -> _ArraySource:
 
 
 def _open_raw(src: RawSource) -> np.ndarray:
+    fmt = sniff(src.path)
+    if fmt is not None:  # an HDF5 file, an archive ...: its bytes are not rows
+        raise InvalidArgumentError(raw_refusal(os.fsdecode(src.path), fmt, cli=False))
     try:
         dtype = np.dtype(src.dtype)
     except TypeError:

@@ -37,44 +37,15 @@ from npyseq.storage.protocol import (DEFAULT_SHARD_SIZE, Cancelled, check_count,
                                      is_disk_full, offsets_path, rows_per_shard, shard_header_bytes, shard_limit,
                                      shard_path, write_file)
 from npyseq.storage.ragged_sources import RaggedInput, RaggedSource, shard_bounds
+from npyseq.storage.array_sources import ArrayLikeSource, Hdf5Path, is_array_like
+from npyseq.storage.cluster import dask_backend_active, run_on_cluster
+from npyseq.storage.jobs import ShardJob, in_process, portable, process_pool, write_ragged_shard, write_shard
 from npyseq.storage.shard_writer import ShardWriter, interrupted_message, plan_first_batch
 from npyseq.storage.sources import NpzMember, RawSource, Source, open_source
 
 __all__ = ["write_shards"]
 
 MAX_JOBS = 1024  # threads writing shards at once
-
-
-def _write_shard(root: str, path: str, source: Source, start: int, stop: int,
-                 store: np.dtype, chunk_rows: int, progress,
-                 cancel: threading.Event | None = None) -> ShardInfo:
-    """Write rows [start, stop) of ``source`` as the shard ``path``; reuse it if correct."""
-    header = npy.header_bytes(store, (stop - start,) + source.shape[1:])
-    data_bytes = (stop - start) * row_bytes(store, source.shape[1:])
-    return write_file(root, path, header, data_bytes,
-                      lambda: (c.view(store) for c in source.chunks(start, stop, chunk_rows)),
-                      source.seekable, progress, cancel)
-
-
-def _write_ragged_shard(root: str, name: str, k: int, source: RaggedInput, start: int, stop: int,
-                        store: np.dtype, progress,
-                        cancel: threading.Event | None = None) -> tuple[ShardInfo, int, ShardInfo]:
-    """Write rows [start, stop) of a ragged source: values file, then offsets file.
-
-    Returns ``(values file, number of values, offsets file)``.
-    """
-    first = int(source.offsets[start])
-    offsets = np.asarray(source.offsets[start:stop + 1], dtype=OFFSETS_DTYPE) - first
-    n_values = int(offsets[-1])
-    values = write_file(
-        root, shard_path(name, k), npy.header_bytes(store, (n_values,) + source.element_shape),
-        n_values * row_bytes(store, source.element_shape),
-        lambda: (c.view(store) for c in source.chunks(start, stop, npy.CHUNK_BYTES)),
-        True, progress, cancel)
-    index = write_file(
-        root, offsets_path(name, k), npy.header_bytes(OFFSETS_DTYPE, offsets.shape), offsets.nbytes,
-        lambda: iter([offsets]), True, progress, cancel)
-    return values, n_values, index
 
 
 def write_shards(
@@ -146,12 +117,20 @@ def write_shards(
     if any(_is_row_iterable(v) for v in arrays.values()):
         return _write_streamed(out_dir, arrays, shard_size, rows, progress, overwrite)
     sources = {n: open_source(n, v) for n, v in arrays.items()}
-    total, stores, bounds = _plan(sources, shard_size, rows, limit)
-    output = Output(out_dir, overwrite, _source_files(arrays.values()))
     try:
-        manifest = _write_all(output, sources, stores, bounds, jobs, progress, total)
+        total, stores, bounds = _plan(sources, shard_size, rows, limit)
+        # On a Dask cluster the workers reopen the sources: refuse what cannot travel, before writing.
+        specs = ({n: portable(n, v, sources[n]) for n, v in arrays.items()} if dask_backend_active()
+                 else None)
+        output = Output(out_dir, overwrite, _source_files(arrays.values()))
+    except BaseException:
+        _close(sources)
+        raise
+    try:
+        manifest = _write_all(output, sources, stores, bounds, jobs, progress, total, specs)
         root = output.publish(manifest)
     except BaseException as e:
+        _close(sources)
         output.release()
         if output.published:  # interrupted while deleting the old dataset: the new one is in place
             raise
@@ -161,7 +140,15 @@ def write_shards(
         if is_disk_full(e):
             raise disk_full_error(output.root, e, output.replacing) from None
         raise
+    _close(sources)
     return open_shards(root)
+
+
+def _close(sources) -> None:
+    """Close the files that opening the sources opened (HDF5 files opened by path)."""
+    for src in sources.values():
+        if isinstance(src, ArrayLikeSource):
+            src.close()
 
 
 def _plan(sources: Mapping[str, Source | RaggedInput], shard_size: int | str, rows: int | None,
@@ -192,8 +179,13 @@ def _source_files(values) -> list[str]:
     def add(value: Any) -> None:
         if isinstance(value, (str, bytes, os.PathLike)):
             out.append(os.fsdecode(value))
-        elif isinstance(value, (RawSource, NpzMember)):
+        elif isinstance(value, (RawSource, NpzMember, Hdf5Path)):
             out.append(os.fsdecode(value.path))
+        elif is_array_like(value):  # an h5py dataset's file, a Zarr array's folder
+            for where in (getattr(getattr(value, "file", None), "filename", None),
+                          getattr(getattr(value, "store", None), "root", None)):
+                if isinstance(where, (str, os.PathLike)):
+                    out.append(os.fsdecode(where))
         elif isinstance(value, RaggedSource):
             for part in (value.values, value.offsets, value.lengths):
                 add(part)
@@ -213,7 +205,7 @@ def _source_files(values) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _write_all(output: Output, sources, stores, bounds, jobs, progress, total) -> Manifest:
+def _write_all(output: Output, sources, stores, bounds, jobs, progress, total, specs=None) -> Manifest:
     """Write every shard into ``output.root`` (holding its lock); return the manifest to publish."""
     root = output.root
     files = [MANIFEST_NAME]
@@ -224,29 +216,45 @@ def _write_all(output: Output, sources, stores, bounds, jobs, progress, total) -
             if isinstance(src, RaggedInput):
                 files.append(offsets_path(name, k))
     output.check_files(files)
-    tasks, nbytes = [], 0
+    tasks, nbytes, sizes, cluster_tasks = [], 0, {}, []
+    pool = None
     for name, src in sources.items():
         store = stores[name][0]
-        if isinstance(src, RaggedInput):
+        ragged = isinstance(src, RaggedInput)
+        if ragged:
             # The progress counts data bytes: every value, and rows + 1 offsets per shard.
-            n_values = int(src.offsets[-1]) if len(src.offsets) else 0
-            nbytes += n_values * src.element_bytes + (total + len(bounds)) * OFFSETS_DTYPE.itemsize
-            tasks.extend([((name, k), functools.partial(_write_ragged_shard, root, name, k, src, a, b, store))]
-                         for k, (a, b) in enumerate(bounds))
-            continue
-        size = row_bytes(store, src.shape[1:])
-        nbytes += total * size
-        chunk_rows = max(1, npy.CHUNK_BYTES // max(1, size))
-        jobs_of_source = [
-            ((name, k), functools.partial(_write_shard, root, shard_path(name, k), src, a, b, store,
-                                          chunk_rows))
-            for k, (a, b) in enumerate(bounds)
-        ]
-        if src.seekable:
-            tasks.extend([j] for j in jobs_of_source)
+            for k, (a, b) in enumerate(bounds):
+                sizes[(name, k)] = (int(src.offsets[b] - src.offsets[a]) * src.element_bytes
+                                    + (b - a + 1) * OFFSETS_DTYPE.itemsize)
+            jobs_of_source = [((name, k), functools.partial(write_ragged_shard, root, name, k, src, a, b, store))
+                              for k, (a, b) in enumerate(bounds)]
+            chunk_rows = 0
         else:
-            tasks.append(jobs_of_source)  # one sequential stream
-    results = _run_tasks(tasks, jobs, progress, nbytes)
+            size = row_bytes(store, src.shape[1:])
+            chunk_rows = max(1, npy.CHUNK_BYTES // max(1, size))
+            jobs_of_source = []
+            for k, (a, b) in enumerate(bounds):
+                sizes[(name, k)] = (b - a) * size
+                if getattr(src, "portable", None) is not None and jobs > 1 and len(bounds) > 1:
+                    # HDF5: read in worker processes that open the file themselves (one lock per process).
+                    pool = pool or process_pool(min(jobs, len(bounds)))
+                    job = ShardJob(root, name, src.portable, k, a, b, store, chunk_rows)
+                    fn = functools.partial(in_process, pool, job, sizes[(name, k)])
+                else:
+                    fn = functools.partial(write_shard, root, shard_path(name, k), src, a, b, store, chunk_rows)
+                jobs_of_source.append(((name, k), fn))
+        if specs is not None:
+            jobs_of_source = [((name, k), ShardJob(root, name, specs[name], k, a, b, store, chunk_rows, ragged))
+                              for k, (a, b) in enumerate(bounds)]
+        if src.seekable:
+            (cluster_tasks if specs is not None else tasks).extend([j] for j in jobs_of_source)
+        else:
+            (cluster_tasks if specs is not None else tasks).append(jobs_of_source)  # one sequential stream
+    nbytes = sum(sizes.values())
+    if specs is not None:
+        results = _run_on_cluster(output, cluster_tasks, progress, nbytes, sizes)
+    else:
+        results = _run_tasks(tasks, jobs, progress, nbytes)
     infos = {}
     for name, src in sources.items():
         done = [results[(name, k)] for k in range(len(bounds))]
@@ -260,6 +268,14 @@ def _write_all(output: Output, sources, stores, bounds, jobs, progress, total) -
             infos[name] = ArrayInfo(dtype=stores[name][0], shape=src.shape[1:], shards=tuple(done),
                                     logical_dtype=stores[name][1])
     return Manifest(rows=total, shard_rows=tuple(b - a for a, b in bounds), arrays=infos)
+
+
+def _run_on_cluster(output, tasks, progress, nbytes, sizes) -> dict:
+    from tqdm.auto import tqdm
+
+    with tqdm(total=nbytes, unit="B", unit_scale=True, desc="npyseq write (dask)",
+              disable=not progress, dynamic_ncols=True) as bar:
+        return run_on_cluster(output, tasks, bar, sizes)
 
 
 def _run_tasks(tasks, jobs, progress, nbytes) -> dict:
