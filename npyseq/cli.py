@@ -6,6 +6,9 @@ A thin layer over the library; it never imports Keras, so it starts at once.
     npyseq convert arrays.npz -o data/train
     npyseq convert images.bin --dtype uint8 --shape 32,32,3 --offset 16 -o data/img
     npyseq convert labels.npy --ragged tokens values.npy offsets.npy -o data/text
+    npyseq convert data.h5 -o data/train             (every dataset at the root; data.h5:/g/x: one)
+    npyseq convert store.zarr -o data/train          (each array of a group; store.zarr:/x: one)
+    npyseq convert data.h5 -o /shared/train --scheduler tcp://host:8786
     npyseq info data/train
     npyseq verify data/train
 
@@ -35,6 +38,9 @@ from npyseq.storage.dataset import open_shards
 from npyseq.arguments import short_repr
 from npyseq.storage.protocol import DEFAULT_SHARD_SIZE, check_count, parse_size
 from npyseq.storage.ragged_sources import RaggedSource
+from npyseq.storage.cluster import connect
+from npyseq.storage.containers import open_container
+from npyseq.storage.signatures import raw_refusal, sniff
 from npyseq.storage.sources import NpzMember, RawSource
 from npyseq.storage.writer import MAX_JOBS, write_shards
 
@@ -85,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("convert", help="convert .npy, .npz or raw binary files into a sharded dataset")
     c.add_argument("sources", nargs="*", metavar="SRC",
-                   help=".npy files, .npz archives, or raw binary files (with --dtype)")
+                   help=".npy files, .npz archives, HDF5 files (FILE or FILE:/group/name), Zarr stores "
+                        "(STORE or STORE:/path), or raw binary files (with --dtype)")
     c.add_argument("--ragged", nargs=3, action="append", default=[], metavar=("NAME", "VALUES", "OFFSETS"),
                    help="a ragged array (rows of different lengths) from two .npy files: all rows' "
                         "values one after another, and rows + 1 offsets (0, ..., len(values)); repeatable")
@@ -105,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", default=None, help="dtype of raw binary sources, e.g. float32")
     c.add_argument("--shape", type=_parse_shape, default=(), help="per-row shape of raw sources, e.g. 32,32,3")
     c.add_argument("--offset", type=int, default=0, help="bytes to skip at the start of raw sources")
+    c.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="write the shards on a Dask cluster, e.g. tcp://host:8786 (the output folder must be "
+                        "on a file system its workers share)")
 
     i = sub.add_parser("info", help="describe a dataset")
     i.add_argument("dataset", metavar="DIR")
@@ -120,9 +130,14 @@ def _expand_sources(args) -> list[tuple[str, object]]:
     out = []
     for src in args.sources:
         stem = os.path.splitext(os.path.basename(src))[0]
+        inside = open_container(src)  # an HDF5 file, a Zarr store: its arrays
+        if inside is not None:
+            out.extend(inside)
+            continue
         if not os.path.isfile(src):
             raise NpyseqError(f"{src}: no such file")
-        if src.endswith(".npz"):
+        fmt = sniff(src)
+        if src.endswith(".npz") or fmt == "npz":
             try:
                 with zipfile.ZipFile(src) as z:
                     members = [m for m in z.namelist() if m.endswith(".npy")]
@@ -131,8 +146,10 @@ def _expand_sources(args) -> list[tuple[str, object]]:
             if not members:
                 raise NpyseqError(f"{src}: the .npz archive holds no .npy members")
             out.extend((m[:-4], NpzMember(src, m)) for m in members)
-        elif src.endswith(".npy") or src.lower().endswith((".csv", ".tsv")):
+        elif src.endswith(".npy") or fmt == "npy" or src.lower().endswith((".csv", ".tsv")):
             out.append((stem, src))  # write_shards says what to do with a CSV file
+        elif fmt is not None:  # an archive, a compressed file: never read as raw rows
+            raise NpyseqError(raw_refusal(src, fmt, cli=True))
         elif args.dtype is not None:
             out.append((stem, RawSource(src, _parse_dtype(args.dtype), args.shape, args.offset)))
         else:
@@ -183,10 +200,17 @@ def _convert(args) -> int:
             arrays[name] = RaggedSource(values, **{kind: bounds})
     if not arrays:
         raise NpyseqError("nothing to convert: give source files and/or --ragged NAME VALUES OFFSETS")
-    ds = write_shards(
-        args.output, arrays, args.shard_size, rows=args.rows_per_shard, jobs=args.jobs,
-        progress=args.quiet == 0, overwrite=args.overwrite,
-    )
+    def write():
+        return write_shards(args.output, arrays, args.shard_size, rows=args.rows_per_shard, jobs=args.jobs,
+                            progress=args.quiet == 0, overwrite=args.overwrite)
+
+    if args.scheduler is None:
+        ds = write()
+    else:  # the shard jobs run on the cluster's workers, through joblib's dask backend
+        import joblib
+
+        with connect(args.scheduler), joblib.parallel_config(backend="dask"):
+            ds = write()
     if args.quiet < 2:
         print(f"wrote {ds.path}: {_plural(len(ds), 'row')}, {_plural(len(ds.names), 'array')}, "
               f"{_plural(ds.num_shards, 'shard')} per array, {_human(ds.nbytes)}")
