@@ -107,10 +107,14 @@ def in_process(executor, job: ShardJob, data_bytes: int, progress, cancel: threa
 
 
 def process_pool(workers: int):
-    """The worker processes that read HDF5 sources (joblib's reusable loky executor)."""
-    from joblib.externals.loky import get_reusable_executor
+    """Worker processes that read HDF5 sources: forked from a fresh server process that has
+    imported this module and h5py once (``forkserver``), so that they share its memory."""
+    import concurrent.futures
+    import multiprocessing
 
-    return get_reusable_executor(max_workers=workers, timeout=30)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["npyseq.storage.jobs", "h5py"])
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
 
 
 # --- what a job sends to another machine ------------------------------------------------

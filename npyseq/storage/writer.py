@@ -46,6 +46,8 @@ from npyseq.storage.sources import NpzMember, RawSource, Source, open_source
 __all__ = ["write_shards"]
 
 MAX_JOBS = 1024  # threads writing shards at once
+PROCESSES_FROM = 64 * 2**20  # an HDF5 source this big is read by worker processes (starting them takes ~1 s)
+PROCESS_PIECE_BYTES = 4 * 2**20  # what a worker process reads at a time: it holds its own interpreter too
 
 
 def write_shards(
@@ -235,10 +237,12 @@ def _write_all(output: Output, sources, stores, bounds, jobs, progress, total, s
             jobs_of_source = []
             for k, (a, b) in enumerate(bounds):
                 sizes[(name, k)] = (b - a) * size
-                if getattr(src, "portable", None) is not None and jobs > 1 and len(bounds) > 1:
+                if (getattr(src, "portable", None) is not None and jobs > 1 and len(bounds) > 1
+                        and total * size >= PROCESSES_FROM):
                     # HDF5: read in worker processes that open the file themselves (one lock per process).
                     pool = pool or process_pool(min(jobs, len(bounds)))
-                    job = ShardJob(root, name, src.portable, k, a, b, store, chunk_rows)
+                    job = ShardJob(root, name, src.portable, k, a, b, store,
+                                   max(1, PROCESS_PIECE_BYTES // max(1, size)))
                     fn = functools.partial(in_process, pool, job, sizes[(name, k)])
                 else:
                     fn = functools.partial(write_shard, root, shard_path(name, k), src, a, b, store, chunk_rows)
@@ -251,10 +255,14 @@ def _write_all(output: Output, sources, stores, bounds, jobs, progress, total, s
         else:
             (cluster_tasks if specs is not None else tasks).append(jobs_of_source)  # one sequential stream
     nbytes = sum(sizes.values())
-    if specs is not None:
-        results = _run_on_cluster(output, cluster_tasks, progress, nbytes, sizes)
-    else:
-        results = _run_tasks(tasks, jobs, progress, nbytes)
+    try:
+        if specs is not None:
+            results = _run_on_cluster(output, cluster_tasks, progress, nbytes, sizes)
+        else:
+            results = _run_tasks(tasks, jobs, progress, nbytes)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     infos = {}
     for name, src in sources.items():
         done = [results[(name, k)] for k in range(len(bounds))]
