@@ -279,7 +279,7 @@ def test_bad_sources(tmp_path):
     with pytest.raises(InvalidArgumentError, match=re.escape(f"array 'x': {npz} is a .npz archive; pass npyseq.NpzMember")):
         npyseq.write_shards(tmp_path / "ds", {"x": npz}, progress=False)
     (tmp_path / "junk.npy").write_bytes(b"not an npy file at all")
-    with pytest.raises(InvalidArgumentError, match=re.escape(f"array 'x': {tmp_path / 'junk.npy'}: cannot be read as .npy")):
+    with pytest.raises(InvalidArgumentError, match=re.escape(f"array 'x': {tmp_path / 'junk.npy'}: is not a .npy file")):
         npyseq.write_shards(tmp_path / "ds", {"x": tmp_path / "junk.npy"}, progress=False)
     with pytest.raises(InvalidArgumentError, match=re.escape(f"{npz}: has no member 'y.npy'; members are ")
                        + r".*'x\.npy'"):
