@@ -24,6 +24,8 @@ from npyseq.storage.jobs import ShardJob, run_job
 
 __all__ = ["dask_backend_active", "run_on_cluster", "check_shared", "connect"]
 
+CONNECT_TIMEOUT = "20s"  # how long --scheduler waits for the scheduler to answer
+
 
 def dask_backend_active() -> bool:
     """Whether joblib's active backend (``parallel_config``) is the dask one."""
@@ -80,7 +82,7 @@ def connect(address: str):
         raise NpyseqError("--scheduler needs the dask.distributed package, which is not installed; install "
                           "it with pip install 'npyseq[dask]'") from None
     try:
-        return Client(address, timeout="20s")
+        return Client(address, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError) as e:
         raise NpyseqError(f"--scheduler {address}: cannot connect to a Dask scheduler there ({e}); start one "
                           "(dask scheduler, dask worker ADDRESS) or check the address") from None
