@@ -75,6 +75,14 @@ def make_cli_inputs(folder: str) -> None:
     """The input files the CLI examples name and no Python block makes."""
     if not os.path.exists(os.path.join(folder, "arrays.npz")):
         np.savez(os.path.join(folder, "arrays.npz"), x=np.zeros((10, 4), np.float32), y=np.arange(10))
+    if not os.path.exists(os.path.join(folder, "data.h5")):  # the HDF5 and Zarr lines of the README
+        import h5py
+        import zarr
+
+        with h5py.File(os.path.join(folder, "data.h5"), "w") as f:
+            f["x"], f["y"] = np.zeros((10, 4), np.float32), np.arange(10)
+            f.create_group("group")["images"] = np.zeros((6, 4, 4), np.uint8)
+        zarr.open_group(os.path.join(folder, "store.zarr"), mode="w").create_array("a", data=np.arange(5))
     if not os.path.exists(os.path.join(folder, "images.bin")):
         with open(os.path.join(folder, "images.bin"), "wb") as f:
             f.write(b"HEADER-16-BYTES!" + np.arange(5 * 32 * 32 * 3, dtype=np.uint8).tobytes())
