@@ -47,6 +47,7 @@ __all__ = ["write_shards"]
 
 MAX_JOBS = 1024  # threads writing shards at once
 PROCESSES_FROM = 64 * 2**20  # an HDF5 source this big is read by worker processes (starting them takes ~1 s)
+_write_shard = write_shard  # what a thread runs for one shard (tests replace it)
 PROCESS_PIECE_BYTES = 4 * 2**20  # what a worker process reads at a time: it holds its own interpreter too
 
 
@@ -66,8 +67,12 @@ def write_shards(
         out_dir: the dataset folder to create.
         arrays: ``{name: source}``; each source is an in-memory array, a
             memmap (``np.load(..., mmap_mode="r")``), a path to a ``.npy``
-            file, a :class:`RawSource` or an :class:`NpzMember`. All must have
-            the same number of rows. Sources are read in chunks, never whole.
+            file, a :class:`RawSource`, an :class:`NpzMember`, or an array-like
+            object (``h5py.Dataset``, ``zarr.Array``, ``dask.array.Array``,
+            anything with ``shape``, ``dtype`` and row slicing: read in pieces
+            that follow its chunks, see :mod:`npyseq.storage.array_sources`).
+            All must have the same number of rows. Sources are read in chunks,
+            never whole.
             A *ragged* array (rows of different lengths) is a list of
             arrays, one per row (``[np.array([3, 1, 4]), np.array([1, 5])]``),
             a :class:`RaggedSource` (flat values plus offsets or lengths), or
@@ -94,6 +99,11 @@ def write_shards(
     folder, shard or temporary file that is a link is refused. An output path
     that is a source of this call, or a folder holding one, is refused, and so
     is an empty path.
+
+    Under ``joblib.parallel_config(backend="dask")`` (a ``dask.distributed.Client``
+    connected) the shards are written by the cluster's workers, straight into
+    ``out_dir``, which must be on a file system they share; sources travel as
+    paths and handles, never rows (:mod:`npyseq.storage.cluster`).
 
     Interrupted (Ctrl-C), a disk full or any other error: nothing is
     published, the ``.partial`` files this call created are deleted, and the
@@ -245,7 +255,7 @@ def _write_all(output: Output, sources, stores, bounds, jobs, progress, total, s
                                    max(1, PROCESS_PIECE_BYTES // max(1, size)))
                     fn = functools.partial(in_process, pool, job, sizes[(name, k)])
                 else:
-                    fn = functools.partial(write_shard, root, shard_path(name, k), src, a, b, store, chunk_rows)
+                    fn = functools.partial(_write_shard, root, shard_path(name, k), src, a, b, store, chunk_rows)
                 jobs_of_source.append(((name, k), fn))
         if specs is not None:
             jobs_of_source = [((name, k), ShardJob(root, name, specs[name], k, a, b, store, chunk_rows, ragged))
