@@ -52,6 +52,10 @@ def sources(tmp_path_factory):
         f.create_dataset("x", data=x, chunks=(77, 8), compression="gzip")
     np.save(folder / "y.npy", y)
     zarr.create_array(folder / "z.zarr", data=z, chunks=(123, 3))
+    lengths = rng.integers(0, 5, ROWS)
+    np.save(folder / "values.npy", rng.integers(0, 1000, int(lengths.sum()), dtype=np.int32))
+    np.save(folder / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
+    np.savez_compressed(folder / "a.npz", v=y.astype(np.uint16))
     return folder, {"x": x, "y": y, "z": z}
 
 
@@ -66,7 +70,9 @@ def _files(root) -> dict[str, bytes]:
 def _arrays(folder):
     f = h5py.File(folder / "d.h5", "r")
     return f, {"x": f["x"], "y": str(folder / "y.npy"), "z": zarr.open_array(folder / "z.zarr", mode="r"),
-               "w": da.from_zarr(str(folder / "z.zarr")).real * 2}
+               "w": da.from_zarr(str(folder / "z.zarr")).real * 2,
+               "r": npyseq.RaggedSource(str(folder / "values.npy"), offsets=str(folder / "offsets.npy")),
+               "v": npyseq.NpzMember(str(folder / "a.npz"), "v.npy")}  # compressed: one task, in order
 
 
 def test_a_cluster_conversion_is_byte_identical_to_a_local_one(client, sources, tmp_path):
@@ -77,7 +83,7 @@ def test_a_cluster_conversion_is_byte_identical_to_a_local_one(client, sources, 
         with joblib.parallel_config(backend="dask"):
             npyseq.write_shards(tmp_path / "cluster", arrays, rows=450, progress=False)
     local, cluster = _files(tmp_path / "local"), _files(tmp_path / "cluster")
-    assert len(local) == 1 + 4 * 9
+    assert len(local) == 1 + 6 * 9 + 9  # the manifest, 6 arrays' shards, the ragged array's offsets
     assert cluster == local
     ds = npyseq.open_shards(tmp_path / "cluster")
     assert np.array_equal(ds["x"][:], data["x"]) and np.array_equal(ds["z"][:], data["z"])
