@@ -301,6 +301,8 @@ class ShardSequence(keras.utils.PyDataset):
             watchdog.prepare_worker()
             self._pid = os.getpid()
             self._in_worker = True
+            if self.shared_memory:  # rows are read into shared memory, sent as a handle
+                self._pool = transport.Arena(self._pool, self.workers, self.max_queue_size)
         if not self._in_worker:
             return self._get(index)
         try:
@@ -310,7 +312,7 @@ class ShardSequence(keras.utils.PyDataset):
             if sent is e:
                 raise
             raise sent from None
-        return transport.pack(batch, self.workers, self.max_queue_size) if self.shared_memory else batch
+        return self._pool.pack(batch) if self.shared_memory else batch
 
     def _get(self, index: int):
         if isinstance(index, (int, np.integer)) and not isinstance(index, bool) and index < 0:

@@ -53,7 +53,7 @@ import numpy as np
 
 from npyseq.errors import WorkerError
 
-__all__ = ["SharedMemoryWarning", "pack", "available", "live_segments", "received_slots", "slots_kept", "MIN_BYTES", "SEGMENT_NAME"]
+__all__ = ["SharedMemoryWarning", "Arena", "available", "live_segments", "received_slots", "slots_kept", "MIN_BYTES", "SEGMENT_NAME"]
 
 MIN_BYTES = 64 * 1024  # smaller batches travel pickled
 HANDOVER_SECONDS = 5.0  # an exiting worker waits this long at most for the trainer to take its last slots
@@ -211,38 +211,94 @@ def _replace(batch: Any, leaves: dict) -> Any:
     return leaves.get(id(batch), batch)
 
 
-def pack(batch: Any, workers: int = 1, max_queue_size: int = 4) -> Any:
-    """``batch`` with every array in shared memory, to be pickled to the trainer (worker side only).
+class Arena:
+    """A worker's batch buffers, carved out of a shared memory slot: what is read there is not copied.
 
-    A worker keeps :func:`slots_kept` slots for reuse (more are made while
-    the trainer holds them all, and freed once it lets go of them).
+    ``empty(nbytes)`` (the :class:`~npyseq.keras.pool.BufferPool` call a
+    sequence reads rows into) hands out the next part of the current slot,
+    taken free when a batch starts, sized as the last batch was; what does
+    not fit comes from ``pool``. :meth:`pack` then copies into the slot only
+    the arrays that are not in it yet (a transform's new arrays, casts).
     """
-    keep = slots_kept(workers, max_queue_size)
+
+    def __init__(self, pool, workers: int, max_queue_size: int):
+        self.pool, self.keep = pool, slots_kept(workers, max_queue_size)
+        self.slot: _Slot | None = None  # the current batch's slot
+        self.used = 0  # bytes of it handed out, after the flag
+        self.last = 0  # bytes the last batch needed
+
+    def _slot(self, nbytes: int) -> _Slot | None:
+        """The current batch's slot, taken when its first buffer is asked for."""
+        if self.slot is None and self.last >= MIN_BYTES and _usable():
+            try:
+                self.slot, self.used = _take(max(self.last, nbytes), self.keep), 0
+            except OSError as e:
+                _failed(e, self.last)
+        return self.slot
+
+    def empty(self, nbytes: int) -> np.ndarray:
+        slot = self._slot(nbytes)
+        size = _aligned(nbytes)
+        if slot is None or _ALIGN + self.used + size > slot.capacity:
+            return self.pool.empty(nbytes)
+        start, self.used = _ALIGN + self.used, self.used + size
+        return np.frombuffer(slot.map, np.uint8, nbytes, start)
+
+    def pack(self, batch: Any) -> Any:
+        """``batch`` with every array in shared memory, to be pickled to the trainer."""
+        slot, self.slot = self.slot, None
+        arrays: list = []
+        _leaves(batch, arrays)
+        unique = list({id(a): a for a in arrays}.values())
+        total = sum(_aligned(a.nbytes) for a in unique)
+        self.last = total
+        if total < MIN_BYTES or not _usable():
+            if slot is not None:
+                slot.map[0] = 0  # pickled before the next batch is read: free again
+            return _noticed(batch) if _state["failed"] else batch
+        placed = {}  # id -> offset of the arrays already in the slot
+        if slot is not None:
+            base = np.frombuffer(slot.map, np.uint8).ctypes.data
+            for a in unique:
+                offset = a.ctypes.data - base
+                if ((a.flags.c_contiguous or a.flags.f_contiguous) and _ALIGN <= offset
+                        and offset + a.nbytes <= slot.capacity):
+                    placed[id(a)] = offset
+        missing = sum(_aligned(a.nbytes) for a in unique if id(a) not in placed)
+        used = _ALIGN + self.used
+        if slot is None or used + missing > slot.capacity:
+            if slot is not None:
+                slot.map[0] = 0  # never sent: free
+            try:
+                slot = _take(total, self.keep)
+            except OSError as e:
+                _failed(e, total)
+                return _noticed(batch)
+            placed, used = {}, _ALIGN
+        leaves = {}
+        for a in unique:
+            order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+            offset = placed.get(id(a))
+            if offset is None:
+                offset, used = used, used + _aligned(a.nbytes)
+                np.copyto(_array(slot.map, offset, a.dtype, a.shape, order), a, casting="no")
+            leaves[id(a)] = _Leaf(slot, offset, a.dtype, a.shape, order)
+        return _replace(batch, leaves)
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // _ALIGN) * _ALIGN
+
+
+def _usable() -> bool:
     if _state["failed"] is None:
         _state["failed"] = available() or False
-    if _state["failed"]:
-        return _noticed(batch)
-    arrays: list = []
-    _leaves(batch, arrays)
-    unique = list({id(a): a for a in arrays}.values())
-    total, offsets = 0, []  # data offsets, after the slot's flag
-    for a in unique:
-        offsets.append(_ALIGN + total)
-        total += -(-a.nbytes // _ALIGN) * _ALIGN
-    if total < MIN_BYTES:
-        return batch
-    try:
-        segment = _take(total, keep)
-    except OSError as e:
-        _state["failed"] = (f"a shared memory segment of {total} bytes could not be made "
-                            f"({type(e).__name__}: {e})")
-        return _noticed(batch)
-    leaves = {}
-    for a, offset in zip(unique, offsets):
-        order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
-        np.copyto(_array(segment.map, offset, a.dtype, a.shape, order), a, casting="no")
-        leaves[id(a)] = _Leaf(segment, offset, a.dtype, a.shape, order)
-    return _replace(batch, leaves)
+    return not _state["failed"]
+
+
+def _failed(error: OSError, nbytes: int) -> None:
+    _state["failed"] = (f"a shared memory segment of {nbytes} bytes could not be made "
+                        f"({type(error).__name__}: {error})")
 
 
 def slots_kept(workers: int, max_queue_size: int) -> int:
