@@ -48,6 +48,7 @@ from npyseq.storage.writer import write_shards
 if TYPE_CHECKING:  # loaded on first use (see __getattr__); type checkers and IDEs see them here
     from npyseq.keras.ragged_sequence import RaggedSequence
     from npyseq.keras.sequence import ShardSequence
+    from npyseq.keras.transport import SharedMemoryWarning
 
 __version__ = "0.1.0"
 
@@ -56,6 +57,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "ShardSequence": "npyseq.keras.sequence",
     "RaggedSequence": "npyseq.keras.ragged_sequence",
+    "SharedMemoryWarning": "npyseq.keras.transport",
 }
 
 
@@ -96,6 +98,7 @@ __all__ = [
     "RawSource",
     "ShardError",
     "ShardSequence",
+    "SharedMemoryWarning",
     "ShardWriter",
     "ShardedArray",
     "TransformError",

@@ -24,7 +24,7 @@ from npyseq import order
 from npyseq.arguments import flag, integer, non_negative_int, positive_int
 from npyseq.errors import EmptySequenceError, InvalidArgumentError
 from npyseq.keras import start_method as start_methods
-from npyseq.keras import watchdog
+from npyseq.keras import transport, watchdog
 from npyseq.keras.options import OPTION_NAMES, Options, Rows
 from npyseq.keras.pool import BufferPool
 from npyseq.keras.structure import array_key, build, flatten, resolve, resolve_dtypes
@@ -97,6 +97,8 @@ class ShardSequence(keras.utils.PyDataset):
             ``"fork"``. The script then needs its ``if __name__ ==
             "__main__":`` guard, as on macOS and Windows; in an interactive
             session (no ``__main__`` file) npyseq keeps ``"fork"``.
+        shared_memory: process workers send batches through shared memory
+            (``False``: pickled, as Keras does); see the guide's workers part.
 
     ``seed`` is an int in ``[0, 2**64)``; ``batch_size``, ``shuffle``,
     ``seed``, ``block_size``, ``drop_remainder`` and ``transform`` may be
@@ -144,11 +146,13 @@ class ShardSequence(keras.utils.PyDataset):
         use_multiprocessing: bool = False,
         max_queue_size: int = 4,
         start_method: str | None = None,
+        shared_memory: bool = True,
     ):
         super().__init__(workers=non_negative_int(workers, "workers"),
                          use_multiprocessing=flag(use_multiprocessing, "use_multiprocessing"),
                          max_queue_size=positive_int(max_queue_size, "max_queue_size"))
         self.start_method = start_method
+        self.shared_memory = flag(shared_memory, "shared_memory")
         if not isinstance(dataset, Dataset):
             if isinstance(dataset, (str, os.PathLike)):
                 dataset = open_shards(dataset)
@@ -297,15 +301,18 @@ class ShardSequence(keras.utils.PyDataset):
             watchdog.prepare_worker()
             self._pid = os.getpid()
             self._in_worker = True
+            if self.shared_memory:  # rows are read into shared memory, sent as a handle
+                self._pool = transport.Arena(self._pool, self.workers, self.max_queue_size)
         if not self._in_worker:
             return self._get(index)
         try:
-            return self._get(index)
+            batch = self._get(index)
         except Exception as e:
             sent = sendable(e, f"reading batch {index!r} of {self!r}")
             if sent is e:
                 raise
             raise sent from None
+        return self._pool.pack(batch) if self.shared_memory else batch
 
     def _get(self, index: int):
         if isinstance(index, (int, np.integer)) and not isinstance(index, bool) and index < 0:
