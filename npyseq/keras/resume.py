@@ -70,6 +70,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         self._position_path = file_utils.join(backup_dir, POSITION_FILE)
         self._record: dict | None = None  # this training's start and fingerprint, once known
         self._resume: tuple[int, int] | None = None  # (epoch, batch) the first epoch of this fit starts at
+        self._shortened = False  # the current epoch started after its batch 0
 
     # -- Keras' hooks
 
@@ -90,6 +91,21 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         resume = self._resume if self._resume is not None and self._resume[0] == epoch else (epoch, 0)
         self.seq.resume_at(*resume)
         self._resume = None
+        self._shortened = resume[1] > 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._shortened:
+            # A resumed epoch ends when its data runs out. On TensorFlow (Keras 3.15, compiled
+            # train_function) the call that finds no batch still adds 1 to optimizer.iterations,
+            # without a step: put the count back before it is saved (Adam's bias correction and
+            # the position of the next resume read it).
+            start = self._record["start_step"]
+            done = start + position.global_step(self.seq.batches_per_pass, self.seq.steps_per_epoch,
+                                                epoch + 1 - self._record["start_epoch"], 0)
+            if self._steps() > done:
+                self.model.optimizer.iterations.assign(done)
+            self._shortened = False
+        super().on_epoch_end(epoch, logs)
 
     # -- the position
 
