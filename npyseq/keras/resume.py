@@ -76,6 +76,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def on_train_begin(self, logs=None):
         self._check_fit()
+        _drop_leftover_batches()
         self._record, self._resume = None, None
         super().on_train_begin(logs)  # loads the weights (and the optimizer's step count) if there are any
         if file_utils.exists(self._weights_path):
@@ -176,6 +177,27 @@ def _fit_argument(name: str) -> Any:
             return frame.f_locals.get(name)
         frame = frame.f_back
     return None
+
+
+def _drop_leftover_batches() -> None:
+    """Drop the batches Keras kept from reading before training started.
+
+    Keras 3.15 on JAX and torch builds a freshly compiled model by reading one batch with the
+    epoch iterator before training (``Trainer._symbolic_build``); with workers, stopping that
+    read keeps the batches in flight in the enqueuer's ``ready_queue``, and epoch 0 would then
+    start with them (batches 1, 2, ... of the order before the callback set it) instead of its
+    batch 0. They are in no order a resume could reproduce: drop them.
+    """
+    iterator = _fit_argument("epoch_iterator")
+    enqueuer = getattr(getattr(iterator, "data_adapter", None), "enqueuer", None)
+    ready = getattr(enqueuer, "ready_queue", None)
+    if ready is None or getattr(enqueuer, "running", False):
+        return
+    while True:
+        try:
+            ready.get_nowait()
+        except Exception:  # queue.Empty
+            return
 
 
 def _jsonable(value: Any) -> Any:

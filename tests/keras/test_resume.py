@@ -60,8 +60,8 @@ def read_log(path):
 
 def scenario(tmp_path, data, backend, kills, **options):
     """Run with each kill in turn, then to the end with a reference run; return (logs, reference)."""
-    config = dict(data=str(data), backup=str(tmp_path / "backup"), log=str(tmp_path / "log"),
-                  weights=str(tmp_path / "w.npz"), epochs=3, save_freq=2, **options)
+    config = dict(dict(data=str(data), backup=str(tmp_path / "backup"), log=str(tmp_path / "log"),
+                       weights=str(tmp_path / "w.npz"), epochs=3, save_freq=2), **options)
     for kill in kills:
         run(config, backend, kill)
     run(dict(config, reference=True), backend, "none")

@@ -13,7 +13,7 @@ Usage: python resume_script.py CONFIG_JSON, with CONFIG keys:
 ``RaggedSequence`` with bucketing), ``steps_per_epoch`` (the sequence's),
 ``shuffle`` (the sequence's), ``weights``: where the final weights go (.npz).
 ``reference``: after the run, train a fresh model uninterrupted (no callback)
-    and write its log and weights to ``log + ".ref"`` and ``weights`` with ``.ref.npz`` for ``.npz``.
+    (no workers) and write its log and weights to ``log + ".ref"`` and ``weights`` with ``.ref.npz`` for ``.npz``.
 """
 
 import json
@@ -27,7 +27,7 @@ import keras
 
 import npyseq
 
-TRAINER = []  # the model being trained, for LogRows
+TRAINER = []  # [the model being trained, its optimizer's step before this batch], for LogRows
 SCALE = 0.01  # column 0 of x is row id * SCALE (small inputs keep SGD stable)
 
 
@@ -45,8 +45,7 @@ class LogRows(keras.layers.Layer):
             except Exception:  # symbolic tracing
                 rows = None
             if rows is not None:
-                step = int(keras.ops.convert_to_numpy(TRAINER[0].optimizer.iterations))
-                line = json.dumps({"step": step, "rows": sorted(rows.tolist())}) + "\n"
+                line = json.dumps({"step": TRAINER[1], "rows": sorted(rows.tolist())}) + "\n"
                 fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
                 try:
                     os.write(fd, line.encode())  # in the kernel at once: survives a SIGKILL
@@ -66,6 +65,10 @@ class Kill(keras.callbacks.Callback):
         self.kind, _, k = point.partition(":")
         self.k = int(k) if k else None
 
+    def on_train_batch_begin(self, batch, logs=None):
+        # The step, for LogRows: read here, outside the train step (JAX's is stateless).
+        TRAINER[1:] = [int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))]
+
     def on_train_batch_end(self, batch, logs=None):
         if self.kind == "step" and int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == self.k:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -73,6 +76,15 @@ class Kill(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.kind == "epoch_end" and epoch == self.k:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SetEpoch(keras.callbacks.Callback):
+    def __init__(self, seq):
+        super().__init__()
+        self.seq = seq
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seq.epoch = epoch
 
 
 def build(config, log):
@@ -104,7 +116,7 @@ def sequence(config):
 def train(config, log, weights, callbacks):
     seq = sequence(config)
     model = build(config, log)
-    cbs = [c(seq) for c in callbacks]
+    cbs = [c(seq) for c in callbacks] + [Kill("none")]
     model.fit(seq, epochs=config["epochs"], shuffle=False, verbose=0, callbacks=cbs)
     np.savez(weights, *[np.asarray(w) for w in model.get_weights()])
 
@@ -115,9 +127,12 @@ def main():
     train(config, config["log"], config["weights"], [
         lambda seq: npyseq.BackupAndRestore(config["backup"], seq, save_freq=config.get("save_freq", "epoch")),
         lambda seq: Kill(kill),
-    ])
+    ])  # Kill after the backup: a step's checkpoint is written before a kill at that step
     if config.get("reference"):
-        train(config, config["log"] + ".ref", config["weights"].replace(".npz", ".ref.npz"), [])
+        # The reference: no workers, and the order of (seed, Keras epoch) set by hand (on JAX and
+        # torch, Keras reads a batch before training, which advances a sequence's own count).
+        train(dict(config, workers=0, processes=False), config["log"] + ".ref",
+              config["weights"].replace(".npz", ".ref.npz"), [SetEpoch])
     print(json.dumps({"backend": keras.backend.backend(), "done": True}))
 
 
