@@ -237,6 +237,14 @@ def test_a_checkpoint_without_a_position_is_refused(tmp_path, data):
         small_model().fit(seq, epochs=2, shuffle=False, verbose=0, callbacks=[npyseq.BackupAndRestore(backup, seq)])
 
 
+def test_the_callback_is_exported_lazily_and_is_keras_callback():
+    from npyseq.keras import resume
+
+    assert npyseq.BackupAndRestore is resume.BackupAndRestore
+    assert issubclass(npyseq.BackupAndRestore, keras.callbacks.BackupAndRestore)
+    assert "BackupAndRestore" in dir(npyseq) and "ResumeMismatchError" in npyseq.__all__
+
+
 def test_the_callback_needs_an_npyseq_sequence(tmp_path):
     with pytest.raises(npyseq.InvalidArgumentError, match="needs the npyseq.ShardSequence .* got list"):
         npyseq.BackupAndRestore(str(tmp_path), [1, 2])
