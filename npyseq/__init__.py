@@ -28,6 +28,7 @@ from npyseq.errors import (
     ManifestError,
     MissingShardError,
     NpyseqError,
+    ResumeMismatchError,
     ShardError,
     TransformError,
     UnsupportedDtypeError,
@@ -47,15 +48,17 @@ from npyseq.storage.writer import write_shards
 
 if TYPE_CHECKING:  # loaded on first use (see __getattr__); type checkers and IDEs see them here
     from npyseq.keras.ragged_sequence import RaggedSequence
+    from npyseq.keras.resume import BackupAndRestore
     from npyseq.keras.sequence import ShardSequence
     from npyseq.keras.transport import SharedMemoryWarning
 
 __version__ = "0.1.0"
 
-# The Sequence classes import Keras (about 2 s); they are loaded on first use
+# The Sequence classes and BackupAndRestore import Keras (about 2 s); they are loaded on first use
 # so that `npyseq convert`, `info` and `verify` start at once.
 _LAZY = {
     "ShardSequence": "npyseq.keras.sequence",
+    "BackupAndRestore": "npyseq.keras.resume",
     "RaggedSequence": "npyseq.keras.ragged_sequence",
     "SharedMemoryWarning": "npyseq.keras.transport",
 }
@@ -74,6 +77,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "BackupAndRestore",
     "ChecksumMismatchError",
     "CorruptShardError",
     "Dataset",
@@ -96,6 +100,7 @@ __all__ = [
     "RaggedSequence",
     "RaggedSource",
     "RawSource",
+    "ResumeMismatchError",
     "ShardError",
     "ShardSequence",
     "SharedMemoryWarning",

@@ -40,6 +40,7 @@ __all__ = [
     "WriteFailedError",
     "ForeignFilesError",
     "TooManyOpenFilesError",
+    "ResumeMismatchError",
 ]
 
 
@@ -164,4 +165,15 @@ class TooManyOpenFilesError(NpyseqError, OSError):
     Each open shard holds one descriptor (up to ``max_open`` per dataset); the
     message gives the limit and what to do: close or drop unused datasets,
     lower ``max_open``, or raise the limit (``ulimit -n``).
+    """
+
+
+class ResumeMismatchError(NpyseqError, ValueError):
+    """A training resumed from a checkpoint would not follow the order the checkpoint was taken in.
+
+    Raised by :class:`npyseq.BackupAndRestore` when the sequence's
+    ``order_fingerprint()`` (dataset, rows, batch size, shuffle, seed, ...)
+    differs from the checkpoint's, and when ``fit`` is given a
+    ``steps_per_epoch`` that would repeat rows. The message names each
+    difference, old and new, and how to start afresh.
     """

@@ -8,6 +8,8 @@ It builds on the storage (datasets and their arrays) and the order
   ``keras.utils.PyDataset`` over a dataset's fixed-size arrays.
 * :mod:`~npyseq.keras.ragged_sequence`: :class:`~npyseq.RaggedSequence`, the
   same with ragged arrays padded per batch and length bucketing.
+* :mod:`~npyseq.keras.resume`: :class:`~npyseq.BackupAndRestore`, Keras' callback that
+  also resumes the sequence at the exact step.
 * :mod:`~npyseq.keras.structure`: the ``x``/``y``/``sample_weight`` specs.
 * :mod:`~npyseq.keras.options`: a sequence's settings and rows, shared by its views.
 * :mod:`~npyseq.keras.worker`: a transform's result checked, a worker's exception made sendable.

@@ -42,6 +42,7 @@ class Options:
     block_size: int | None = None
     drop_remainder: bool = False
     transform: Callable | None = None
+    steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -52,6 +53,8 @@ class Options:
         put("seed", check_seed(self.seed))
         put("block_size", None if self.block_size is None else positive_int(self.block_size, "block_size"))
         put("drop_remainder", flag(self.drop_remainder, "drop_remainder"))
+        if self.steps_per_epoch is not None:
+            put("steps_per_epoch", positive_int(self.steps_per_epoch, "steps_per_epoch"))
         if self.transform is not None and not callable(self.transform):
             raise InvalidArgumentError(f"transform must be callable, got {self.transform!r:.80}")
 

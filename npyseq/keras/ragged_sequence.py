@@ -216,15 +216,14 @@ class RaggedSequence(ShardSequence):
 
     # -- Keras PyDataset API
 
-    def batch_rows(self, index: int, epoch: int | None = None) -> np.ndarray:
-        """Dataset row indices of batch ``index`` of ``epoch`` (default: the current epoch)."""
+    def _pass_rows(self, pass_: int, batch: int) -> np.ndarray:
+        """Dataset row indices of batch ``batch`` of pass ``pass_``, bucketed when ``bucket``."""
         if not self.bucket:
-            return super().batch_rows(index, epoch)
-        epoch = self.epoch if epoch is None else epoch
+            return super()._pass_rows(pass_, batch)
         args = (self.num_rows, self.batch_size)
-        options = dict(bucket_pool=self.bucket_pool, shuffle=self.shuffle, seed=self.seed, epoch=epoch,
+        options = dict(bucket_pool=self.bucket_pool, shuffle=self.shuffle, seed=self.seed, epoch=pass_,
                        drop_remainder=self.drop_remainder)
-        pool, slot = bucketing.locate(*args, index, **options)
+        pool, slot = bucketing.locate(*args, batch, **options)
         ordered = _sorted_pool(self._bucket_key, self._rows, *args, pool, block_size=self.block_size, **options)
         return np.sort(ordered[slot * self.batch_size:(slot + 1) * self.batch_size])
 
@@ -272,6 +271,12 @@ class RaggedSequence(ShardSequence):
         if self.padding == "post":
             return positions < lengths[:, None]
         return positions >= (length - lengths)[:, None]
+
+    def order_fingerprint(self) -> dict:
+        fingerprint = super().order_fingerprint()
+        if self.bucket:  # bucketing reorders the rows of each pool
+            fingerprint.update(bucket_pool=self.bucket_pool, bucket_by=self._bucket_key.name)
+        return fingerprint
 
     def _repr_fields(self) -> list[tuple[str, str]]:
         fields = super()._repr_fields()

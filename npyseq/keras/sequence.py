@@ -83,27 +83,25 @@ class ShardSequence(keras.utils.PyDataset):
             (``"float32"`` to train in float32 on float16 or bfloat16 data),
             or ``{array_name: dtype}``. ``None`` keeps the stored dtypes.
         workers, use_multiprocessing, max_queue_size: passed to
-            ``keras.utils.PyDataset``. Threads suit copying out of memory
-            maps (NumPy releases the GIL); processes pay off only for a heavy
-            Python ``transform``. ``max_queue_size`` defaults to 4 (Keras:
-            10): batches waiting in the queue are memory, and a deeper queue
-            measured no faster with 2 threads or 2 processes.
+            ``keras.utils.PyDataset``; ``max_queue_size`` defaults to 4
+            (Keras: 10). Which to use: docs/guide.md, "Workers".
         start_method: how the worker processes start (``use_multiprocessing``):
             ``"fork"``, ``"spawn"`` or ``"forkserver"``. ``None`` (the default)
-            is Keras' choice, the platform's default start method, except on
-            the JAX backend, where a forked worker can deadlock (JAX warns
-            "os.fork() was called ... will likely lead to a deadlock"):
-            there npyseq starts the workers with ``"forkserver"`` instead of
-            ``"fork"``. The script then needs its ``if __name__ ==
-            "__main__":`` guard, as on macOS and Windows; in an interactive
-            session (no ``__main__`` file) npyseq keeps ``"fork"``.
+            is Keras' choice, but ``"forkserver"`` on JAX, where a forked
+            worker can deadlock (see docs/guide.md, "Workers, processes,
+            start methods").
+        steps_per_epoch: batches per Keras epoch; ``None``: one pass over
+            the rows. A pass then spans several Keras epochs (or an epoch
+            several passes) and every row is still used once per pass: batch
+            ``i`` of epoch ``e`` is batch ``s % n`` of pass ``s // n``, with
+            ``s = e * steps_per_epoch + i``. Use it instead of
+            ``fit(steps_per_epoch=...)``, which repeats and skips rows.
         shared_memory: process workers send batches through shared memory
             (``False``: pickled, as Keras does); see the guide's workers part.
 
-    ``seed`` is an int in ``[0, 2**64)``; ``batch_size``, ``shuffle``,
-    ``seed``, ``block_size``, ``drop_remainder`` and ``transform`` may be
-    set on the sequence later (each is checked), and views made afterwards
-    take the new value. A sequence without a single batch is refused
+    ``seed`` is an int in ``[0, 2**64)``; the settings ``batch_size`` to
+    ``steps_per_epoch`` may be set on the sequence later (each is checked;
+    later views take them). A sequence without a batch is refused
     (:class:`~npyseq.EmptySequenceError`).
 
     Example:
@@ -114,11 +112,10 @@ class ShardSequence(keras.utils.PyDataset):
     >>> train, val = seq.split(0.9)          # val: in order, whole, untransformed
     >>> model.fit(train, validation_data=val, epochs=5)
 
-    ``seq.epoch`` (a non-negative int) is the epoch whose order the next
-    batches follow. It advances at the end of each epoch ``fit`` runs; to
-    resume a training at epoch ``k`` with the order an uninterrupted run
-    would have had, set ``seq.epoch = k`` and call
-    ``model.fit(seq, initial_epoch=k, ...)``.
+    ``seq.epoch`` (a non-negative int) is the Keras epoch whose order the
+    next batches follow. It advances at the end of each epoch ``fit`` runs;
+    :class:`npyseq.BackupAndRestore` sets it from Keras and resumes at the
+    exact batch (docs/guide.md, "Epochs and resuming").
     """
 
     batch_size = _option("batch_size")
@@ -127,6 +124,7 @@ class ShardSequence(keras.utils.PyDataset):
     block_size = _option("block_size")
     drop_remainder = _option("drop_remainder")
     transform = _option("transform")
+    steps_per_epoch = _option("steps_per_epoch")
 
     def __init__(
         self,
@@ -146,6 +144,7 @@ class ShardSequence(keras.utils.PyDataset):
         use_multiprocessing: bool = False,
         max_queue_size: int = 4,
         start_method: str | None = None,
+        steps_per_epoch: int | None = None,
         shared_memory: bool = True,
     ):
         super().__init__(workers=non_negative_int(workers, "workers"),
@@ -161,7 +160,7 @@ class ShardSequence(keras.utils.PyDataset):
                     f"dataset must be an npyseq.Dataset or a dataset folder path, got {type(dataset).__name__}"
                 )
         self.dataset = dataset
-        options = Options(batch_size, shuffle, seed, block_size, drop_remainder, transform)
+        options = Options(batch_size, shuffle, seed, block_size, drop_remainder, transform, steps_per_epoch)
         if x is None:
             raise InvalidArgumentError("x must name at least one array of the dataset, got None")
         self._x = resolve(x, dataset, "x")
@@ -186,6 +185,7 @@ class ShardSequence(keras.utils.PyDataset):
     def _reset_state(self) -> None:
         """The state of a new sequence (or view): epoch 0, this process, its own buffers."""
         self._epoch = 0
+        self._skip = 0  # batches of the current epoch trained before a resume (resume_at)
         self._in_epoch = False
         self._pid = os.getpid()
         self._in_worker = False
@@ -265,8 +265,13 @@ class ShardSequence(keras.utils.PyDataset):
         return self._rows.count
 
     @property
-    def num_batches(self) -> int:
+    def batches_per_pass(self) -> int:
+        """Batches in one pass over the rows (``len(seq)`` unless ``steps_per_epoch`` is set)."""
         return order.num_batches(self.num_rows, self.batch_size, self.drop_remainder)
+
+    @property
+    def num_batches(self) -> int:
+        return order.position.epoch_length(self.batches_per_pass, self.steps_per_epoch) - self._skip
 
     def __len__(self) -> int:
         return self.num_batches
@@ -277,12 +282,19 @@ class ShardSequence(keras.utils.PyDataset):
         Ascending within a batch, except in dataset order (``shuffle=False``)
         over a contiguous range, where they are consecutive anyway.
         """
+        return self._pass_rows(*self._locate(index, self._epoch if epoch is None else epoch))
+
+    def _locate(self, index: int, epoch: int) -> tuple[int, int]:
+        """``(pass, batch of the pass)`` of batch ``index`` of Keras epoch ``epoch``."""
+        length = order.position.epoch_length(self.batches_per_pass, self.steps_per_epoch)
+        index = order.check_batch(index, length)
+        return order.position.locate(self.batches_per_pass, self.steps_per_epoch, order.check_epoch(epoch), index)
+
+    def _pass_rows(self, pass_: int, batch: int) -> np.ndarray:
+        """Dataset row indices of batch ``batch`` of pass ``pass_`` (the order of ``(seed, pass_)``)."""
         o = self._options
-        positions = order.batch_indices(
-            self.num_rows, o.batch_size, index, shuffle=o.shuffle, seed=o.seed,
-            epoch=self._epoch if epoch is None else epoch, block_size=o.block_size,
-            drop_remainder=o.drop_remainder,
-        )
+        positions = order.batch_indices(self.num_rows, o.batch_size, batch, shuffle=o.shuffle, seed=o.seed,
+                                        epoch=pass_, block_size=o.block_size, drop_remainder=o.drop_remainder)
         return self._dataset_rows(positions)
 
     def _dataset_rows(self, positions: np.ndarray) -> np.ndarray:
@@ -315,15 +327,17 @@ class ShardSequence(keras.utils.PyDataset):
         return self._pool.pack(batch) if self.shared_memory else batch
 
     def _get(self, index: int):
-        if isinstance(index, (int, np.integer)) and not isinstance(index, bool) and index < 0:
-            index += self.num_batches
-        epoch = self._epoch
+        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+            index = int(index) + (self.num_batches if index < 0 else 0)
+            if 0 <= index < self.num_batches:
+                index += self._skip  # Keras' index 0 of a resumed epoch is its batch _skip
         options = self._options
-        batch = self._batch(self.batch_rows(index, epoch))
+        pass_, at = self._locate(index, self._epoch)
+        batch = self._batch(self._pass_rows(pass_, at))
         if options.transform is not None:
-            seq = np.random.SeedSequence([options.seed, epoch, int(index), _RNG_TAG])
+            seq = np.random.SeedSequence([options.seed, pass_, at, _RNG_TAG])
             batch = check_transformed(options.transform(batch, np.random.default_rng(seq)),
-                                       options.transform, index, epoch)
+                                       options.transform, at, pass_)
         return batch
 
     def _batch(self, rows: np.ndarray) -> tuple:
@@ -373,7 +387,26 @@ class ShardSequence(keras.utils.PyDataset):
         # validation pass); only the end of an epoch that began advances it.
         if self._in_epoch:
             self._epoch += 1
+            self._skip = 0
             self._in_epoch = False
+
+    def resume_at(self, epoch: int, batch: int) -> None:
+        """Serve Keras epoch ``epoch`` from its batch ``batch`` on: ``seq[0]`` is that batch, ``len(seq)``
+        the batches left; the epochs after it are whole. Set it before ``fit`` starts the epoch
+        (:class:`npyseq.BackupAndRestore` does, from the steps the model has trained)."""
+        length = order.position.epoch_length(self.batches_per_pass, self.steps_per_epoch)
+        self._epoch, self._skip = order.check_epoch(epoch), order.check_batch(batch, length)
+
+    def order_fingerprint(self) -> dict:
+        """What decides the order of the batches, as JSON values: a checkpoint records it and a
+        resume with another one is refused (:class:`npyseq.BackupAndRestore`). Its ``"host"`` entry
+        (this view's host slice, if any) is recorded but not compared."""
+        o, rows = self._options, self._rows
+        return {"dataset": f"{self.dataset.path} manifest {self.dataset.checksum}",
+                "rows": rows.describe() if rows.span is not None else repr(rows),
+                "num_rows": self.num_rows, "batch_size": o.batch_size, "shuffle": o.shuffle, "seed": o.seed,
+                "block_size": o.block_size, "drop_remainder": o.drop_remainder,
+                "steps_per_epoch": o.steps_per_epoch}
 
     # -- views: other rows, or other settings, of the same data (no copy)
 
@@ -398,23 +431,15 @@ class ShardSequence(keras.utils.PyDataset):
         ``val.with_options(transform=center_crop)``.
 
         ``shuffle_rows=False`` (the default) cuts the rows where they stand:
-        the first rows, then the last ones. Use it when the rows are in no
-        particular order (or when the last rows are the right hold-out, as
-        the latest of a time series); the validation part then reads
-        contiguous rows, the cheapest reads there are.
+        the first rows, then the last ones (contiguous reads). Use it when
+        the rows are in no particular order, or the last rows are the right
+        hold-out.
 
-        ``shuffle_rows=True`` draws each part at random: a keyed permutation
-        of the rows (the construction ``shuffle="global"`` uses, keyed by
-        ``seed`` alone) is cut in two. Use it when the rows are sorted (by
-        class, by source, by date) and both parts must be a sample of all
-        of them. Nothing is copied or stored; reads become random rows, as
-        under ``shuffle="global"``, and every shuffle mode works on either
-        part (``"batches"`` and ``"blocks"`` then shuffle positions of the
-        part, which are random rows already). The split depends on the
-        number of rows and ``seed`` only, not on the sequence's own
-        ``seed``, so runs that train with other seeds validate on the same
-        rows. ``predict`` on such a part returns its rows in the order of
-        ``val.batch_rows(0), val.batch_rows(1), ...``.
+        ``shuffle_rows=True`` draws each part at random (a keyed permutation
+        of the rows, keyed by ``seed`` alone, is cut in two; nothing is
+        copied): for rows sorted by class, source or date. ``predict`` on
+        such a part returns its rows in ``val.batch_rows(0), ...`` order;
+        docs/guide.md, "Views", has the details.
 
         >>> train, val = seq.split(0.9)                     # or seq.split(90_000)
         >>> train, val = seq.split(0.9, shuffle_rows=True)  # data sorted by class
@@ -434,7 +459,7 @@ class ShardSequence(keras.utils.PyDataset):
         what = f"split({fraction_or_rows!r}) of {n} rows"
         train = self._view(rows.part(0, k), f"{what}, first part")
         val = self._view(rows.part(k, n), f"{what}, second part", shuffle=False, drop_remainder=False,
-                         transform=None)
+                         transform=None, steps_per_epoch=None)
         return train, val
 
     def shard(self, num_shards: int, index: int) -> "ShardSequence":
@@ -450,13 +475,10 @@ class ShardSequence(keras.utils.PyDataset):
     def with_options(self, **changes: Any) -> "ShardSequence":
         """A view of the same rows with some settings changed (no copy).
 
-        Takes ``batch_size``, ``shuffle``, ``seed``, ``block_size``,
-        ``drop_remainder`` and ``transform``, checked as the constructor
-        checks them; the rest comes from this sequence as it is now. The
-        view starts at epoch 0.
-
-        >>> train, val = seq.split(0.9)
-        >>> val = val.with_options(batch_size=1024)   # bigger batches for evaluation
+        Takes ``batch_size``, ``shuffle``, ``seed``, ``block_size``, ``drop_remainder``,
+        ``transform`` and ``steps_per_epoch``, checked as the constructor checks them; the
+        rest comes from this sequence as it is now. The view starts at epoch 0.
+        ``val.with_options(batch_size=1024)``: bigger batches for evaluation.
         """
         unknown = sorted(set(changes) - set(OPTION_NAMES))
         if unknown:
@@ -479,5 +501,6 @@ class ShardSequence(keras.utils.PyDataset):
     def _repr_fields(self) -> list[tuple[str, str]]:
         """``(name, value)`` of what ``repr`` shows after the rows; subclasses add theirs."""
         return [("batch_size", str(self.batch_size)), ("shuffle", repr(self.shuffle)), ("seed", str(self.seed)),
-                ("epoch", str(self.epoch)), ("batches", str(self.num_batches))]
+                ("epoch", str(self.epoch)), ("batches", str(self.num_batches))] + (
+                    [] if self.steps_per_epoch is None else [("steps_per_epoch", str(self.steps_per_epoch))])
 

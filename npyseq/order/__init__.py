@@ -37,7 +37,9 @@ order inside a batch does not matter to SGD but sorted reads are faster.
 The package: :mod:`~npyseq.order.permutation` (a keyed bijection on
 ``[0, n)``), :mod:`~npyseq.order.batches` (batch ``b`` of epoch ``e`` is
 these rows: the shuffle modes, host slices, the rows ``split`` draws) and
-:mod:`~npyseq.order.bucketing` (length bucketing on top of them). It imports
+:mod:`~npyseq.order.bucketing` (length bucketing on top of them) and
+:mod:`~npyseq.order.position` (global step <-> Keras epoch and batch <->
+pass and batch, for ``steps_per_epoch`` and resuming). It imports
 nothing of npyseq but :mod:`npyseq.errors` and :mod:`npyseq.arguments`. The
 functions below are re-exported here; import them from ``npyseq.order``.
 
@@ -54,7 +56,7 @@ array([8, 9])
 [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
 """
 
-from npyseq.order import bucketing
+from npyseq.order import bucketing, position
 from npyseq.order.batches import (
     SHUFFLE_MODES,
     HostShard,
@@ -84,4 +86,5 @@ __all__ = [
     "split_rows",
     "host_rows",
     "bucketing",
+    "position",
 ]
