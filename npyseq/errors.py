@@ -40,6 +40,7 @@ __all__ = [
     "WriteFailedError",
     "ForeignFilesError",
     "TooManyOpenFilesError",
+    "DistributionError",
 ]
 
 
@@ -165,3 +166,8 @@ class TooManyOpenFilesError(NpyseqError, OSError):
     message gives the limit and what to do: close or drop unused datasets,
     lower ``max_open``, or raise the limit (``ulimit -n``).
     """
+
+
+class DistributionError(NpyseqError, RuntimeError):
+    """Several hosts: ``seq.shard()`` found no distributed setup, or a sharded sequence meets a
+    distribution that would shard it again (or not at all)."""

@@ -23,6 +23,7 @@ import numpy as np
 from npyseq import order
 from npyseq.arguments import flag, integer, non_negative_int, positive_int
 from npyseq.errors import EmptySequenceError, InvalidArgumentError
+from npyseq.keras import hosts
 from npyseq.keras import start_method as start_methods
 from npyseq.keras import watchdog
 from npyseq.keras.options import OPTION_NAMES, Options, Rows
@@ -83,20 +84,12 @@ class ShardSequence(keras.utils.PyDataset):
             (``"float32"`` to train in float32 on float16 or bfloat16 data),
             or ``{array_name: dtype}``. ``None`` keeps the stored dtypes.
         workers, use_multiprocessing, max_queue_size: passed to
-            ``keras.utils.PyDataset``. Threads suit copying out of memory
-            maps (NumPy releases the GIL); processes pay off only for a heavy
-            Python ``transform``. ``max_queue_size`` defaults to 4 (Keras:
-            10): batches waiting in the queue are memory, and a deeper queue
-            measured no faster with 2 threads or 2 processes.
-        start_method: how the worker processes start (``use_multiprocessing``):
-            ``"fork"``, ``"spawn"`` or ``"forkserver"``. ``None`` (the default)
-            is Keras' choice, the platform's default start method, except on
-            the JAX backend, where a forked worker can deadlock (JAX warns
-            "os.fork() was called ... will likely lead to a deadlock"):
-            there npyseq starts the workers with ``"forkserver"`` instead of
-            ``"fork"``. The script then needs its ``if __name__ ==
-            "__main__":`` guard, as on macOS and Windows; in an interactive
-            session (no ``__main__`` file) npyseq keeps ``"fork"``.
+            ``keras.utils.PyDataset``; ``max_queue_size`` defaults to 4 (Keras:
+            10). docs/guide.md, "Workers, processes, start methods", says which to use.
+        start_method: how the worker processes start: ``"fork"``, ``"spawn"``,
+            ``"forkserver"`` or ``None`` (the default): Keras' choice, except
+            ``"forkserver"`` for ``"fork"`` on the JAX backend, where a forked worker
+            can deadlock (the script then needs its ``if __name__ == "__main__":`` guard).
 
     ``seed`` is an int in ``[0, 2**64)``; ``batch_size``, ``shuffle``,
     ``seed``, ``block_size``, ``drop_remainder`` and ``transform`` may be
@@ -169,6 +162,7 @@ class ShardSequence(keras.utils.PyDataset):
         self._check_lengths()
         self._dtypes = resolve_dtypes(dtype, self._leaves())
         rows = Rows(0, len(self._leaves()[0]))
+        self._host = None  # a HostSlice once sharded (see shard)
         self._options = self._checked_options(options, rows, type(self).__name__)
         self._rows = rows
         self._reset_state()
@@ -209,6 +203,7 @@ class ShardSequence(keras.utils.PyDataset):
                 f"dataset at {self.dataset.path}), batch_size={options.batch_size}, "
                 f"drop_remainder={options.drop_remainder}; Keras refuses a dataset of length 0: {fix}"
             )
+        order.hosts.check_hosts(rows.count, options.batch_size, options.drop_remainder, self._host, what)
         return options
 
     @property
@@ -262,17 +257,33 @@ class ShardSequence(keras.utils.PyDataset):
 
     @property
     def num_batches(self) -> int:
-        return order.num_batches(self.num_rows, self.batch_size, self.drop_remainder)
+        return order.hosts.num_items(order.num_batches(self.num_rows, self.batch_size, self.drop_remainder),
+                                     self._host)
+
+    @property
+    def host(self) -> order.HostSlice | None:
+        """Which part of every global batch this sequence serves (``shard``), or ``None``: all of it."""
+        return self._host
 
     def __len__(self) -> int:
         return self.num_batches
 
     def batch_rows(self, index: int, epoch: int | None = None) -> np.ndarray:
-        """Dataset row indices of batch ``index`` of ``epoch`` (default: the current epoch).
+        """Dataset row indices (ascending) of batch ``index`` of ``epoch`` (default: the current epoch).
 
-        Ascending within a batch, except in dataset order (``shuffle=False``)
-        over a contiguous range, where they are consecutive anyway.
+        Of a sharded sequence: this host's part of the global batch (see ``shard``).
         """
+        return self._parts(index, self._epoch if epoch is None else epoch)[0]
+
+    def _parts(self, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray, int, int | None]:
+        """``(rows, its global batch's rows, that batch's index, host part or None)`` of item ``index``."""
+        whole, part = (index, None) if self._host is None else order.hosts.locate(
+            order.check_batch(index, self.num_batches), self._host)
+        rows = self.global_batch_rows(whole, epoch)
+        return (rows if part is None else order.hosts.host_part(rows, self._host, part)), rows, whole, part
+
+    def global_batch_rows(self, index: int, epoch: int | None = None) -> np.ndarray:
+        """Dataset rows (ascending) of global batch ``index``: the whole batch, whatever ``shard`` did."""
         o = self._options
         positions = order.batch_indices(
             self.num_rows, o.batch_size, index, shuffle=o.shuffle, seed=o.seed,
@@ -312,15 +323,18 @@ class ShardSequence(keras.utils.PyDataset):
             index += self.num_batches
         epoch = self._epoch
         options = self._options
-        batch = self._batch(self.batch_rows(index, epoch))
+        rows, whole_rows, whole, part = self._parts(index, epoch)
+        batch = self._batch(rows, whole_rows)
         if options.transform is not None:
-            seq = np.random.SeedSequence([options.seed, epoch, int(index), _RNG_TAG])
+            # A host's part of a global batch has its own generator (not one host's draws of the whole).
+            key = [] if part is None or self._host.num_hosts == 1 else [self._host.num_hosts, part]
+            seq = np.random.SeedSequence([options.seed, epoch, int(whole), _RNG_TAG] + key)
             batch = check_transformed(options.transform(batch, np.random.default_rng(seq)),
                                        options.transform, index, epoch)
         return batch
 
-    def _batch(self, rows: np.ndarray) -> tuple:
-        """``(x,)``, ``(x, y)`` or ``(x, y, w)`` of the dataset rows ``rows``."""
+    def _batch(self, rows: np.ndarray, whole: np.ndarray | None = None) -> tuple:
+        """``(x,)``, ``(x, y)`` or ``(x, y, w)`` of the dataset rows ``rows`` (part of the global batch ``whole``)."""
         n = len(rows)
         # Rows in one range (dataset order, "batches" mode) are read as slices.
         span = (int(rows[0]), int(rows[-1]) + 1) if n and rows[-1] - rows[0] + 1 == n else None
@@ -331,7 +345,7 @@ class ShardSequence(keras.utils.PyDataset):
             key = array_key(array)
             data = cache.get(key)
             if data is None:
-                data = self._read(array, rows, span, located)
+                data = self._read(array, rows, span, located, whole)
                 target = self._dtypes.get(key)
                 if target is not None and data.dtype != target:
                     data = data.astype(target)
@@ -346,13 +360,16 @@ class ShardSequence(keras.utils.PyDataset):
         return batch
 
     def _read(self, array: ShardedArray, rows: np.ndarray, span: tuple[int, int] | None,
-              located: dict) -> np.ndarray:
+              located: dict, whole: np.ndarray | None = None) -> np.ndarray:
         """The rows ``rows`` of one array, into a pooled buffer (``span``: the rows
-        as a range when they are consecutive; ``located``: shared by the arrays of a batch)."""
+        as a range when they are consecutive; ``located``: shared by the arrays of a batch;
+        ``whole``: the global batch ``rows`` is part of, for RaggedSequence's padding)."""
         out = self._pool.empty(len(rows) * array.row_bytes).view(array.dtype)
         return array.gather(rows, out.reshape((len(rows),) + array.shape[1:]), located)
 
     def on_epoch_begin(self) -> None:
+        if self._host is not None:
+            hosts.check_distribution(self._host, repr(self))  # never sharded twice, nor not at all
         self._in_epoch = True
         if self.use_multiprocessing and self.workers > 0:
             # Keras waits forever for a batch of a worker process that died;
@@ -390,24 +407,10 @@ class ShardSequence(keras.utils.PyDataset):
         once, as stored. To change that, make a view of it:
         ``val.with_options(transform=center_crop)``.
 
-        ``shuffle_rows=False`` (the default) cuts the rows where they stand:
-        the first rows, then the last ones. Use it when the rows are in no
-        particular order (or when the last rows are the right hold-out, as
-        the latest of a time series); the validation part then reads
-        contiguous rows, the cheapest reads there are.
-
-        ``shuffle_rows=True`` draws each part at random: a keyed permutation
-        of the rows (the construction ``shuffle="global"`` uses, keyed by
-        ``seed`` alone) is cut in two. Use it when the rows are sorted (by
-        class, by source, by date) and both parts must be a sample of all
-        of them. Nothing is copied or stored; reads become random rows, as
-        under ``shuffle="global"``, and every shuffle mode works on either
-        part (``"batches"`` and ``"blocks"`` then shuffle positions of the
-        part, which are random rows already). The split depends on the
-        number of rows and ``seed`` only, not on the sequence's own
-        ``seed``, so runs that train with other seeds validate on the same
-        rows. ``predict`` on such a part returns its rows in the order of
-        ``val.batch_rows(0), val.batch_rows(1), ...``.
+        ``shuffle_rows=False`` (the default) cuts the rows where they stand
+        (contiguous reads); ``shuffle_rows=True`` cuts a keyed permutation of
+        the rows, keyed by ``seed`` alone (not the sequence's), in two: for
+        sorted data. docs/guide.md, "Views", says when to use which.
 
         >>> train, val = seq.split(0.9)                     # or seq.split(90_000)
         >>> train, val = seq.split(0.9, shuffle_rows=True)  # data sorted by class
@@ -430,15 +433,21 @@ class ShardSequence(keras.utils.PyDataset):
                          transform=None)
         return train, val
 
-    def shard(self, num_shards: int, index: int) -> "ShardSequence":
-        """Rows of host ``index`` of ``num_shards`` hosts: disjoint, equal sizes, this sequence's settings.
+    def shard(self, num_hosts: int | None = None, index: int | None = None) -> "ShardSequence":
+        """Host ``index``'s part of every global batch, of ``num_hosts`` hosts (no copy).
 
-        Each host gets ``num_rows // num_shards`` contiguous rows, so every
-        host runs the same number of batches; the last ``num_rows % num_shards``
-        rows are left out.
+        ``batch_size`` is the global batch: each host gets ``batch_size //
+        num_hosts`` rows of every global batch (a contiguous stretch of its
+        sorted rows), the same steps on every host, and the hosts' parts at
+        step ``s`` together are global batch ``s`` of this sequence.
+        Without arguments the hosts come from the active Keras distribution
+        (or JAX). See "Several hosts" in docs/guide.md.
+
+        >>> host = seq.shard()          # under keras.distribution, auto_shard_dataset=False
+        >>> host = seq.shard(4, 1)      # host 1 of 4
         """
-        start, stop = order.host_rows(self.num_rows, order.HostShard(num_shards, index))
-        return self._view(self._rows.part(start, stop), f"shard({num_shards}, {index})")
+        host = hosts.host_slice(num_hosts, index, self._host, self)
+        return self._view(self._rows, f"shard({host.num_hosts}, {host.index})", host=host)
 
     def with_options(self, **changes: Any) -> "ShardSequence":
         """A view of the same rows with some settings changed (no copy).
@@ -456,12 +465,12 @@ class ShardSequence(keras.utils.PyDataset):
             raise InvalidArgumentError(f"with_options takes {list(OPTION_NAMES)}, got {unknown}")
         return self._view(self._rows, f"with_options({', '.join(sorted(changes))})", **changes)
 
-    def _view(self, rows: Rows, what: str, **changes: Any) -> "ShardSequence":
-        """A copy of this sequence over ``rows``, with ``changes`` to its options, at epoch 0."""
+    def _view(self, rows: Rows, what: str, host: order.HostSlice | None = None, **changes: Any) -> "ShardSequence":
+        """A copy over ``rows`` (for ``host``, else this one's), with ``changes`` to its options, at epoch 0."""
         options = dataclasses.replace(self._options, **changes) if changes else self._options
-        options = self._checked_options(options, rows, what)
         view = copy.copy(self)
-        view._rows, view._options = rows, options
+        view._host = self._host if host is None else host
+        view._rows, view._options = rows, view._checked_options(options, rows, what)
         view._reset_state()
         return view
 
@@ -472,5 +481,6 @@ class ShardSequence(keras.utils.PyDataset):
     def _repr_fields(self) -> list[tuple[str, str]]:
         """``(name, value)`` of what ``repr`` shows after the rows; subclasses add theirs."""
         return [("batch_size", str(self.batch_size)), ("shuffle", repr(self.shuffle)), ("seed", str(self.seed)),
-                ("epoch", str(self.epoch)), ("batches", str(self.num_batches))]
+                ("epoch", str(self.epoch)), ("batches", str(self.num_batches))] + (
+                   [] if self._host is None else [("host", repr(self._host.describe()))])
 

@@ -36,8 +36,9 @@ order inside a batch does not matter to SGD but sorted reads are faster.
 
 The package: :mod:`~npyseq.order.permutation` (a keyed bijection on
 ``[0, n)``), :mod:`~npyseq.order.batches` (batch ``b`` of epoch ``e`` is
-these rows: the shuffle modes, host slices, the rows ``split`` draws) and
-:mod:`~npyseq.order.bucketing` (length bucketing on top of them). It imports
+these rows: the shuffle modes, the rows ``split`` draws),
+:mod:`~npyseq.order.bucketing` (length bucketing on top of them) and
+:mod:`~npyseq.order.hosts` (each host's part of every global batch). It imports
 nothing of npyseq but :mod:`npyseq.errors` and :mod:`npyseq.arguments`. The
 functions below are re-exported here; import them from ``npyseq.order``.
 
@@ -54,24 +55,23 @@ array([8, 9])
 [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
 """
 
-from npyseq.order import bucketing
+from npyseq.order import bucketing, hosts
 from npyseq.order.batches import (
     SHUFFLE_MODES,
-    HostShard,
     batch_indices,
     check_batch,
     check_shuffle,
     default_block_size,
-    host_rows,
     num_batches,
     split_rows,
 )
+from npyseq.order.hosts import HostSlice
 from npyseq.order.permutation import SEED_LIMIT, check_epoch, check_seed, permute, unpermute
 
 __all__ = [
     "SHUFFLE_MODES",
     "SEED_LIMIT",
-    "HostShard",
+    "HostSlice",
     "check_shuffle",
     "check_seed",
     "check_epoch",
@@ -82,6 +82,6 @@ __all__ = [
     "permute",
     "unpermute",
     "split_rows",
-    "host_rows",
     "bucketing",
+    "hosts",
 ]
