@@ -41,6 +41,7 @@ __all__ = [
     "ForeignFilesError",
     "TooManyOpenFilesError",
     "ResumeMismatchError",
+    "DistributionError",
 ]
 
 
@@ -177,3 +178,8 @@ class ResumeMismatchError(NpyseqError, ValueError):
     ``steps_per_epoch`` that would repeat rows. The message names each
     difference, old and new, and how to start afresh.
     """
+
+
+class DistributionError(NpyseqError, RuntimeError):
+    """Several hosts: ``seq.shard()`` found no distributed setup, or a sharded sequence meets a
+    distribution that would shard it again (or not at all)."""

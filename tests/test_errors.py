@@ -52,7 +52,7 @@ ERROR_CLASSES = [getattr(errors, name) for name in errors.__all__]
 
 
 def test_every_error_is_exported_and_an_npyseq_error():
-    assert len(ERROR_CLASSES) == 21  # + ResumeMismatchError, WriteFailedError, ForeignFilesError, EmptySequenceError, TransformError, WorkerError, TooManyOpenFilesError
+    assert len(ERROR_CLASSES) == 22  # + WriteFailedError, ForeignFilesError, EmptySequenceError, TransformError, WorkerError, TooManyOpenFilesError, ResumeMismatchError, DistributionError
     for cls in ERROR_CLASSES:
         assert issubclass(cls, NpyseqError)
         assert getattr(npyseq, cls.__name__) is cls
@@ -76,6 +76,7 @@ def test_every_error_is_exported_and_an_npyseq_error():
     (errors.DiskFullError, (OSError,)),
     (errors.TooManyOpenFilesError, (OSError,)),
     (errors.ResumeMismatchError, (ValueError,)),
+    (errors.DistributionError, (RuntimeError,)),
 ])
 def test_error_hierarchy(cls, bases):
     for base in bases:

@@ -53,6 +53,9 @@ class RaggedSequence(ShardSequence):
     the batch (at least 1), rounded up to a multiple of ``pad_to_multiple``,
     then capped at ``max_length``. Fixed-size arrays come out exactly as
     from ``ShardSequence``.
+    On several hosts (``shard``) each host's part of a global batch is padded
+    to the length of the whole global batch, so every host's batch has the
+    same shape, as Keras needs, and equals its rows of the unsharded batch.
 
     With ``pad_value=0`` the padded batches work with Keras masking
     (``Embedding(mask_zero=True)``) when 0 is not a real token id. Layers
@@ -227,17 +230,17 @@ class RaggedSequence(ShardSequence):
         ordered = _sorted_pool(self._bucket_key, self._rows, *args, pool, block_size=self.block_size, **options)
         return np.sort(ordered[slot * self.batch_size:(slot + 1) * self.batch_size])
 
-    def _batch(self, rows: np.ndarray) -> tuple:
-        batch = super()._batch(rows)
+    def _batch(self, rows: np.ndarray, whole: np.ndarray | None = None) -> tuple:
+        batch = super()._batch(rows, whole)
         if self.return_mask or self.return_lengths:
             batch = (self._with_extras(batch[0], rows),) + batch[1:]
         return batch
 
-    def _read(self, array, rows: np.ndarray, span, located: dict) -> np.ndarray:
+    def _read(self, array, rows: np.ndarray, span, located: dict, whole: np.ndarray | None = None) -> np.ndarray:
         if not array.ragged:
-            return super()._read(array, rows, span, located)
-        # Padded to the batch's own length, into a reused buffer.
-        length = self._batch_length(array.lengths(rows).max(initial=0))
+            return super()._read(array, rows, span, located, whole)
+        # Padded to the length of the global batch (every host's part has the same shape), into a reused buffer.
+        length = self._batch_length(array.lengths(rows if whole is None else whole).max(initial=0))
         shape = (len(rows), length) + tuple(array.element_shape)
         out = self._pool.empty(row_bytes(array.dtype, shape)).view(array.dtype).reshape(shape)
         return array.padded(rows, length=length, pad_value=self._pad_values.get(array.name, 0),

@@ -23,6 +23,7 @@ import numpy as np
 from npyseq import order
 from npyseq.arguments import flag, integer, non_negative_int, positive_int
 from npyseq.errors import EmptySequenceError, InvalidArgumentError
+from npyseq.keras import hosts
 from npyseq.keras import start_method as start_methods
 from npyseq.keras import transport, watchdog
 from npyseq.keras.options import OPTION_NAMES, Options, Rows
@@ -172,6 +173,7 @@ class ShardSequence(keras.utils.PyDataset):
         self._check_lengths()
         self._dtypes = resolve_dtypes(dtype, self._leaves())
         rows = Rows(0, len(self._leaves()[0]))
+        self._host = None  # a HostSlice once sharded (see shard)
         self._options = self._checked_options(options, rows, type(self).__name__)
         self._rows = rows
         self._reset_state()
@@ -213,6 +215,7 @@ class ShardSequence(keras.utils.PyDataset):
                 f"dataset at {self.dataset.path}), batch_size={options.batch_size}, "
                 f"drop_remainder={options.drop_remainder}; Keras refuses a dataset of length 0: {fix}"
             )
+        order.hosts.check_hosts(rows.count, options.batch_size, options.drop_remainder, self._host, what)
         return options
 
     @property
@@ -266,32 +269,52 @@ class ShardSequence(keras.utils.PyDataset):
 
     @property
     def batches_per_pass(self) -> int:
-        """Batches in one pass over the rows (``len(seq)`` unless ``steps_per_epoch`` is set)."""
+        """Global batches in one pass over the rows (``len(seq)`` unless ``steps_per_epoch`` or ``shard``)."""
         return order.num_batches(self.num_rows, self.batch_size, self.drop_remainder)
 
     @property
+    def host(self) -> order.HostSlice | None:
+        """Which part of every global batch this sequence serves (``shard``), or ``None``: all of it."""
+        return self._host
+
+    @property
     def num_batches(self) -> int:
-        return order.position.epoch_length(self.batches_per_pass, self.steps_per_epoch) - self._skip
+        return order.hosts.num_items(self._epoch_length() - self._skip, self._host)
 
     def __len__(self) -> int:
         return self.num_batches
 
     def batch_rows(self, index: int, epoch: int | None = None) -> np.ndarray:
-        """Dataset row indices of batch ``index`` of ``epoch`` (default: the current epoch).
+        """Dataset row indices (ascending) of batch ``index`` of ``epoch`` (default: the current epoch).
 
-        Ascending within a batch, except in dataset order (``shuffle=False``)
-        over a contiguous range, where they are consecutive anyway.
+        Of a sharded sequence: this host's part of the global batch (see ``shard``).
         """
+        return self._parts(index, self._epoch if epoch is None else epoch)[0]
+
+    def _parts(self, index: int, epoch: int, skip: int = 0) -> tuple[np.ndarray, np.ndarray, tuple, int | None]:
+        """``(rows, its global batch's rows, (pass, batch of the pass), host part or None)`` of item
+        ``index`` of Keras epoch ``epoch``, whose item 0 is global batch ``skip`` of the epoch."""
+        index = order.check_batch(index, order.hosts.num_items(self._epoch_length() - skip, self._host))
+        whole, part = (index, None) if self._host is None else order.hosts.locate(index, self._host)
+        at = self._locate(whole + skip, epoch)
+        rows = self._pass_rows(*at)
+        return (rows if part is None else order.hosts.host_part(rows, self._host, part)), rows, at, part
+
+    def _epoch_length(self) -> int:
+        """Global batches in a whole Keras epoch."""
+        return order.position.epoch_length(self.batches_per_pass, self.steps_per_epoch)
+
+    def global_batch_rows(self, index: int, epoch: int | None = None) -> np.ndarray:
+        """Dataset rows (ascending) of global batch ``index`` of ``epoch``: the whole batch, whatever ``shard`` did."""
         return self._pass_rows(*self._locate(index, self._epoch if epoch is None else epoch))
 
     def _locate(self, index: int, epoch: int) -> tuple[int, int]:
-        """``(pass, batch of the pass)`` of batch ``index`` of Keras epoch ``epoch``."""
-        length = order.position.epoch_length(self.batches_per_pass, self.steps_per_epoch)
-        index = order.check_batch(index, length)
+        """``(pass, batch of the pass)`` of global batch ``index`` of Keras epoch ``epoch``."""
+        index = order.check_batch(index, self._epoch_length())
         return order.position.locate(self.batches_per_pass, self.steps_per_epoch, order.check_epoch(epoch), index)
 
     def _pass_rows(self, pass_: int, batch: int) -> np.ndarray:
-        """Dataset row indices of batch ``batch`` of pass ``pass_`` (the order of ``(seed, pass_)``)."""
+        """Dataset row indices of global batch ``batch`` of pass ``pass_`` (the order of ``(seed, pass_)``)."""
         o = self._options
         positions = order.batch_indices(self.num_rows, o.batch_size, batch, shuffle=o.shuffle, seed=o.seed,
                                         epoch=pass_, block_size=o.block_size, drop_remainder=o.drop_remainder)
@@ -327,21 +350,22 @@ class ShardSequence(keras.utils.PyDataset):
         return self._pool.pack(batch) if self.shared_memory else batch
 
     def _get(self, index: int):
-        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
-            index = int(index) + (self.num_batches if index < 0 else 0)
-            if 0 <= index < self.num_batches:
-                index += self._skip  # Keras' index 0 of a resumed epoch is its batch _skip
+        if isinstance(index, (int, np.integer)) and not isinstance(index, bool) and index < 0:
+            index = int(index) + self.num_batches
         options = self._options
-        pass_, at = self._locate(index, self._epoch)
-        batch = self._batch(self._pass_rows(pass_, at))
+        # Keras' item 0 of a resumed epoch is its global batch _skip (see resume_at).
+        rows, whole_rows, (pass_, at), part = self._parts(index, self._epoch, self._skip)
+        batch = self._batch(rows, whole_rows)
         if options.transform is not None:
-            seq = np.random.SeedSequence([options.seed, pass_, at, _RNG_TAG])
+            # A host's part of a global batch has its own generator (not one host's draws of the whole).
+            key = [] if part is None or self._host.num_hosts == 1 else [self._host.num_hosts, part]
+            seq = np.random.SeedSequence([options.seed, pass_, at, _RNG_TAG] + key)
             batch = check_transformed(options.transform(batch, np.random.default_rng(seq)),
                                        options.transform, at, pass_)
         return batch
 
-    def _batch(self, rows: np.ndarray) -> tuple:
-        """``(x,)``, ``(x, y)`` or ``(x, y, w)`` of the dataset rows ``rows``."""
+    def _batch(self, rows: np.ndarray, whole: np.ndarray | None = None) -> tuple:
+        """``(x,)``, ``(x, y)`` or ``(x, y, w)`` of the dataset rows ``rows`` (part of the global batch ``whole``)."""
         n = len(rows)
         # Rows in one range (dataset order, "batches" mode) are read as slices.
         span = (int(rows[0]), int(rows[-1]) + 1) if n and rows[-1] - rows[0] + 1 == n else None
@@ -352,7 +376,7 @@ class ShardSequence(keras.utils.PyDataset):
             key = array_key(array)
             data = cache.get(key)
             if data is None:
-                data = self._read(array, rows, span, located)
+                data = self._read(array, rows, span, located, whole)
                 target = self._dtypes.get(key)
                 if target is not None and data.dtype != target:
                     data = data.astype(target)
@@ -367,13 +391,16 @@ class ShardSequence(keras.utils.PyDataset):
         return batch
 
     def _read(self, array: ShardedArray, rows: np.ndarray, span: tuple[int, int] | None,
-              located: dict) -> np.ndarray:
+              located: dict, whole: np.ndarray | None = None) -> np.ndarray:
         """The rows ``rows`` of one array, into a pooled buffer (``span``: the rows
-        as a range when they are consecutive; ``located``: shared by the arrays of a batch)."""
+        as a range when they are consecutive; ``located``: shared by the arrays of a batch;
+        ``whole``: the global batch ``rows`` is part of, for RaggedSequence's padding)."""
         out = self._pool.empty(len(rows) * array.row_bytes).view(array.dtype)
         return array.gather(rows, out.reshape((len(rows),) + array.shape[1:]), located)
 
     def on_epoch_begin(self) -> None:
+        if self._host is not None:
+            hosts.check_distribution(self._host, repr(self))  # never sharded twice, nor not at all
         self._in_epoch = True
         if self.use_multiprocessing and self.workers > 0:
             # Keras waits forever for a batch of a worker process that died;
@@ -394,8 +421,7 @@ class ShardSequence(keras.utils.PyDataset):
         """Serve Keras epoch ``epoch`` from its batch ``batch`` on: ``seq[0]`` is that batch, ``len(seq)``
         the batches left; the epochs after it are whole. Set it before ``fit`` starts the epoch
         (:class:`npyseq.BackupAndRestore` does, from the steps the model has trained)."""
-        length = order.position.epoch_length(self.batches_per_pass, self.steps_per_epoch)
-        self._epoch, self._skip = order.check_epoch(epoch), order.check_batch(batch, length)
+        self._epoch, self._skip = order.check_epoch(epoch), order.check_batch(batch, self._epoch_length())
 
     def order_fingerprint(self) -> dict:
         """What decides the order of the batches, as JSON values: a checkpoint records it and a
@@ -406,7 +432,8 @@ class ShardSequence(keras.utils.PyDataset):
                 "rows": rows.describe() if rows.span is not None else repr(rows),
                 "num_rows": self.num_rows, "batch_size": o.batch_size, "shuffle": o.shuffle, "seed": o.seed,
                 "block_size": o.block_size, "drop_remainder": o.drop_remainder,
-                "steps_per_epoch": o.steps_per_epoch}
+                "steps_per_epoch": o.steps_per_epoch,
+                "host": None if self._host is None else [self._host.num_hosts, self._host.index]}
 
     # -- views: other rows, or other settings, of the same data (no copy)
 
@@ -462,15 +489,21 @@ class ShardSequence(keras.utils.PyDataset):
                          transform=None, steps_per_epoch=None)
         return train, val
 
-    def shard(self, num_shards: int, index: int) -> "ShardSequence":
-        """Rows of host ``index`` of ``num_shards`` hosts: disjoint, equal sizes, this sequence's settings.
+    def shard(self, num_hosts: int | None = None, index: int | None = None) -> "ShardSequence":
+        """Host ``index``'s part of every global batch, of ``num_hosts`` hosts (no copy).
 
-        Each host gets ``num_rows // num_shards`` contiguous rows, so every
-        host runs the same number of batches; the last ``num_rows % num_shards``
-        rows are left out.
+        ``batch_size`` is the global batch: each host gets ``batch_size //
+        num_hosts`` rows of every global batch (a contiguous stretch of its
+        sorted rows), the same steps on every host, and the hosts' parts at
+        step ``s`` together are global batch ``s`` of this sequence.
+        Without arguments the hosts come from the active Keras distribution
+        (or JAX). See "Several hosts" in docs/guide.md.
+
+        >>> host = seq.shard()          # under keras.distribution, auto_shard_dataset=False
+        >>> host = seq.shard(4, 1)      # host 1 of 4
         """
-        start, stop = order.host_rows(self.num_rows, order.HostShard(num_shards, index))
-        return self._view(self._rows.part(start, stop), f"shard({num_shards}, {index})")
+        host = hosts.host_slice(num_hosts, index, self._host, self)
+        return self._view(self._rows, f"shard({host.num_hosts}, {host.index})", host=host)
 
     def with_options(self, **changes: Any) -> "ShardSequence":
         """A view of the same rows with some settings changed (no copy).
@@ -485,12 +518,12 @@ class ShardSequence(keras.utils.PyDataset):
             raise InvalidArgumentError(f"with_options takes {list(OPTION_NAMES)}, got {unknown}")
         return self._view(self._rows, f"with_options({', '.join(sorted(changes))})", **changes)
 
-    def _view(self, rows: Rows, what: str, **changes: Any) -> "ShardSequence":
-        """A copy of this sequence over ``rows``, with ``changes`` to its options, at epoch 0."""
+    def _view(self, rows: Rows, what: str, host: order.HostSlice | None = None, **changes: Any) -> "ShardSequence":
+        """A copy over ``rows`` (for ``host``, else this one's), with ``changes`` to its options, at epoch 0."""
         options = dataclasses.replace(self._options, **changes) if changes else self._options
-        options = self._checked_options(options, rows, what)
         view = copy.copy(self)
-        view._rows, view._options = rows, options
+        view._host = self._host if host is None else host
+        view._rows, view._options = rows, view._checked_options(options, rows, what)
         view._reset_state()
         return view
 
@@ -502,5 +535,6 @@ class ShardSequence(keras.utils.PyDataset):
         """``(name, value)`` of what ``repr`` shows after the rows; subclasses add theirs."""
         return [("batch_size", str(self.batch_size)), ("shuffle", repr(self.shuffle)), ("seed", str(self.seed)),
                 ("epoch", str(self.epoch)), ("batches", str(self.num_batches))] + (
-                    [] if self.steps_per_epoch is None else [("steps_per_epoch", str(self.steps_per_epoch))])
+                    [] if self.steps_per_epoch is None else [("steps_per_epoch", str(self.steps_per_epoch))]) + (
+                    [] if self._host is None else [("host", repr(self._host.describe()))])
 

@@ -36,8 +36,9 @@ order inside a batch does not matter to SGD but sorted reads are faster.
 
 The package: :mod:`~npyseq.order.permutation` (a keyed bijection on
 ``[0, n)``), :mod:`~npyseq.order.batches` (batch ``b`` of epoch ``e`` is
-these rows: the shuffle modes, host slices, the rows ``split`` draws) and
-:mod:`~npyseq.order.bucketing` (length bucketing on top of them) and
+these rows: the shuffle modes, the rows ``split`` draws),
+:mod:`~npyseq.order.bucketing` (length bucketing on top of them),
+:mod:`~npyseq.order.hosts` (each host's part of every global batch) and
 :mod:`~npyseq.order.position` (global step <-> Keras epoch and batch <->
 pass and batch, for ``steps_per_epoch`` and resuming). It imports
 nothing of npyseq but :mod:`npyseq.errors` and :mod:`npyseq.arguments`. The
@@ -56,24 +57,23 @@ array([8, 9])
 [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
 """
 
-from npyseq.order import bucketing, position
+from npyseq.order import bucketing, hosts, position
 from npyseq.order.batches import (
     SHUFFLE_MODES,
-    HostShard,
     batch_indices,
     check_batch,
     check_shuffle,
     default_block_size,
-    host_rows,
     num_batches,
     split_rows,
 )
+from npyseq.order.hosts import HostSlice
 from npyseq.order.permutation import SEED_LIMIT, check_epoch, check_seed, permute, unpermute
 
 __all__ = [
     "SHUFFLE_MODES",
     "SEED_LIMIT",
-    "HostShard",
+    "HostSlice",
     "check_shuffle",
     "check_seed",
     "check_epoch",
@@ -84,7 +84,7 @@ __all__ = [
     "permute",
     "unpermute",
     "split_rows",
-    "host_rows",
     "bucketing",
     "position",
+    "hosts",
 ]

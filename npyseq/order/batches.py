@@ -4,9 +4,7 @@
 block_size, drop_remainder)`` to the batch's row indices, sorted, by way of
 the keyed permutations of :mod:`~npyseq.order.permutation`: ``"batches"``
 permutes the batches, ``"blocks"`` the blocks of rows, ``"global"`` the rows.
-Beside it: the checks of its arguments, :class:`HostShard` and
-:func:`host_rows` (the part of the rows one of several hosts reads) and
-:func:`split_rows` (the rows ``ShardSequence.split(shuffle_rows=True)``
+Beside it: the checks of its arguments and :func:`split_rows` (the rows ``ShardSequence.split(shuffle_rows=True)``
 draws). See :mod:`npyseq.order` for what each shuffle mode costs.
 
 >>> batch_indices(10, 4, 2)
@@ -17,11 +15,9 @@ array([8, 9])
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
-from npyseq.arguments import integer, is_int, positive_int
+from npyseq.arguments import is_int, positive_int
 from npyseq.errors import InvalidArgumentError
 from npyseq.order.permutation import (
     BATCHES_TAG,
@@ -42,14 +38,12 @@ from npyseq.order.permutation import (
 
 __all__ = [
     "SHUFFLE_MODES",
-    "HostShard",
     "check_shuffle",
     "check_batch",
     "num_batches",
     "batch_indices",
     "default_block_size",
     "split_rows",
-    "host_rows",
 ]
 
 SHUFFLE_MODES = (False, "batches", "blocks", "global")
@@ -160,35 +154,3 @@ def _blocks(positions: np.ndarray, rows: int, block: int, seed: int, epoch: int)
     if n_blocks <= TABLE_MAX:
         return table(n_blocks, seed, epoch, BLOCKS_TAG)[slots] * block + offsets
     return permute(slots, n_blocks, seed, epoch, BLOCKS_TAG) * block + offsets
-
-
-# --- multi-host --------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class HostShard:
-    """Which part of the rows one of several hosts (or processes) reads.
-
-    Every host gets ``rows // num_shards`` contiguous rows, so all hosts run
-    the same number of batches; the last ``rows % num_shards`` rows (fewer
-    than ``num_shards``) are left out.
-    """
-
-    num_shards: int
-    index: int
-
-    def __post_init__(self):
-        num_shards = positive_int(self.num_shards, "num_shards")
-        index = integer(self.index, "index")
-        if not 0 <= index < num_shards:
-            raise InvalidArgumentError(
-                f"index must be in [0, {num_shards}) for num_shards={num_shards}, got {index}"
-            )
-        object.__setattr__(self, "num_shards", num_shards)
-        object.__setattr__(self, "index", index)
-
-
-def host_rows(rows: int, shard: HostShard) -> tuple[int, int]:
-    """``(start, stop)`` of the rows that host ``shard.index`` reads."""
-    per = rows // shard.num_shards
-    return shard.index * per, (shard.index + 1) * per

@@ -54,9 +54,9 @@ def test_the_sequence_classes_are_those_of_npyseq_keras():
 
 
 def test_the_order_package_keeps_its_functions_and_names_permutes_tag():
-    for name in ("SHUFFLE_MODES", "SEED_LIMIT", "HostShard", "check_shuffle", "check_seed", "check_epoch",
+    for name in ("SHUFFLE_MODES", "SEED_LIMIT", "HostSlice", "check_shuffle", "check_seed", "check_epoch",
                  "num_batches", "batch_indices", "default_block_size", "permute", "unpermute", "split_rows",
-                 "host_rows"):
+                 "hosts"):
         assert name in order.__all__ and hasattr(order, name), name
     assert order.bucketing.DEFAULT_BUCKET_POOL == 100
     assert inspect.signature(order.permute).parameters["tag"].default == permutation.GLOBAL_TAG

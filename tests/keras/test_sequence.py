@@ -151,10 +151,13 @@ def test_split_subset_and_shard_are_disjoint_views(ds):
     assert np.array_equal(np.concatenate([rows(train), rows(val)]), np.arange(N))
     assert np.array_equal(rows(seq.subset(5, 17)), np.arange(5, 17))
     assert seq.split(100)[0].num_rows == 100
-    hosts = [seq.shard(4, i) for i in range(4)]
-    assert {len(h) for h in hosts} == {5} and {h.num_rows for h in hosts} == {50}
-    seen = np.concatenate([rows(h) for h in hosts])
-    assert np.array_equal(seen, np.arange(200))  # the last 203 % 4 = 3 rows are left out
+    # shard(n, i): host i's part of every global batch; together the hosts' parts are the global batch.
+    whole = seq.with_options(drop_remainder=True)
+    hosts = [whole.shard(2, i) for i in range(2)]
+    assert {len(h) for h in hosts} == {len(whole)} == {20} and {h.num_rows for h in hosts} == {N}
+    for b in range(len(whole)):
+        assert np.array_equal(np.concatenate([h[b][1] for h in hosts]), whole[b][1])
+    assert np.array_equal(hosts[1][3][1], np.arange(35, 40))  # one contiguous read in dataset order
     # Shuffling stays inside a view.
     sh = ShardSequence(d, x="x", y="y", batch_size=10, shuffle="global").subset(50, 150)
     assert np.array_equal(np.sort(rows(sh)), np.arange(50, 150))

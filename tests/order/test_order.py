@@ -109,27 +109,6 @@ def test_shuffling_a_billion_rows_costs_nothing_up_front():
     assert len(blocks) == 256 and blocks.max() < 10**9 + 7
 
 
-@settings(max_examples=200, deadline=None)
-@given(n=st.integers(0, 10**6), k=st.integers(1, 64))
-def test_host_shards_are_disjoint_equal_and_cover_all_but_the_remainder(n, k):
-    ranges = [order.host_rows(n, order.HostShard(k, i)) for i in range(k)]
-    sizes = {b - a for a, b in ranges}
-    assert len(sizes) == 1
-    assert all(ranges[i][1] == ranges[i + 1][0] for i in range(k - 1))
-    assert ranges[0][0] == 0 and n - ranges[-1][1] == n % k
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(num_shards=0, index=0), "num_shards must be a positive int, got 0"),
-    (dict(num_shards=2, index=2), r"index must be in \[0, 2\) for num_shards=2, got 2"),
-    (dict(num_shards=2.0, index=0), "num_shards must be a positive int, got 2.0"),
-    (dict(num_shards=2, index=True), "index must be an int, got True"),
-])
-def test_host_shard_validates(kwargs, message):
-    with pytest.raises(InvalidArgumentError, match=message):
-        order.HostShard(**kwargs)
-
-
 def test_shuffle_takes_bools_as_bools():
     """Before, 0 and np.False_ compared equal to False, passed the check, and then shuffled by blocks."""
     assert order.check_shuffle(np.False_) is False and order.check_shuffle(None) is False
