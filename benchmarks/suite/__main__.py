@@ -28,10 +28,10 @@ The targets P1-P7 that the ratios are checked against are defined in
 mosaicml-streaming (``streaming``) reads MDS shards written from the same
 sources (:mod:`benchmarks.suite.peers`); the suite skips it, saying so, where
 it is not installed. The ``tiny`` plan (64 MB and 256 MB datasets, short
-timings) is for trying the suite's plumbing, not for figures; ``--match``
-keeps only the runs whose label contains one of its words.
+timings) is for trying the suite's plumbing, not for figures; ``--match
+REGEX`` keeps only the runs whose label it matches (``re.search``).
 
-    python -m benchmarks.suite [--plan tiny|quick|full] [--only pipeline,fit] [--match "2 processes,2 threads"]
+    python -m benchmarks.suite [--plan tiny|quick|full] [--only pipeline,fit] [--match "2 (processes|threads)"]
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -183,7 +184,7 @@ def run_child(module: str, *args: str, backend: str, timeout: float, cap: int | 
 class Suite:
     def __init__(self, plan: str, folder: str, out_dir: str, match: str | None = None, **overrides):
         self.plan_name = plan
-        self.match = [w for w in (match or "").split(",") if w]
+        self.match = re.compile(match) if match else None
         self.plan = dict(PLANS[plan], **{k: v for k, v in overrides.items() if v is not None})
         rows = rows_for(self.plan["size_gb"])
         self.data = {"1x": Data(os.path.join(folder, f"suite-{rows}"), rows),
@@ -261,7 +262,7 @@ class Suite:
                 epochs: list[str] | None = None, cap: int | None = None, **job_extra) -> None:
         run = {"phase": phase, "size": size, "spec": spec.to_json(), "label": spec.label, "model": model,
                "capped": cap is not None}
-        if self.match and not any(w in spec.label for w in self.match):
+        if self.match and not self.match.search(spec.label):
             return
         if spec.method in self.skipped:
             run.update(status="skipped", note=self.skipped[spec.method])
@@ -392,7 +393,7 @@ def main() -> int:
     p.add_argument("--out", default=common.RESULTS, help="where the results go (default: benchmarks/results)")
     p.add_argument("--size-gb", type=float, help="size of the 1x dataset (default: the plan's)")
     p.add_argument("--cap-mb", type=int, help="memory cap of the capped runs (default: the plan's)")
-    p.add_argument("--match", help="comma-separated words: measure only the runs whose label contains one")
+    p.add_argument("--match", metavar="REGEX", help="measure only the runs whose label it matches (re.search)")
     p.add_argument("--clean", action="store_true", help="delete the datasets at the end")
     args = p.parse_args()
 

@@ -27,6 +27,7 @@ Importing this module imports neither streaming, PyTorch nor Keras.
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -41,7 +42,7 @@ STREAMING_DEPS = ("torch", "filelock", "PIL", "tqdm", "xxhash", "catalogue", "zs
 
 def streaming_available() -> tuple[bool, str]:
     """Whether mosaicml-streaming and what its MDS reader imports are installed; if not, why."""
-    if importlib.util.find_spec("streaming") is None:
+    if "streaming" not in sys.modules and importlib.util.find_spec("streaming") is None:
         return False, "mosaicml-streaming is not installed (make bench installs it: pip install --no-deps)"
     missing = [m for m in STREAMING_DEPS if importlib.util.find_spec(m) is None]
     if missing:
@@ -58,6 +59,8 @@ def streaming_modules():
             if name not in sys.modules:
                 pkg = types.ModuleType(name)
                 pkg.__path__ = [path]
+                pkg.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+                pkg.__spec__.submodule_search_locations = [path]
                 sys.modules[name] = pkg
     from streaming.base.dataset import StreamingDataset
     from streaming.base.format import MDSWriter
