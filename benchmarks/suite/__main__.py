@@ -95,6 +95,8 @@ def pipeline_specs(full: bool) -> list[Spec]:
             out.append(Spec("npyseq", setting, "batches"))
         if full or setting != "processes":
             out.append(Spec("npyseq", setting, "blocks"))
+        if setting == "processes":  # what the shared-memory transport replaces
+            out.append(Spec("npyseq", setting, "global", shared_memory=False))
     out += [Spec(m) for m in ("numpy", "tf.data", "generator", "raw_bytes")]
     return out
 
@@ -124,7 +126,9 @@ def fit_specs(full: bool) -> list[Spec]:
 def augment_specs(full: bool) -> list[Spec]:
     """The augmentation workload: npyseq 2 processes vs 2 threads (and none), torch and streaming."""
     out = [Spec("npyseq", "sync", "global", augment=True), Spec("npyseq", "threads", "global", augment=True),
-           Spec("npyseq", "processes", "global", augment=True), Spec("torch", "processes", augment=True),
+           Spec("npyseq", "processes", "global", augment=True),
+           Spec("npyseq", "processes", "global", augment=True, shared_memory=False),
+           Spec("torch", "processes", augment=True),
            Spec("streaming", "processes", True, augment=True)]
     if full:
         out += [Spec("npyseq", "threads", "blocks", augment=True), Spec("npyseq", "processes", "blocks", augment=True),
@@ -208,8 +212,9 @@ class Suite:
         from benchmarks.suite.data import make_mds
         from benchmarks.suite.io import convert_vs_cp
 
+        needs = {"1x": {"read", "pipeline", "fit"}, "4x": {"pipeline", "fit", "capped"}, "img": {"augment"}}
         for size, data in self.data.items():
-            if size == "img" and "augment" not in only:
+            if not needs[size] & only:  # no phase asked for reads this dataset
                 continue
             t = time.perf_counter()
             made = make_sources(data)

@@ -23,7 +23,9 @@ runs :func:`benchmarks.suite.augment.augment` on every batch, in the workers:
 npyseq's ``transform``, a PyTorch dataset of whole batches
 (:class:`~benchmarks.suite.augment.AugmentedBatches`), streaming's
 ``collate_fn``. ``shuffle=True`` is streaming's own shuffle (its default
-algorithm); ``shuffle=`` of npyseq is its shuffle mode.
+algorithm); ``shuffle=`` of npyseq is its shuffle mode. ``shared_memory=False``
+(npyseq with process workers) sends the workers' batches pickled through
+Keras' pipe instead of through shared memory: the "(pickled)" rows.
 
 Two references bound what any method can reach in ``fit`` (they do not read
 the dataset, so they are not compared): ``model_alone`` feeds one batch held
@@ -82,6 +84,7 @@ class Spec:
     batch_size: int = BATCH_SIZE
     seed: int = 0
     augment: bool = False  # benchmarks.suite.augment.augment on every batch (images only)
+    shared_memory: bool = True  # npyseq's: False sends process workers' batches pickled, as before
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -93,6 +96,8 @@ class Spec:
                 raise ValueError(f"streaming shuffles or not: shuffle=True or False, got {self.shuffle!r}")
         elif self.method != "npyseq" and self.shuffle is not False:
             raise ValueError(f"shuffle= is npyseq's; {self.method} shuffles its own way")
+        if not self.shared_memory and (self.method, self.setting) != ("npyseq", "processes"):
+            raise ValueError("shared_memory=False is npyseq's, with process workers")
         if self.augment and self.method not in AUGMENTED:
             raise ValueError(f"augment=True is for {AUGMENTED}, got {self.method!r}")
 
@@ -108,6 +113,8 @@ class Spec:
             name += " shuffled"
         if self.setting != "sync":
             name += f", {WORKERS} {self.setting}"
+        if not self.shared_memory:
+            name += " (pickled)"
         return name + (" + augment" if self.augment else "")
 
     def to_json(self) -> dict:
@@ -177,6 +184,8 @@ def build(spec: Spec, data: Data) -> Pipeline:
             from benchmarks.suite.augment import augment
 
             extra["transform"] = augment
+        if not spec.shared_memory:  # the argument exists only where the shared-memory transport does
+            extra["shared_memory"] = False
         seq = npyseq.ShardSequence(data.shards, x="x", y="y", batch_size=B, shuffle=spec.shuffle,
                                    seed=spec.seed, **_worker_kwargs(spec.setting), **extra)
         if rows < data.rows:

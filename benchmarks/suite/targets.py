@@ -86,6 +86,7 @@ not installed, a run that failed) is reported as not measured, never as met.
 from __future__ import annotations
 
 SETTINGS = ("sync", "threads", "processes")
+SPEC_DEFAULTS = {"shared_memory": True, "augment": False}  # fields older reports lack
 # npyseq modes P3 may use: those that mix at least as well as fit's shuffle of
 # batch order (a fair match for numpy's and tf.data's shuffles).
 P3_MODES = ("blocks", "global")
@@ -96,13 +97,18 @@ def _ok(runs: list[dict]) -> list[dict]:
 
 
 def find(report: dict, phase: str, size: str = "1x", model: str | None = None, **spec) -> dict | None:
-    """The successful run of ``phase`` at ``size`` whose spec has the fields ``spec``."""
+    """The successful run of ``phase`` at ``size`` whose spec has the fields ``spec``.
+
+    Unless ``spec`` says otherwise, the run of npyseq's default transport
+    (``shared_memory=True``; reports older than that field have only it).
+    """
+    spec = {"shared_memory": True, **spec}
     for run in _ok(report.get("runs", [])):
         if run["phase"] != phase or run["size"] != size:
             continue
         if model is not None and run.get("model") != model:
             continue
-        if all(run["spec"].get(k) == v for k, v in spec.items()):
+        if all(run["spec"].get(k, SPEC_DEFAULTS.get(k)) == v for k, v in spec.items()):
             return run
     return None
 
@@ -272,8 +278,11 @@ def _p8(report: dict) -> list[dict]:
     for mode in (False, "global"):
         p, t = (warm_rows_per_s(find(report, "pipeline", method="npyseq", shuffle=mode, setting=s))
                 for s in ("processes", "threads"))
+        pickled = warm_rows_per_s(find(report, "pipeline", method="npyseq", shuffle=mode, setting="processes",
+                                       shared_memory=False))
         out.append(_row("P8", f"pipeline, npyseq {mode or 'sequential'}, 2 processes vs 2 threads", _ratio(p, t),
-                        ">=", 0.8, f"{_fmt_rows(p)} vs {_fmt_rows(t)} rows/s"))
+                        ">=", 0.8, f"{_fmt_rows(p)} vs {_fmt_rows(t)} rows/s"
+                        + (f"; processes with batches pickled: {_fmt_rows(pickled)}" if pickled else "")))
     cfg = report.get("config", {})
     threads, procs = cfg.get("memory_spec", {}), cfg.get("process_spec", {})
     p1, t1 = find(report, "fit", "1x", model="mlp", **procs), find(report, "fit", "1x", model="mlp", **threads)
@@ -294,12 +303,14 @@ def _p9(report: dict) -> list[dict]:
         return warm_rows_per_s(find(report, "augment", "img", augment=True, **spec))
 
     npy = {s: rate(method="npyseq", shuffle="global", setting=s) for s in SETTINGS}
+    pickled = rate(method="npyseq", shuffle="global", setting="processes", shared_memory=False)
     torch, streaming = rate(method="torch", setting="processes"), rate(method="streaming", setting="processes")
     skipped = report.get("skipped_methods", {})
     out = [_row("P9", "augmentation, npyseq global, 2 processes vs 2 threads",
                 _ratio(npy["processes"], npy["threads"]), ">=", 1.3,
                 f"{_fmt_rows(npy['processes'])} vs {_fmt_rows(npy['threads'])} rows/s; no workers "
-                f"{_fmt_rows(npy['sync'])}")]
+                f"{_fmt_rows(npy['sync'])}" + (f"; processes with batches pickled {_fmt_rows(pickled)}"
+                                               if pickled else ""))]
     note = f"streaming skipped: {skipped['streaming']}" if skipped.get("streaming") else (
         f"streaming (shuffled, 2 processes) {_fmt_rows(streaming)} rows/s, npyseq "
         f"{_fmt(_ratio(npy['processes'], streaming))} of it")
