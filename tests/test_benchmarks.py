@@ -362,3 +362,22 @@ def test_shard_memmaps_copy_and_gather_the_rows_npyseq_reads(tmp_path):
     np.testing.assert_array_equal(maps.take(idx), x[idx])
     drop_cache(ds)  # closes the dataset first; it reopens on the next read
     np.testing.assert_array_equal(ds["x"][idx], x[idx])
+
+
+def test_peak_memory_counts_shared_memory_apart_from_anonymous_memory():
+    # Batches that process workers hand over through shared memory are shmem pages: the suite's
+    # memory figures give them next to the anonymous ones, never inside them.
+    import mmap
+
+    from tools.memwatch import PeakMemory
+
+    with PeakMemory() as before:
+        pass
+    shared = mmap.mmap(-1, 64 * 2**20)  # MAP_SHARED | MAP_ANONYMOUS, as a memfd or /dev/shm segment maps
+    shared.write(b"x" * (64 * 2**20))
+    with PeakMemory() as after:
+        pass
+    shared.close()
+    assert after.main_shmem_bytes - before.main_shmem_bytes >= 64 * 2**20
+    assert after.shmem_bytes - before.shmem_bytes >= 64 * 2**20
+    assert after.max_bytes - before.max_bytes < 16 * 2**20  # not anonymous memory

@@ -395,12 +395,15 @@ def main() -> int:
     p.add_argument("--only", default="read,pipeline,fit,augment,capped",
                    help="comma-separated phases after data (default: all)")
     p.add_argument("--data", default=common.DATA, help="where the datasets go (default: benchmarks/data)")
-    p.add_argument("--out", default=common.RESULTS, help="where the results go (default: benchmarks/results)")
+    p.add_argument("--out", help="where the results go (default: benchmarks/results; for the tiny plan, "
+                                 "benchmarks/data/results-tiny, which git ignores)")
     p.add_argument("--size-gb", type=float, help="size of the 1x dataset (default: the plan's)")
     p.add_argument("--cap-mb", type=int, help="memory cap of the capped runs (default: the plan's)")
     p.add_argument("--match", metavar="REGEX", help="measure only the runs whose label it matches (re.search)")
     p.add_argument("--clean", action="store_true", help="delete the datasets at the end")
     args = p.parse_args()
+    if args.out is None:
+        args.out = os.path.join(common.DATA, "results-tiny") if args.plan == "tiny" else common.RESULTS
 
     suite = Suite(args.plan, args.data, args.out, match=args.match, size_gb=args.size_gb, cap_mb=args.cap_mb)
     result = suite.run(set(args.only.split(",")))

@@ -60,51 +60,13 @@ def time_epoch(iterator, *, max_seconds: float | None = None) -> dict:
             "gb_per_s": rows * ROW_BYTES / seconds / 1e9 if seconds else 0.0}
 
 
-def _proc_kb(path: str, name: str) -> int:
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(name + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def peak_memory():
-    """A :class:`tools.memwatch.PeakMemory` that also follows shared memory.
-
-    Batches that process workers hand over through shared memory are shmem
-    pages, not anonymous ones: ``main_shmem_bytes`` is the peak ``RssShmem``
-    of this process (the trainer), ``tree_shmem_bytes`` the peak of the
-    summed ``Pss_Shmem`` of the process tree (each shared page counted once).
-    """
-    from tools.memwatch import PeakMemory
-
-    class PeakWithShmem(PeakMemory):
-        main_shmem_bytes = tree_shmem_bytes = 0
-
-        def sample(self) -> int:
-            total = super().sample()
-            pids = [self.process.pid]
-            try:
-                pids += [c.pid for c in self.process.children(recursive=True)]
-            except Exception:  # the process tree changes while it is read
-                pass
-            self.main_shmem_bytes = max(self.main_shmem_bytes, _proc_kb(f"/proc/{pids[0]}/status", "RssShmem"))
-            tree = sum(_proc_kb(f"/proc/{p}/smaps_rollup", "Pss_Shmem") for p in pids)
-            self.tree_shmem_bytes = max(self.tree_shmem_bytes, tree)
-            return total
-
-    return PeakWithShmem()
-
-
 def run_pipeline(job: dict) -> dict:
     from benchmarks.suite.methods import Spec, build
+    from tools.memwatch import PeakMemory
 
     spec, data = Spec.from_json(job["spec"]), Data.from_json(job["data"])
     epochs = []
-    with peak_memory() as peak:
+    with PeakMemory() as peak:
         start = time.perf_counter()
         pipe = build(spec, data)
         iterator = pipe.epoch_iterator()
@@ -129,7 +91,7 @@ def run_pipeline(job: dict) -> dict:
 def _memory(peak) -> dict:
     return {"peak_anon_bytes": peak.max_bytes, "main_anon_bytes": peak.main_bytes,
             "children_anon_bytes": peak.children_bytes, "main_shmem_bytes": peak.main_shmem_bytes,
-            "tree_shmem_bytes": peak.tree_shmem_bytes}
+            "tree_shmem_bytes": peak.shmem_bytes}
 
 
 def build_model(name: str):
@@ -154,13 +116,14 @@ def run_fit(job: dict) -> dict:
     import keras
 
     from benchmarks.suite.methods import Spec, build
+    from tools.memwatch import PeakMemory
     from tools.timing import EpochTimer
 
     spec, data = Spec.from_json(job["spec"]), Data.from_json(job["data"])
     kinds = job.get("epochs", ["warmup", "warm"])
 
     keras.utils.set_random_seed(0)
-    with peak_memory() as peak:
+    with PeakMemory() as peak:
         start = time.perf_counter()
         pipe = build(spec, data)
         model = build_model(job["model"])
