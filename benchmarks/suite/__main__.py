@@ -28,8 +28,9 @@ The targets P1-P7 that the ratios are checked against are defined in
 mosaicml-streaming (``streaming``) reads MDS shards written from the same
 sources (:mod:`benchmarks.suite.peers`); the suite skips it, saying so, where
 it is not installed. The ``tiny`` plan (64 MB and 256 MB datasets, short
-timings) is for trying the suite's plumbing, not for figures; ``--match
-REGEX`` keeps only the runs whose label it matches (``re.search``).
+timings, only the runs with workers and the augmentation runs) is for trying
+the suite's plumbing, not for figures; ``--match REGEX`` keeps only the runs
+whose label it matches (``re.search``).
 
     python -m benchmarks.suite [--plan tiny|quick|full] [--only pipeline,fit] [--match "2 (processes|threads)"]
 """
@@ -62,10 +63,12 @@ PLANS = {
                   pipeline_epochs=["cold", "warm"], min_warm_seconds=0.75,
                   fit_epochs=["warmup", "warm", "warm"], capped_seconds=6, memory_seconds=4,
                   convert_repeats=3, child_timeout=300, full=False),
-    "tiny": dict(size_gb=0.064, scale=4, cap_mb=64, repeats=1, conv_fraction=0.25,
+    # Plumbing only: the runs with workers (and every augmentation run), data smaller than the cap
+    # (a process with Keras alone takes more anonymous memory than 3x less than 256 MB).
+    "tiny": dict(size_gb=0.064, scale=4, cap_mb=512, repeats=1, conv_fraction=0.25,
                  pipeline_epochs=["cold", "warm"], min_warm_seconds=0.3,
                  fit_epochs=["warmup", "warm"], capped_seconds=3, memory_seconds=2,
-                 convert_repeats=1, child_timeout=300, full=False),
+                 convert_repeats=1, child_timeout=300, full=False, match=r", 2 (processes|threads)|augment"),
     "full": dict(size_gb=2.0, scale=4, cap_mb=2048, repeats=3, conv_fraction=1.0,
                  pipeline_epochs=["cold", "warm"], min_warm_seconds=3.0,
                  fit_epochs=["warmup", "warm", "warm", "warm"], capped_seconds=60, memory_seconds=600,
@@ -188,8 +191,9 @@ def run_child(module: str, *args: str, backend: str, timeout: float, cap: int | 
 class Suite:
     def __init__(self, plan: str, folder: str, out_dir: str, match: str | None = None, **overrides):
         self.plan_name = plan
-        self.match = re.compile(match) if match else None
         self.plan = dict(PLANS[plan], **{k: v for k, v in overrides.items() if v is not None})
+        match = match or self.plan.get("match")
+        self.match = re.compile(match) if match else None
         rows = rows_for(self.plan["size_gb"])
         self.data = {"1x": Data(os.path.join(folder, f"suite-{rows}"), rows),
                      "4x": Data(os.path.join(folder, f"suite-{rows * self.plan['scale']}"),

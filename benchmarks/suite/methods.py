@@ -185,6 +185,10 @@ def build(spec: Spec, data: Data) -> Pipeline:
 
             extra["transform"] = augment
         if not spec.shared_memory:  # the argument exists only where the shared-memory transport does
+            import inspect
+
+            if "shared_memory" not in inspect.signature(npyseq.ShardSequence).parameters:
+                raise ValueError("this npyseq has no shared-memory transport (ShardSequence(shared_memory=...))")
             extra["shared_memory"] = False
         seq = npyseq.ShardSequence(data.shards, x="x", y="y", batch_size=B, shuffle=spec.shuffle,
                                    seed=spec.seed, **_worker_kwargs(spec.setting), **extra)

@@ -292,7 +292,7 @@ def plots(report: dict, base: str) -> list[str]:
                 color=[FAMILY_COLORS.get(r["spec"]["method"], "gray") for r in augs])
         ax.set_yticks(range(len(augs)), [r["label"] for r in augs], fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlabel("rows/s, warm cache: uint8 64x64x3 images, per-batch augmentation holding the GIL")
+        ax.set_xlabel("rows/s, warm cache (uint8 64x64x3 images, per-batch augmentation)")
         ax.set_title(title + ": augmentation workload", fontsize=10)
         paths.append(_save(fig, base + "-augment.png"))
 
