@@ -168,6 +168,7 @@ def test_augment_crops_flips_and_brightens_each_row_as_drawn_from_the_generator(
     np.testing.assert_array_equal(again, out)
 
 
+@pytest.mark.slow
 def test_streaming_reads_local_mds_without_importing_torchvision_or_transformers(tmp_path):
     pytest.importorskip("streaming")
     if not methods.available("streaming")[0]:
