@@ -7,7 +7,8 @@
    killed;
 4. trains a small Keras MLP on the shards through ``npyseq.ShardSequence``
    with process workers, under a cgroup memory cap several times smaller than
-   the data, and prints rows/s and peak anonymous memory.
+   the data, and prints rows/s, peak anonymous memory and peak shared memory
+   (the batches process workers hand over through it).
 
 Where the cgroup v1 memory controller is unavailable (not root, cgroup v2),
 the demo trains without a cap and says so.
@@ -63,6 +64,7 @@ def train(args) -> None:
         "accuracy": hist.history["accuracy"],
         "peak_anon_bytes": peak.max_bytes, "peak_main_anon_bytes": peak.main_bytes,
         "peak_workers_uss_bytes": peak.children_bytes,
+        "peak_main_shmem_bytes": peak.main_shmem_bytes, "peak_shmem_bytes": peak.shmem_bytes,
     }), flush=True)
 
 
@@ -156,6 +158,8 @@ def main() -> int:
     log(f"peak anonymous mem   {res['peak_anon_bytes'] / 2**20:.0f} MiB, Pss_Anon of trainer + workers "
         f"(trainer RssAnon {res['peak_main_anon_bytes'] / 2**20:.0f} MiB; workers' share "
         f"{res['peak_workers_uss_bytes'] / 2**20:.0f} MiB)")
+    log(f"peak shared memory   {res['peak_shmem_bytes'] / 2**20:.0f} MiB, Pss_Shmem of trainer + workers, the "
+        f"batches process workers hand over (trainer RssShmem {res['peak_main_shmem_bytes'] / 2**20:.0f} MiB)")
     if cgroup_peak is not None:
         log(f"cgroup peak          {cgroup_peak / 2**20:.0f} MiB of a {args.cap_mb} MiB cap "
             "(page cache included; the kernel reclaims it)")

@@ -53,6 +53,21 @@ def data(tmp_path_factory):
     assert conv["bytes"] == sum(os.path.getsize(f) for f in d.source_files())
     assert conv["convert_seconds"] > 0 and conv["cp_sync_seconds"] >= conv["cp_seconds"] > 0
     assert not os.path.exists(os.path.join(d.folder, "cp-copy"))
+    if methods.available("streaming")[0]:
+        assert bench_data.make_mds(d) and not bench_data.make_mds(d)  # reused
+    return d
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """The augmentation workload's dataset: uint8 images of 64x64x3, shards and (where streaming is) MDS."""
+    from benchmarks.suite.io import convert_vs_cp
+
+    d = bench_data.Data(str(tmp_path_factory.mktemp("bench") / "images"), ROWS // 2, "images")
+    assert bench_data.make_sources(d, chunk=300)
+    convert_vs_cp(d, shard_size="2MB", repeats=1)
+    if methods.available("streaming")[0]:
+        assert bench_data.make_mds(d)
     return d
 
 
@@ -62,9 +77,17 @@ def all_specs() -> list[methods.Spec]:
         if method in methods.REFERENCES or not methods.available(method)[0]:
             continue
         for setting in settings:
-            modes = SHUFFLE_MODES if method == "npyseq" else [False]
+            modes = SHUFFLE_MODES if method == "npyseq" else [False, True] if method == "streaming" else [False]
             specs += [methods.Spec(method, setting, mode, batch_size=BATCH) for mode in modes]
     return specs
+
+
+def augment_specs() -> list[methods.Spec]:
+    return [s for s in (methods.Spec("npyseq", "threads", "global", batch_size=BATCH, augment=True),
+                        methods.Spec("npyseq", "processes", "global", batch_size=BATCH, augment=True),
+                        methods.Spec("torch", "processes", batch_size=BATCH, augment=True),
+                        methods.Spec("streaming", "processes", True, batch_size=BATCH, augment=True))
+            if methods.available(s.method)[0]]
 
 
 def test_sources_and_shards_hold_the_same_rows(data):
@@ -107,6 +130,63 @@ def test_every_method_yields_every_row_exactly_once_per_epoch(data):
 
 
 @pytest.mark.slow
+def test_every_augmented_pipeline_yields_every_label_once_per_epoch_as_56x56_uint8(images):
+    from benchmarks.suite.augment import CROP
+
+    specs = augment_specs()
+    assert {s.method for s in specs} >= {"npyseq"}
+    _, y = bench_data.read_rows(images)
+    expected = child.label_digest([y])
+    result = run_job({"job": "check", "data": images.to_json(), "specs": [s.to_json() for s in specs],
+                      "num_epochs": 2})
+    assert set(result) == {s.label for s in specs}
+    for label, epochs in result.items():
+        assert len(epochs) == 2, label
+        for e in epochs:
+            assert (e["rows"], e["max_batch"]) == (images.rows, BATCH), (label, e)
+            assert (e["x_shape"], e["x_dtype"]) == ([CROP, CROP, 3], "uint8"), (label, e)
+            assert e["labels"] == expected, f"{label} does not yield the dataset's labels"
+
+
+def test_augment_crops_flips_and_brightens_each_row_as_drawn_from_the_generator():
+    from benchmarks.suite.augment import CROP, MAX_SHIFT, augment
+
+    x = np.random.default_rng(1).integers(0, 256, (40, 64, 64, 3), dtype=np.uint8)
+    y = np.arange(40)
+    out, labels = augment((x, y), np.random.default_rng(7))
+    assert out.shape == (40, CROP, CROP, 3) and out.dtype == np.uint8 and labels is y
+    rng = np.random.default_rng(7)  # the same draws, in the same order
+    tops, lefts = rng.integers(0, 64 - CROP + 1, 40), rng.integers(0, 64 - CROP + 1, 40)
+    flips, shifts = rng.random(40) < 0.5, rng.integers(-MAX_SHIFT, MAX_SHIFT + 1, 40)
+    assert flips.any() and not flips.all() and (shifts > 0).any() and (shifts < 0).any()
+    for i in range(40):
+        crop = x[i, tops[i]:tops[i] + CROP, lefts[i]:lefts[i] + CROP].astype(np.int64)
+        if flips[i]:
+            crop = crop[:, ::-1]
+        np.testing.assert_array_equal(out[i], np.clip(crop + shifts[i], 0, 255).astype(np.uint8), err_msg=str(i))
+    again, _ = augment((x, y), np.random.default_rng(7))
+    np.testing.assert_array_equal(again, out)
+
+
+@pytest.mark.slow
+def test_streaming_reads_local_mds_without_importing_torchvision_or_transformers(tmp_path):
+    pytest.importorskip("streaming")
+    if not methods.available("streaming")[0]:
+        pytest.skip(methods.available("streaming")[1])
+    d = bench_data.Data(str(tmp_path / "t"), 300)
+    bench_data.make_sources(d, chunk=100)
+    code = ("import sys, numpy as np; from benchmarks.suite import data, peers; "
+            f"d = data.Data({d.folder!r}, 300); assert data.make_mds(d); "
+            "loader = peers.streaming_loader(d.mds, rows=300, batch_size=64, workers=0, shuffle=True, seed=0, "
+            "augmented=False); ys = np.concatenate([y.numpy() for _, y in loader]); peers.cleanup(); "
+            "print(sorted(ys.tolist()) == sorted(np.load(d.y_npy).tolist()), "
+            "[m for m in ('torchvision', 'transformers', 'streaming.vision') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "True []"
+
+
+@pytest.mark.slow
 def test_pipeline_and_fit_jobs_then_targets_and_report(data, tmp_path):
     spec = methods.Spec("npyseq", "sync", "blocks", batch_size=BATCH)
     fit_job = start_job({"job": "fit", "model": "mlp", "data": data.to_json(), "epochs": ["warmup", "warm"],
@@ -144,9 +224,15 @@ def test_pipeline_and_fit_jobs_then_targets_and_report(data, tmp_path):
                     {"phase": "pipeline", "size": "4x", "spec": methods.Spec("numpy").to_json(),
                      "label": "numpy", "model": None, "capped": True, "status": "killed",
                      "cgroup_max_usage_bytes": 2**20}]}
+    aug = methods.Spec("npyseq", "processes", "global", augment=True)
+    rep["runs"].append({"phase": "augment", "size": "img", "spec": aug.to_json(), "label": aug.label,
+                        "model": None, "capped": False, "status": "ok", "result": pipe})
     rows = targets.evaluate(rep)
     ids = {r["id"] for r in rows}
-    assert ids == {"P1", "P1b", "P2", "P3", "P4", "P5", "P6", "P7"}
+    assert ids == {"P1", "P1b", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9"}
+    p9 = [r for r in rows if r["id"] == "P9"]
+    assert [r["measured"] for r in p9] == [None, None]  # threads and torch not measured
+    assert p9[0]["detail"].startswith(f"{targets.warm_rows_per_s(rep['runs'][-1]):,.0f} vs n/a rows/s")
     # What was not measured is never reported as met.
     assert all(not r["met"] for r in rows if r["measured"] is None)
     p7 = [r for r in rows if r["id"] == "P7" and "grain" in r["what"]]
@@ -157,12 +243,13 @@ def test_pipeline_and_fit_jobs_then_targets_and_report(data, tmp_path):
     text = report.markdown(rep)
     assert "| P1 |" in text and "| numpy | pipeline | **killed** (out of memory) |" in text
     assert f"| {spec.label} | pipeline |" in text  # memory at 1x and 4x
+    assert "### Augmentation workload" in text and f"| {aug.label} | " in text
     paths = report.plots(rep, str(tmp_path / "suite-test"))
     if importlib.util.find_spec("matplotlib") is None:  # the bench extra; make test does not install it
         assert paths == ["(matplotlib is not installed: no plots)"]
     else:
         assert {os.path.basename(p) for p in paths} == {"suite-test-rows.png", "suite-test-memory.png",
-                                                         "suite-test-fit.png"}
+                                                         "suite-test-augment.png", "suite-test-fit.png"}
         assert all(os.path.getsize(p) > 1000 for p in paths)
 
 
@@ -276,3 +363,22 @@ def test_shard_memmaps_copy_and_gather_the_rows_npyseq_reads(tmp_path):
     np.testing.assert_array_equal(maps.take(idx), x[idx])
     drop_cache(ds)  # closes the dataset first; it reopens on the next read
     np.testing.assert_array_equal(ds["x"][idx], x[idx])
+
+
+def test_peak_memory_counts_shared_memory_apart_from_anonymous_memory():
+    # Batches that process workers hand over through shared memory are shmem pages: the suite's
+    # memory figures give them next to the anonymous ones, never inside them.
+    import mmap
+
+    from tools.memwatch import PeakMemory
+
+    with PeakMemory() as before:
+        pass
+    shared = mmap.mmap(-1, 64 * 2**20)  # MAP_SHARED | MAP_ANONYMOUS, as a memfd or /dev/shm segment maps
+    shared.write(b"x" * (64 * 2**20))
+    with PeakMemory() as after:
+        pass
+    shared.close()
+    assert after.main_shmem_bytes - before.main_shmem_bytes >= 64 * 2**20
+    assert after.shmem_bytes - before.shmem_bytes >= 64 * 2**20
+    assert after.max_bytes - before.max_bytes < 16 * 2**20  # not anonymous memory

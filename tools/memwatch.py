@@ -11,6 +11,12 @@ process and its children: every anonymous page is counted exactly once.
 >>> with PeakMemory() as peak:
 ...     model.fit(seq)
 >>> peak.max_bytes, peak.main_bytes, peak.children_bytes
+>>> peak.main_shmem_bytes, peak.shmem_bytes   # shared memory: RssShmem of the process, Pss_Shmem of the tree
+
+Shared memory (``/dev/shm``, memfd, ``MAP_SHARED|MAP_ANONYMOUS``) is not
+anonymous memory: batches that process workers hand over through it are
+counted apart, as ``RssShmem`` of the process and the summed ``Pss_Shmem``
+of the tree (each shared page counted once).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import threading
 
 import psutil
 
-__all__ = ["PeakMemory", "rss_anon", "pss_anon"]
+__all__ = ["PeakMemory", "rss_anon", "pss_anon", "rss_shmem", "pss_shmem"]
 
 
 def _field(path: str, name: str) -> int:
@@ -43,18 +49,31 @@ def pss_anon(pid: int | str = "self") -> int:
     return _field(f"/proc/{pid}/smaps_rollup", "Pss_Anon")
 
 
+def rss_shmem(pid: int | str = "self") -> int:
+    """``RssShmem`` of a process in bytes: the shared-memory pages it maps (0 if it is gone)."""
+    return _field(f"/proc/{pid}/status", "RssShmem")
+
+
+def pss_shmem(pid: int | str = "self") -> int:
+    """``Pss_Shmem`` of a process in bytes: its share of the shared-memory pages it maps."""
+    return _field(f"/proc/{pid}/smaps_rollup", "Pss_Shmem")
+
+
 class PeakMemory:
     """Sample anonymous memory every ``interval`` seconds while the block runs.
 
     ``max_bytes``: peak of the tree's total (sum of ``Pss_Anon``);
     ``main_bytes``: peak ``RssAnon`` of the process itself; ``children_bytes``:
-    peak of the children's summed ``Pss_Anon``.
+    peak of the children's summed ``Pss_Anon``; ``main_shmem_bytes``: peak
+    ``RssShmem`` of the process itself; ``shmem_bytes``: peak of the tree's
+    summed ``Pss_Shmem``.
     """
 
     def __init__(self, interval: float = 0.1, pid: int | None = None):
         self.interval = interval
         self.process = psutil.Process(pid or os.getpid())
         self.max_bytes = self.main_bytes = self.children_bytes = 0
+        self.main_shmem_bytes = self.shmem_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -69,6 +88,9 @@ class PeakMemory:
         self.main_bytes = max(self.main_bytes, rss_anon(self.process.pid))
         self.children_bytes = max(self.children_bytes, kids)
         self.max_bytes = max(self.max_bytes, total)
+        self.main_shmem_bytes = max(self.main_shmem_bytes, rss_shmem(self.process.pid))
+        shmem = pss_shmem(self.process.pid) + sum(pss_shmem(c.pid) for c in children)
+        self.shmem_bytes = max(self.shmem_bytes, shmem)
         return total
 
     def _run(self) -> None:

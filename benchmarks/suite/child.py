@@ -21,7 +21,8 @@ Jobs (a JSON object on the command line):
     ones start with the page cache dropped.
 ``check``
     For the tests: for each of ``specs``, a digest of the multiset of rows
-    ``(x row bytes, y)`` that each epoch yields.
+    ``(x row bytes, y)`` that each epoch yields (for ``augment`` specs, of the
+    labels, and the shape and dtype of ``x``).
 
     python -m benchmarks.suite.child '{"job": "pipeline", "spec": {"method": "npyseq"},
                                        "data": {"folder": "...", "rows": 81380},
@@ -89,7 +90,8 @@ def run_pipeline(job: dict) -> dict:
 
 def _memory(peak) -> dict:
     return {"peak_anon_bytes": peak.max_bytes, "main_anon_bytes": peak.main_bytes,
-            "children_anon_bytes": peak.children_bytes}
+            "children_anon_bytes": peak.children_bytes, "main_shmem_bytes": peak.main_shmem_bytes,
+            "tree_shmem_bytes": peak.shmem_bytes}
 
 
 def build_model(name: str):
@@ -152,10 +154,26 @@ def run_check(job: dict) -> dict:
         epochs = []
         for _ in range(job.get("num_epochs", 2)):
             batches = list(epoch_batches(iterator))
-            epochs.append({"digest": row_digest(batches), "rows": sum(len(b[0]) for b in batches),
-                           "max_batch": max(len(b[0]) for b in batches)})
+            epoch = {"rows": sum(len(b[0]) for b in batches), "max_batch": max(len(b[0]) for b in batches)}
+            if spec.augment:  # the images change; the labels and the shape are what must hold
+                import numpy as np
+
+                x0 = np.asarray(batches[0][0])
+                epoch.update(labels=label_digest(np.asarray(b[1]) for b in batches),
+                             x_shape=list(x0.shape[1:]), x_dtype=str(x0.dtype))
+            else:
+                epoch["digest"] = row_digest(batches)
+            epochs.append(epoch)
         out[spec.label] = epochs
     return out
+
+
+def label_digest(label_arrays) -> str:
+    """Order-independent digest of the labels in ``label_arrays``."""
+    import xxhash
+
+    labels = sorted(int(v) for y in label_arrays for v in y.tolist())
+    return xxhash.xxh3_64_hexdigest(",".join(map(str, labels)).encode())
 
 
 def row_digest(batches) -> str:
@@ -176,6 +194,9 @@ def main() -> int:
     runner = {"pipeline": run_pipeline, "fit": run_fit, "check": run_check}[job["job"]]
     result = runner(job)
     print_result(result)
+    from benchmarks.suite.peers import cleanup
+
+    cleanup()  # streaming's shared memory, which its atexit hooks would unlink
     # Worker pools, loaders and tf.data threads left behind must not delay the exit.
     os._exit(0)
 

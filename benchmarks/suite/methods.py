@@ -16,6 +16,16 @@ methods are measured on what the training loop receives.
 | ``raw_bytes`` | generator reading the ``.npy`` bytes (``seek``/``read``) | sync |
 | ``torch`` | ``DataLoader(shuffle=True)`` over a map-style memmap dataset | sync (0 workers), 2 processes |
 | ``grain`` | ``grain.MapDataset.source(...).shuffle().batch()`` over memmaps | sync, 2 threads, 2 processes |
+| ``streaming`` | mosaicml-streaming's ``StreamingDataset`` over local MDS shards, ``DataLoader`` | sync (0 workers), 2 processes |
+
+``augment=True`` (the augmentation workload, on a dataset of ``kind="images"``)
+runs :func:`benchmarks.suite.augment.augment` on every batch, in the workers:
+npyseq's ``transform``, a PyTorch dataset of whole batches
+(:class:`~benchmarks.suite.augment.AugmentedBatches`), streaming's
+``collate_fn``. ``shuffle=True`` is streaming's own shuffle (its default
+algorithm); ``shuffle=`` of npyseq is its shuffle mode. ``shared_memory=False``
+(npyseq with process workers) sends the workers' batches pickled through
+Keras' pipe instead of through shared memory: the "(pickled)" rows.
 
 Two references bound what any method can reach in ``fit`` (they do not read
 the dataset, so they are not compared): ``model_alone`` feeds one batch held
@@ -52,11 +62,13 @@ METHODS = {
     "raw_bytes": ("sync",),
     "torch": ("sync", "processes"),
     "grain": SETTINGS,
+    "streaming": ("sync", "processes"),
     "model_alone": ("sync",),
     "constant_pydataset": ("sync",),
 }
 REFERENCES = ("model_alone", "constant_pydataset")
-OPTIONAL = {"torch": "torch", "grain": "grain"}  # method -> module it needs
+OPTIONAL = {"torch": "torch", "grain": "grain", "streaming": "streaming"}  # method -> module it needs
+AUGMENTED = ("npyseq", "torch", "streaming")  # methods with an augment=True form
 # Methods that hold the whole dataset in memory.
 IN_RAM = ("numpy", "tf.data")
 
@@ -71,14 +83,23 @@ class Spec:
     rows: int | None = None  # the first rows only (None: all of them)
     batch_size: int = BATCH_SIZE
     seed: int = 0
+    augment: bool = False  # benchmarks.suite.augment.augment on every batch (images only)
+    shared_memory: bool = True  # npyseq's: False sends process workers' batches pickled, as before
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
         if self.setting not in METHODS[self.method]:
             raise ValueError(f"{self.method} has settings {METHODS[self.method]}, got {self.setting!r}")
-        if self.method != "npyseq" and self.shuffle is not False:
+        if self.method == "streaming":
+            if self.shuffle not in (False, True):
+                raise ValueError(f"streaming shuffles or not: shuffle=True or False, got {self.shuffle!r}")
+        elif self.method != "npyseq" and self.shuffle is not False:
             raise ValueError(f"shuffle= is npyseq's; {self.method} shuffles its own way")
+        if not self.shared_memory and (self.method, self.setting) != ("npyseq", "processes"):
+            raise ValueError("shared_memory=False is npyseq's, with process workers")
+        if self.augment and self.method not in AUGMENTED:
+            raise ValueError(f"augment=True is for {AUGMENTED}, got {self.method!r}")
 
     @property
     def label(self) -> str:
@@ -88,9 +109,13 @@ class Spec:
         name = self.method
         if self.method == "npyseq":
             name += f" {self.shuffle}" if self.shuffle else " sequential"
+        elif self.method == "streaming" and self.shuffle:
+            name += " shuffled"
         if self.setting != "sync":
             name += f", {WORKERS} {self.setting}"
-        return name
+        if not self.shared_memory:
+            name += " (pickled)"
+        return name + (" + augment" if self.augment else "")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -102,6 +127,10 @@ class Spec:
 
 def available(method: str) -> tuple[bool, str]:
     """Whether ``method`` can run here, and if not, why."""
+    if method == "streaming":
+        from benchmarks.suite.peers import streaming_available
+
+        return streaming_available()
     module = OPTIONAL.get(method)
     if module and importlib.util.find_spec(module) is None:
         return False, f"{module} is not installed (pip install {module})"
@@ -145,11 +174,24 @@ def build(spec: Spec, data: Data) -> Pipeline:
     rows = data.rows if spec.rows is None else min(spec.rows, data.rows)
     B = spec.batch_size
     sources = data.source_files()
+    if spec.augment and data.kind != "images":
+        raise ValueError(f"augment=True needs a dataset of images, got {data.kind!r}")
     if spec.method == "npyseq":
         import npyseq
 
+        extra = {}
+        if spec.augment:
+            from benchmarks.suite.augment import augment
+
+            extra["transform"] = augment
+        if not spec.shared_memory:  # the argument exists only where the shared-memory transport does
+            import inspect
+
+            if "shared_memory" not in inspect.signature(npyseq.ShardSequence).parameters:
+                raise ValueError("this npyseq has no shared-memory transport (ShardSequence(shared_memory=...))")
+            extra["shared_memory"] = False
         seq = npyseq.ShardSequence(data.shards, x="x", y="y", batch_size=B, shuffle=spec.shuffle,
-                                   seed=spec.seed, **_worker_kwargs(spec.setting))
+                                   seed=spec.seed, **_worker_kwargs(spec.setting), **extra)
         if rows < data.rows:
             seq = seq.subset(0, rows)
         return Pipeline(spec, seq, {"shuffle": True}, rows, data.shard_files())
@@ -180,10 +222,29 @@ def build(spec: Spec, data: Data) -> Pipeline:
 
         from benchmarks.suite.baselines import MemmapRows
 
-        loader = DataLoader(MemmapRows(data.x_npy, data.y_npy, rows), batch_size=B,
-                            shuffle=True, num_workers=0 if spec.setting == "sync" else WORKERS,
-                            generator=torch.Generator().manual_seed(spec.seed))
+        workers = 0 if spec.setting == "sync" else WORKERS
+        generator = torch.Generator().manual_seed(spec.seed)
+        if spec.augment:  # one item per batch, augmented in the worker as npyseq's transform is
+            from torch.utils.data import BatchSampler, RandomSampler
+
+            from benchmarks.suite.augment import AugmentedBatches
+
+            sampler = BatchSampler(RandomSampler(range(rows), generator=generator), B, drop_last=False)
+            loader = DataLoader(AugmentedBatches(data.x_npy, data.y_npy, rows, spec.seed), sampler=sampler,
+                                batch_size=None, num_workers=workers)
+        else:
+            loader = DataLoader(MemmapRows(data.x_npy, data.y_npy, rows), batch_size=B,
+                                shuffle=True, num_workers=workers, generator=generator)
         return Pipeline(spec, loader, {}, rows, sources)
+    if spec.method == "streaming":
+        from benchmarks.suite.peers import mds_files, streaming_loader
+
+        if rows != data.rows:
+            raise ValueError("streaming reads whole MDS datasets only (rows=None)")
+        loader = streaming_loader(data.mds, rows=rows, batch_size=B,
+                                  workers=0 if spec.setting == "sync" else WORKERS, shuffle=spec.shuffle,
+                                  seed=spec.seed, augmented=spec.augment)
+        return Pipeline(spec, loader, {}, rows, mds_files(data.mds))
     if spec.method == "grain":
         return Pipeline(spec, _grain(data, rows, spec), {}, rows, sources)
     if spec.method in REFERENCES:

@@ -1,7 +1,8 @@
 """Tables (markdown) and plots (PNG) of a suite report; see ``benchmarks/suite/__main__.py``.
 
 >>> text = markdown(json.load(open("benchmarks/results/suite-quick.json")))
->>> plots(report, "benchmarks/results/suite-quick")   # -> ["...-rows.png", "...-memory.png", "...-fit.png"]
+>>> plots(report, "benchmarks/results/suite-quick")   # -> ["...-rows.png", "...-memory.png", "...-augment.png",
+...                                                   #     "...-fit.png"]
 
 or from the command line: ``python -m benchmarks.suite.report benchmarks/results/suite-quick.json``.
 """
@@ -15,6 +16,7 @@ from tools.synthetic import ROW_BYTES
 
 FAMILY_COLORS = {"npyseq": "#1f77b4", "minimal": "#ff7f0e", "numpy": "#2ca02c", "tf.data": "#d62728",
                  "generator": "#9467bd", "raw_bytes": "#8c564b", "torch": "#e377c2", "grain": "#17becf",
+                 "streaming": "#bcbd22",
                  "model_alone": "#c7c7c7", "constant_pydataset": "#c7c7c7"}
 
 
@@ -50,7 +52,7 @@ def markdown(report: dict) -> str:
            f"({d['4x']['bytes'] / 1e9:.2f} GB) of 32x32x3 float32 + int64 label; batch {cfg['batch_size']}. "
            f"Took {report['seconds']:.0f} s.", ""]
     out += _targets(report) + [""] + _io(report) + [""] + _pipeline(report) + [""]
-    out += _fit(report) + [""] + _memory(report) + [""] + _capped(report)
+    out += _fit(report) + [""] + _augment(report) + [""] + _memory(report) + [""] + _capped(report)
     if report.get("skipped_methods"):
         out += ["", "Skipped methods: " + "; ".join(f"{k}: {v}" for k, v in report["skipped_methods"].items())]
     return "\n".join(out) + "\n"
@@ -111,18 +113,38 @@ def _runs(report: dict, phase: str, size: str, capped: bool = False, model=None)
             and r.get("capped", False) == capped and r.get("model") == model]
 
 
-def _pipeline(report: dict) -> list[str]:
-    out = ["### Input pipeline alone (1x), through Keras' `EpochIterator` as `fit` drives it", "",
-           "| method | cold rows/s | warm rows/s | warm GB/s | peak anon MiB | status |",
-           "| --- | ---: | ---: | ---: | ---: | --- |"]
-    for r in _runs(report, "pipeline", "1x"):
+def _shmem(r: dict) -> str:
+    return _mib(r["result"].get("main_shmem_bytes"))
+
+
+def _pipeline(report: dict, phase: str = "pipeline", size: str = "1x") -> list[str]:
+    out = ["| method | cold rows/s | warm rows/s | warm GB/s | peak anon MiB | trainer RssShmem MiB | status |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in _runs(report, phase, size):
         if r["status"] != "ok":
-            out.append(f"| {r['label']} | – | – | – | – | {_status(r)} |")
+            out.append(f"| {r['label']} | – | – | – | – | – | {_status(r)} |")
             continue
         cold, warm = _epoch(r, "cold", "rows_per_s"), warm_rows_per_s(r)
         gb = _epoch(r, "warm", "gb_per_s")
-        out.append(f"| {r['label']} | {_rows(cold)} | {_rows(warm)} | {gb:.2f} | "
-                   f"{_mib(peak_anon(r))} | ok |")
+        out.append(f"| {r['label']} | {_rows(cold)} | {_rows(warm)} | {'–' if gb is None else f'{gb:.2f}'} | "
+                   f"{_mib(peak_anon(r))} | {_shmem(r)} | ok |")
+    if phase == "pipeline":
+        out = ["### Input pipeline alone (1x), through Keras' `EpochIterator` as `fit` drives it", ""] + out
+    return out
+
+
+def _augment(report: dict) -> list[str]:
+    """The augmentation workload (benchmarks/suite/augment.py), pipeline alone."""
+    runs = _runs(report, "augment", "img")
+    if not runs:
+        return []
+    d = report["datasets"].get("img", {})
+    out = [f"### Augmentation workload: {_rows(d.get('rows'))} uint8 images of 64x64x3, random 56x56 crop, flip "
+           "and brightness per row in a Python loop (holds the GIL), in the workers; `global` order; pipeline "
+           "alone through `EpochIterator`", ""]
+    out += _pipeline(report, "augment", "img")
+    if report.get("skipped_methods", {}).get("streaming"):
+        out += ["", f"streaming: skipped ({report['skipped_methods']['streaming']})"]
     return out
 
 
@@ -134,15 +156,17 @@ def _fit(report: dict) -> list[str]:
             continue
         rows = next((r["result"]["rows"] for r in runs if r["status"] == "ok"), None)
         out += [f"### `fit` epoch, {title}, {_rows(rows)} rows, TensorFlow backend", "",
-                "| method | warm epoch s | rows/s | cold epoch s | peak anon MiB | status |",
-                "| --- | ---: | ---: | ---: | ---: | --- |"]
+                "| method | warm epoch s | rows/s | cold epoch s | peak anon MiB | trainer RssAnon MiB | "
+                "trainer RssShmem MiB | status |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         for r in runs:
             if r["status"] != "ok":
-                out.append(f"| {r['label']} | – | – | – | – | {_status(r)} |")
+                out.append(f"| {r['label']} | – | – | – | – | – | – | {_status(r)} |")
                 continue
             w, c = warm_epoch_seconds(r), _epoch(r, "cold", "seconds")
             out.append(f"| {r['label']} | {w:.2f} | {r['result']['rows'] / w:,.0f} | "
-                       f"{'–' if c is None else f'{c:.2f}'} | {_mib(peak_anon(r))} | ok |")
+                       f"{'–' if c is None else f'{c:.2f}'} | {_mib(peak_anon(r))} | "
+                       f"{_mib(r['result'].get('main_anon_bytes'))} | {_shmem(r)} | ok |")
         out.append("")
     return out
 
@@ -161,19 +185,23 @@ def memory_points(report: dict) -> dict[str, dict]:
 
 def _memory(report: dict) -> list[str]:
     out = ["### Peak anonymous memory against dataset size (Pss_Anon of the process tree)", "",
-           "| method | what | 1x MiB | 4x MiB | 4x / 1x |", "| --- | --- | ---: | ---: | ---: |"]
+           "Batches that process workers hand over through shared memory are shmem pages, not anonymous "
+           "memory: the `fit` rows give the trainer's peak RssShmem (1x, 4x) next to them.", "",
+           "| method | what | 1x MiB | 4x MiB | 4x / 1x | trainer RssShmem MiB, 1x / 4x |",
+           "| --- | --- | ---: | ---: | ---: | ---: |"]
     points = memory_points(report)
     for label, v in points.items():
         mark = "*" if v["partial"] else ""
-        out.append(f"| {label} | pipeline | {_mib(v['1x'])} | {_mib(v['4x'])}{mark} | {v['4x'] / v['1x']:.2f}x |")
+        out.append(f"| {label} | pipeline | {_mib(v['1x'])} | {_mib(v['4x'])}{mark} | {v['4x'] / v['1x']:.2f}x | – |")
     for r4 in _runs(report, "fit", "4x", model="mlp"):
         r1 = next((r for r in _runs(report, "fit", "1x", model="mlp") if r["spec"] == r4["spec"]), None)
         if r4["status"] == "ok" and r1 and r1["status"] == "ok":
             a, b = peak_anon(r1), peak_anon(r4)
-            out.append(f"| {r4['label']} | fit (MLP) | {_mib(a)} | {_mib(b)} | {b / a:.2f}x |")
+            out.append(f"| {r4['label']} | fit (MLP) | {_mib(a)} | {_mib(b)} | {b / a:.2f}x | "
+                       f"{_shmem(r1)} / {_shmem(r4)} |")
     skipped = [r for r in _runs(report, "pipeline", "4x") if r["status"] != "ok"]
     for r in skipped:
-        out.append(f"| {r['label']} | pipeline | – | – | {_status(r)} |")
+        out.append(f"| {r['label']} | pipeline | – | – | {_status(r)} | – |")
     if any(v["partial"] for v in points.values()):
         seconds = report["config"].get("memory_seconds")
         out += ["", f"\\* loading plus the first {seconds} s of the epoch (the {report['suite']} plan); "
@@ -256,6 +284,17 @@ def plots(report: dict, base: str) -> list[str]:
         ax.set_title(title + ": memory against dataset size", fontsize=10)
         ax.legend(fontsize=7, loc="upper left")
         paths.append(_save(fig, base + "-memory.png"))
+
+    augs = [r for r in _runs(report, "augment", "img") if r["status"] == "ok"]
+    if augs:
+        fig, ax = plt.subplots(figsize=(8, 0.36 * len(augs) + 1.5))
+        ax.barh(range(len(augs)), [warm_rows_per_s(r) or 0 for r in augs],
+                color=[FAMILY_COLORS.get(r["spec"]["method"], "gray") for r in augs])
+        ax.set_yticks(range(len(augs)), [r["label"] for r in augs], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("rows/s, warm cache (uint8 64x64x3 images, per-batch augmentation)")
+        ax.set_title(title + ": augmentation workload", fontsize=10)
+        paths.append(_save(fig, base + "-augment.png"))
 
     fits = [r for r in _runs(report, "fit", "1x", model="mlp") if r["status"] == "ok"]
     if fits:

@@ -45,7 +45,24 @@ P7, against other loaders
     ``"global"`` (a uniform shuffle) against PyTorch's ``DataLoader(shuffle=True)``
     and Grain's ``MapDataset.shuffle().batch()``, each over memmaps: at least
     **1.0x** theirs with no workers, and with 2 workers (each library's faster
-    kind of worker).
+    kind of worker). mosaicml-streaming (``StreamingDataset`` over local MDS
+    shards of the same rows, its own shuffle) is compared the same way.
+P8, process workers against thread workers
+    Rows/s through Keras' adapter, npyseq with 2 process workers against 2
+    thread workers, dataset order and ``"global"``: at least **0.8x**. A
+    warm ``fit`` epoch of the MLP (``"blocks"``) with 2 processes: at most
+    **1.1x** that with 2 threads; its peak anonymous memory (``Pss_Anon`` of
+    the process tree) at most **1.2x** that with 2 threads, on the 1x and on
+    the 4x dataset. Batches that arrive through shared memory are shmem
+    pages, not anonymous ones: the figures give the trainer's peak
+    ``RssShmem`` and the tree's ``Pss_Shmem`` next to them.
+P9, the augmentation workload
+    uint8 images of 64x64x3, a per-batch augmentation that holds the GIL
+    (:mod:`benchmarks.suite.augment`), ``"global"`` order, rows/s of the
+    pipeline alone: npyseq with 2 process workers at least **1.3x** npyseq
+    with 2 threads, and at least **1.0x** PyTorch's ``DataLoader(num_workers=2)``
+    doing the same augmentation per batch over the same rows (memmapped
+    ``.npy``); mosaicml-streaming's figure is given next to them.
 
 :func:`evaluate` takes the suite's report (see ``benchmarks/suite/__main__.py``)
 and returns one row per comparison: what was compared, the measured ratio,
@@ -61,12 +78,15 @@ not installed, a run that failed) is reported as not measured, never as met.
 | P4 | peak anonymous memory | 4x data: <= 1.1x; <= 0.1x numpy in RAM at 1x |
 | P5 | cold cache, contiguous order | >= 0.8x ``dd`` of the same files |
 | P6 | conversion | >= 0.8x ``cp`` + ``sync`` of the same bytes |
-| P7 | vs PyTorch DataLoader and Grain, same workers, pipeline alone | >= 1.0x their rows/s |
+| P7 | vs PyTorch DataLoader, Grain, streaming, same workers, pipeline alone | >= 1.0x their rows/s |
+| P8 | 2 processes vs 2 threads: pipeline; ``fit`` epoch; ``fit`` peak anon memory 1x, 4x | >= 0.8x; <= 1.1x; <= 1.2x |
+| P9 | augmentation, 2 processes vs 2 threads; vs PyTorch ``DataLoader(num_workers=2)`` | >= 1.3x; >= 1.0x |
 """
 
 from __future__ import annotations
 
 SETTINGS = ("sync", "threads", "processes")
+SPEC_DEFAULTS = {"shared_memory": True, "augment": False}  # fields older reports lack
 # npyseq modes P3 may use: those that mix at least as well as fit's shuffle of
 # batch order (a fair match for numpy's and tf.data's shuffles).
 P3_MODES = ("blocks", "global")
@@ -77,13 +97,18 @@ def _ok(runs: list[dict]) -> list[dict]:
 
 
 def find(report: dict, phase: str, size: str = "1x", model: str | None = None, **spec) -> dict | None:
-    """The successful run of ``phase`` at ``size`` whose spec has the fields ``spec``."""
+    """The successful run of ``phase`` at ``size`` whose spec has the fields ``spec``.
+
+    Unless ``spec`` says otherwise, the run of npyseq's default transport
+    (``shared_memory=True``; reports older than that field have only it).
+    """
+    spec = {"shared_memory": True, **spec}
     for run in _ok(report.get("runs", [])):
         if run["phase"] != phase or run["size"] != size:
             continue
         if model is not None and run.get("model") != model:
             continue
-        if all(run["spec"].get(k) == v for k, v in spec.items()):
+        if all(run["spec"].get(k, SPEC_DEFAULTS.get(k)) == v for k, v in spec.items()):
             return run
     return None
 
@@ -208,6 +233,8 @@ def evaluate(report: dict) -> list[dict]:
         rows.append(_row("P6", "npyseq convert vs cp", None, ">=", 0.8, ""))
 
     rows += _p7(report)
+    rows += _p8(report)
+    rows += _p9(report)
     return rows
 
 
@@ -216,12 +243,14 @@ def _p7(report: dict) -> list[dict]:
     out = []
     npy = {s: warm_rows_per_s(find(report, "pipeline", method="npyseq", shuffle="global", setting=s))
            for s in SETTINGS}
-    for other in ("torch", "grain"):
+    for other in ("torch", "grain", "streaming"):
         if report.get("skipped_methods", {}).get(other):
             out.append(_row("P7", f"vs {other}", None, ">=", 1.0,
                             f"skipped: {report['skipped_methods'][other]}"))
             continue
-        theirs = {s: warm_rows_per_s(find(report, "pipeline", method=other, setting=s)) for s in SETTINGS}
+        shuffled = {"shuffle": True} if other == "streaming" else {}  # streaming's shuffle, as torch's and Grain's
+        theirs = {s: warm_rows_per_s(find(report, "pipeline", method=other, setting=s, **shuffled))
+                  for s in SETTINGS}
         n, t = npy["sync"], theirs["sync"]
         out.append(_row("P7", f"pipeline, npyseq global vs {other}, no workers", _ratio(n, t), ">=", 1.0,
                         f"{_fmt_rows(n)} vs {_fmt_rows(t)} rows/s"))
@@ -233,6 +262,67 @@ def _p7(report: dict) -> list[dict]:
                         f"{_fmt_rows(npy[nb])} vs {_fmt_rows(theirs[tb])} rows/s; processes vs processes: "
                         f"{_fmt(_ratio(npy['processes'], theirs['processes']))}"))
     return out
+
+
+def _memory_detail(run: dict | None) -> str:
+    if run is None:
+        return "not measured"
+    r = run["result"]
+    return (f"{_mib(r['peak_anon_bytes'])} (trainer RssAnon {_mib(r.get('main_anon_bytes'))}, RssShmem "
+            f"{_mib(r.get('main_shmem_bytes'))}; tree Pss_Shmem {_mib(r.get('tree_shmem_bytes'))})")
+
+
+def _p8(report: dict) -> list[dict]:
+    """npyseq's process workers against its thread workers: pipeline rows/s, fit time, fit memory."""
+    out = []
+    for mode in (False, "global"):
+        p, t = (warm_rows_per_s(find(report, "pipeline", method="npyseq", shuffle=mode, setting=s))
+                for s in ("processes", "threads"))
+        pickled = warm_rows_per_s(find(report, "pipeline", method="npyseq", shuffle=mode, setting="processes",
+                                       shared_memory=False))
+        out.append(_row("P8", f"pipeline, npyseq {mode or 'sequential'}, 2 processes vs 2 threads", _ratio(p, t),
+                        ">=", 0.8, f"{_fmt_rows(p)} vs {_fmt_rows(t)} rows/s"
+                        + (f"; processes with batches pickled: {_fmt_rows(pickled)}" if pickled else "")))
+    cfg = report.get("config", {})
+    threads, procs = cfg.get("memory_spec", {}), cfg.get("process_spec", {})
+    p1, t1 = find(report, "fit", "1x", model="mlp", **procs), find(report, "fit", "1x", model="mlp", **threads)
+    a, b = warm_epoch_seconds(p1 if procs else None), warm_epoch_seconds(t1 if threads else None)
+    out.append(_row("P8", "fit epoch (MLP), npyseq blocks, 2 processes vs 2 threads", _ratio(a, b), "<=", 1.1,
+                    f"{_fmt_s(a)} vs {_fmt_s(b)}"))
+    for size in ("1x", "4x"):
+        p, t = (find(report, "fit", size, model="mlp", **spec) if spec else None for spec in (procs, threads))
+        out.append(_row("P8", f"peak anonymous memory, fit (MLP), npyseq blocks, 2 processes vs 2 threads, {size}",
+                        _ratio(peak_anon(p), peak_anon(t)), "<=", 1.2,
+                        f"processes {_memory_detail(p)} vs threads {_memory_detail(t)}"))
+    return out
+
+
+def _p9(report: dict) -> list[dict]:
+    """The augmentation workload: npyseq 2 processes vs 2 threads and vs torch (streaming alongside)."""
+    def rate(**spec):
+        return warm_rows_per_s(find(report, "augment", "img", augment=True, **spec))
+
+    npy = {s: rate(method="npyseq", shuffle="global", setting=s) for s in SETTINGS}
+    pickled = rate(method="npyseq", shuffle="global", setting="processes", shared_memory=False)
+    torch, streaming = rate(method="torch", setting="processes"), rate(method="streaming", setting="processes")
+    skipped = report.get("skipped_methods", {})
+    out = [_row("P9", "augmentation, npyseq global, 2 processes vs 2 threads",
+                _ratio(npy["processes"], npy["threads"]), ">=", 1.3,
+                f"{_fmt_rows(npy['processes'])} vs {_fmt_rows(npy['threads'])} rows/s; no workers "
+                f"{_fmt_rows(npy['sync'])}" + (f"; processes with batches pickled {_fmt_rows(pickled)}"
+                                               if pickled else ""))]
+    note = f"streaming skipped: {skipped['streaming']}" if skipped.get("streaming") else (
+        f"streaming (shuffled, 2 processes) {_fmt_rows(streaming)} rows/s, npyseq "
+        f"{_fmt(_ratio(npy['processes'], streaming))} of it")
+    out.append(_row("P9", "augmentation, npyseq global 2 processes vs torch DataLoader(num_workers=2)",
+                    _ratio(npy["processes"], torch), ">=", 1.0,
+                    (f"torch skipped: {skipped['torch']}" if skipped.get("torch") else
+                     f"{_fmt_rows(npy['processes'])} vs {_fmt_rows(torch)} rows/s") + f"; {note}"))
+    return out
+
+
+def _fmt_s(v) -> str:
+    return "n/a" if v is None else f"{v:.2f} s"
 
 
 def _fmt(r) -> str:
