@@ -73,8 +73,8 @@ def test_every_batch_from_process_workers_is_the_trainers_byte_for_byte(dataset,
     found = _run("exact", dataset, method, backend)["exact"]
     cases = ["shuffle=False", "shuffle=batches", "shuffle=blocks", "shuffle=global", "transform", "dict",
              "ragged"]
-    if method == "spawn":
-        cases = ["transform", "ragged"]  # each spawned pool imports Keras again: see shm_script.py
+    if method != "fork":
+        cases = ["transform", "ragged"]  # each epoch starts a pool that costs seconds: see shm_script.py
     assert sorted(found) == sorted(cases + ["fit", "after"])
     for case in cases:
         got = found[case]
@@ -82,7 +82,7 @@ def test_every_batch_from_process_workers_is_the_trainers_byte_for_byte(dataset,
         assert got["equal"], case  # every leaf: same dtype, shape and bytes
         assert got["shared"], case  # ... and it came through shared memory, not pickled
         assert got["mapped_while_kept"] == 32, case  # all 32 kept alive: none reused
-    assert found["fit"] == {"epochs": 2, "finite": True}
+    assert found["fit"] == {"epochs": 2 if method == "fork" else 1, "finite": True}
     assert found["after"] == [0, 0]  # nothing mapped once the batches are gone
 
 
