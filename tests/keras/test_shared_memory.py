@@ -196,7 +196,8 @@ def test_shared_memory_is_on_by_default_and_checked(tmp_path):
 def worker(monkeypatch):
     """This process as a worker of its own: slots and state apart, no exit-time handover."""
     monkeypatch.setattr(transport, "_ring", [])
-    for key, value in dict(failed=None, noticed=False, token=(os.getpid(), "test"), slots=0, dropped=[]).items():
+    for key, value in dict(failed=None, noticed=False, token=(os.getpid(), "test"), slots=0, dropped=[],
+                            filling=None).items():
         monkeypatch.setitem(transport._state, key, value)
     monkeypatch.setattr(transport, "_warned", threading.Lock())
 
