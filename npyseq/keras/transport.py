@@ -2,40 +2,35 @@
 
 Keras' process pool pickles what ``__getitem__`` returns in a worker and
 sends the bytes through one pipe, which the trainer's result thread reads and
-unpickles: for multi-MB batches that pipe, not the workers, sets the pace.
-:func:`pack` (called by a sequence in a worker process only) puts every
-array of a batch into one anonymous shared memory segment and returns the
-batch with each array replaced by a handle of a few hundred bytes; what
-crosses the pipe is that handle. Unpickled in the trainer, it maps the
-segment and becomes an ordinary ``numpy.ndarray`` view of it.
+unpickles: for multi-MB batches that pipe, not the workers, sets the pace. In
+a worker process (only there) a sequence reads a batch's rows into an
+:class:`Arena`, whose buffers lie in a shared memory *slot*, and
+:meth:`Arena.pack` returns the batch with each array replaced by a handle of
+a few hundred bytes (arrays made elsewhere, by a transform or a cast, are
+copied in first). Unpickled in the trainer, a handle maps the slot and
+becomes an ordinary ``numpy.ndarray`` view of it.
 
-Why nothing can leak:
+Why nothing can leak, and nothing in use is overwritten:
 
-* A segment is an ``os.memfd_create`` file: it has no name anywhere (nothing
-  in ``/dev/shm``, nothing for the resource tracker), and the kernel frees it
-  when the last file descriptor and the last mapping of it are gone, whatever
-  ends the processes (an exception, SIGKILL, the out-of-memory killer).
-* Its descriptor travels with ``multiprocessing.reduction.DupFd`` (SCM_RIGHTS
-  over a unix socket, checked with the process's authkey: the way
-  ``multiprocessing`` shares sockets; it works under fork, spawn and
-  forkserver). The trainer maps the segment and closes the descriptor at
-  once; the mapping goes when the last array viewing it is garbage
-  collected, so a batch the user keeps stays valid, and no segment is ever
-  reused. The worker closes its own descriptor when its copy of the batch is
-  gone; one that is never received dies with the worker.
-* Pages are reserved with ``posix_fallocate`` before they are written:
-  shared memory that is full fails there with an ``OSError`` (the batch then
-  travels pickled) instead of a SIGBUS in the middle of a write.
+* A slot is an ``os.memfd_create`` file: no name anywhere (nothing in
+  ``/dev/shm``, nothing for the resource tracker); the kernel frees it when
+  the last descriptor and mapping of it are gone, however the processes end.
+* Its descriptor travels once, with ``multiprocessing.reduction.DupFd``
+  (SCM_RIGHTS over an authkey-checked unix socket: fork, spawn and
+  forkserver alike). The trainer keeps it while that worker lives
+  (:class:`_Received` closes those of exited workers) and maps the slot for
+  each batch; the mapping goes when the last array viewing it is collected,
+  which marks the slot free (its byte 0). A worker reuses only a free slot,
+  so a batch the user keeps stays valid.
+* Pages are reserved with ``posix_fallocate`` before they are written: a
+  full memory fails there with an ``OSError`` (the batch then travels
+  pickled) instead of a SIGBUS in the middle of a write.
 
-Memory: a segment holds one batch (its arrays, each aligned to 64 bytes) and
-lives exactly as long as the trainer's arrays of that batch (see
-:func:`live_segments` and the bound in docs/design.md).
-
-Falls back, never breaks: without ``os.memfd_create``, or when a segment
-cannot be made, the worker sends its batches pickled as Keras does, and the
-first such batch makes the trainer warn once (:class:`SharedMemoryWarning`).
-Batches under :data:`MIN_BYTES` travel pickled anyway (cheaper than passing
-a descriptor).
+Falls back, never breaks: without ``os.memfd_create``, or when a slot cannot
+be made, the worker sends its batches pickled as Keras does, and the first
+such batch makes the trainer warn once (:class:`SharedMemoryWarning`).
+Batches under :data:`MIN_BYTES` travel pickled anyway (cheaper than mapping).
+The bound on the memory in use: docs/design.md, "Batches through shared memory".
 """
 
 from __future__ import annotations
@@ -159,8 +154,9 @@ def _hand_over(parent: int) -> None:
     from multiprocessing import resource_sharer
     pending = getattr(getattr(resource_sharer, "_resource_sharer", None), "_cache", None)
     deadline = time.monotonic() + HANDOVER_SECONDS
-    while ((pending or any(s.map[0] == 1 for s in _ring)) and time.monotonic() < deadline
-           and os.getppid() == parent):
+    def on_its_way():  # sent, not yet mapped (not the slot of a batch that failed half-read)
+        return any(s.map[0] == 1 and s is not _state["filling"] for s in _ring)
+    while (pending or on_its_way()) and time.monotonic() < deadline and os.getppid() == parent:
         time.sleep(0.005)
 
 
@@ -232,6 +228,7 @@ class Arena:
         if self.slot is None and self.last >= MIN_BYTES and _usable():
             try:
                 self.slot, self.used = _take(max(self.last, nbytes), self.keep), 0
+                _state["filling"] = self.slot
             except OSError as e:
                 _failed(e, self.last)
         return self.slot
@@ -247,6 +244,7 @@ class Arena:
     def pack(self, batch: Any) -> Any:
         """``batch`` with every array in shared memory, to be pickled to the trainer."""
         slot, self.slot = self.slot, None
+        _state["filling"] = None
         arrays: list = []
         _leaves(batch, arrays)
         unique = list({id(a): a for a in arrays}.values())
@@ -315,7 +313,7 @@ def _noticed(batch: Any) -> Any:
 
 def _reset_after_fork() -> None:
     # A forked worker decides for itself, with slots of its own (never its parent's).
-    _state.update(failed=None, noticed=False, token=None, slots=0, dropped=[])
+    _state.update(failed=None, noticed=False, token=None, slots=0, dropped=[], filling=None)
     _ring.clear()
 
 

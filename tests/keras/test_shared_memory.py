@@ -73,8 +73,8 @@ def test_every_batch_from_process_workers_is_the_trainers_byte_for_byte(dataset,
     found = _run("exact", dataset, method, backend)["exact"]
     cases = ["shuffle=False", "shuffle=batches", "shuffle=blocks", "shuffle=global", "transform", "dict",
              "ragged"]
-    if method == "spawn":
-        cases = ["transform", "ragged"]  # each spawned pool imports Keras again: see shm_script.py
+    if method != "fork":
+        cases = ["transform", "ragged"]  # each epoch starts a pool that costs seconds: see shm_script.py
     assert sorted(found) == sorted(cases + ["fit", "after"])
     for case in cases:
         got = found[case]
@@ -82,7 +82,7 @@ def test_every_batch_from_process_workers_is_the_trainers_byte_for_byte(dataset,
         assert got["equal"], case  # every leaf: same dtype, shape and bytes
         assert got["shared"], case  # ... and it came through shared memory, not pickled
         assert got["mapped_while_kept"] == 32, case  # all 32 kept alive: none reused
-    assert found["fit"] == {"epochs": 2, "finite": True}
+    assert found["fit"] == {"epochs": 2 if method == "fork" else 1, "finite": True}
     assert found["after"] == [0, 0]  # nothing mapped once the batches are gone
 
 
@@ -196,7 +196,8 @@ def test_shared_memory_is_on_by_default_and_checked(tmp_path):
 def worker(monkeypatch):
     """This process as a worker of its own: slots and state apart, no exit-time handover."""
     monkeypatch.setattr(transport, "_ring", [])
-    for key, value in dict(failed=None, noticed=False, token=(os.getpid(), "test"), slots=0, dropped=[]).items():
+    for key, value in dict(failed=None, noticed=False, token=(os.getpid(), "test"), slots=0, dropped=[],
+                            filling=None).items():
         monkeypatch.setitem(transport._state, key, value)
     monkeypatch.setattr(transport, "_warned", threading.Lock())
 
