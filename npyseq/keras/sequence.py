@@ -1,12 +1,10 @@
 """``keras.utils.PyDataset`` classes over sharded datasets: :class:`ShardSequence`.
 
-Like everything that imports Keras, it lives in :mod:`npyseq.keras`
-(``import npyseq`` loads it on first use of :class:`ShardSequence`). It
+It lives in :mod:`npyseq.keras` (``import npyseq`` loads it on first use) and
 imports ``keras`` only, never a backend: ``__getitem__`` is NumPy and file I/O
-alone, so it is safe in thread and process workers on the TensorFlow, JAX and
-torch backends. What a batch holds is :mod:`~npyseq.keras.structure`'s, its
-settings and rows are :mod:`~npyseq.keras.options`', its order is
-:mod:`npyseq.order`'s.
+alone, safe in thread and process workers on TensorFlow, JAX and torch.
+What a batch holds is :mod:`~npyseq.keras.structure`'s, its settings and rows
+are :mod:`~npyseq.keras.options`', its order is :mod:`npyseq.order`'s.
 """
 
 from __future__ import annotations
@@ -23,8 +21,8 @@ import numpy as np
 from npyseq import order
 from npyseq.arguments import flag, integer, non_negative_int, positive_int
 from npyseq.errors import EmptySequenceError, InvalidArgumentError
+from npyseq.keras import fit_frame, watchdog
 from npyseq.keras import start_method as start_methods
-from npyseq.keras import watchdog
 from npyseq.keras.options import OPTION_NAMES, Options, Rows
 from npyseq.keras.pool import BufferPool
 from npyseq.keras.structure import array_key, build, flatten, resolve, resolve_dtypes
@@ -367,6 +365,7 @@ class ShardSequence(keras.utils.PyDataset):
         return array.gather(rows, out.reshape((len(rows),) + array.shape[1:]), located)
 
     def on_epoch_begin(self) -> None:
+        fit_frame.check_steps_per_epoch(self)  # fit(steps_per_epoch=k) below the epoch: refused, not repeated rows
         self._in_epoch = True
         if self.use_multiprocessing and self.workers > 0:
             # Keras waits forever for a batch of a worker process that died;
@@ -494,6 +493,6 @@ class ShardSequence(keras.utils.PyDataset):
     def _repr_fields(self) -> list[tuple[str, str]]:
         """``(name, value)`` of what ``repr`` shows after the rows; subclasses add theirs."""
         return [("batch_size", str(self.batch_size)), ("shuffle", repr(self.shuffle)), ("seed", str(self.seed)),
-                ("epoch", str(self.epoch)), ("batches", str(self.num_batches))] + (
-                    [] if self.steps_per_epoch is None else [("steps_per_epoch", str(self.steps_per_epoch))])
+                ("epoch", str(self.epoch)), ("batches", str(self.num_batches))] + [
+                    ("steps_per_epoch", str(k)) for k in [self.steps_per_epoch] if k is not None]
 

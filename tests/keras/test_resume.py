@@ -202,6 +202,20 @@ def test_fit_steps_per_epoch_below_the_epoch_is_refused_before_the_first_step(tm
     assert int(model.optimizer.iterations) == 0
 
 
+def test_fit_steps_per_epoch_below_the_epoch_is_refused_without_the_callback_too(data):
+    seq, model = seq_of(data), small_model()
+    with pytest.raises(npyseq.InvalidArgumentError, match=r"fit\(steps_per_epoch=3\) with a sequence of 5 batches"):
+        model.fit(seq, epochs=2, steps_per_epoch=3, shuffle=False, verbose=0)
+    assert int(model.optimizer.iterations) == 0
+    # Not refused: the sequence's own steps_per_epoch, the whole epoch, and evaluate on a part
+    # (also as validation inside fit).
+    model.fit(seq_of(data, steps_per_epoch=3), epochs=1, shuffle=False, verbose=0,
+              validation_data=seq_of(data), validation_steps=2)
+    model.fit(seq, epochs=1, steps_per_epoch=5, shuffle=False, verbose=0)
+    model.evaluate(seq, steps=2, verbose=0)
+    assert int(model.optimizer.iterations) == 8
+
+
 def test_fit_shuffle_true_is_warned_about(tmp_path, data):
     seq = seq_of(data)
     with pytest.warns(UserWarning, match=r"fit\(shuffle=True\), Keras' default, .* call fit\(seq, shuffle=False\)"):
