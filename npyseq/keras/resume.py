@@ -31,7 +31,9 @@ __all__ = ["BackupAndRestore", "POSITION_FILE"]
 
 POSITION_FILE = "npyseq_position.json"
 _FORMAT = 1
-_INFORMATION = ("host",)  # fingerprint entries recorded but not compared: several hosts may resume as more or fewer
+# Fingerprint entries recorded but not compared: the same data may move to another folder, and
+# several hosts may resume as more or fewer (the global order does not depend on the host count).
+_INFORMATION = ("dataset_path", "host")
 
 
 class BackupAndRestore(keras.callbacks.BackupAndRestore):

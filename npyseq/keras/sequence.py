@@ -391,10 +391,10 @@ class ShardSequence(keras.utils.PyDataset):
 
     def order_fingerprint(self) -> dict:
         """What decides the order of the batches, as JSON values: a checkpoint records it and a
-        resume with another one is refused (:class:`npyseq.BackupAndRestore`). Its ``"host"`` entry
-        (this view's host slice, if any) is recorded but not compared."""
+        resume with another one is refused (:class:`npyseq.BackupAndRestore`). ``"dataset_path"`` and
+        ``"host"`` (a view's host slice, if any) are recorded but not compared."""
         o, rows = self._options, self._rows
-        return {"dataset": f"{self.dataset.path} manifest {self.dataset.checksum}",
+        return {"dataset": f"manifest {self.dataset.checksum}", "dataset_path": self.dataset.path,
                 "rows": rows.describe() if rows.span is not None else repr(rows),
                 "num_rows": self.num_rows, "batch_size": o.batch_size, "shuffle": o.shuffle, "seed": o.seed,
                 "block_size": o.block_size, "drop_remainder": o.drop_remainder,

@@ -10,6 +10,7 @@ run step for step, and the final weights must match it.
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -172,8 +173,10 @@ def test_a_changed_order_is_refused_naming_each_change(tmp_path, data):
                        match=r"batch_size: 8 in the checkpoint, 10 now; seed: 5 in the checkpoint, 6 now\. "
                              r"Resume with the checkpoint's settings, or delete .*backup to start afresh"):
         model.fit(seq, epochs=2, shuffle=False, verbose=0, callbacks=[npyseq.BackupAndRestore(backup, seq)])
-    model = small_model()  # the same settings resume
-    seq = seq_of(data)
+    moved = tmp_path / "moved"  # the same settings resume, on the same data in another folder
+    shutil.copytree(data, moved)
+    model = small_model()
+    seq = seq_of(moved)
     model.fit(seq, epochs=2, shuffle=False, verbose=0, callbacks=[npyseq.BackupAndRestore(backup, seq)])
     # 3 restored + the 7 left of 2 epochs (on TF the shortened epoch's end adds a phantom 1: put back)
     assert int(model.optimizer.iterations) == 10
