@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import warnings
 from typing import Any
 
@@ -24,6 +23,7 @@ import keras
 from keras.src.utils import file_utils  # what Keras' callback writes its files with (local or remote paths)
 
 from npyseq.errors import InvalidArgumentError, ResumeMismatchError
+from npyseq.keras.fit_frame import check_steps_per_epoch, fit_argument
 from npyseq.keras.sequence import ShardSequence
 from npyseq.order import position
 
@@ -31,7 +31,9 @@ __all__ = ["BackupAndRestore", "POSITION_FILE"]
 
 POSITION_FILE = "npyseq_position.json"
 _FORMAT = 1
-_INFORMATION = ("host",)  # fingerprint entries recorded but not compared: several hosts may resume as more or fewer
+# Fingerprint entries recorded but not compared: the same data may move to another folder, and
+# several hosts may resume as more or fewer (the global order does not depend on the host count).
+_INFORMATION = ("dataset_path", "host")
 
 
 class BackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -150,33 +152,14 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _check_fit(self) -> None:
         """Refuse a ``fit(steps_per_epoch=...)`` that repeats rows; warn on ``fit(shuffle=True)``."""
-        seq = self.seq
-        length = position.epoch_length(seq.batches_per_pass, seq.steps_per_epoch)
-        steps = (self.params or {}).get("steps")  # Keras' steps_per_epoch when given, else len(seq)
-        if steps is not None and steps < length:
-            raise InvalidArgumentError(
-                f"fit(steps_per_epoch={steps}) with a sequence of {length} batches per epoch ({seq!r}): Keras "
-                f"would carry the rest of each epoch into the next epoch, in the next epoch's order, "
-                f"and so repeat and skip rows. Give the sequence the epoch length instead, "
-                f"ShardSequence(..., steps_per_epoch={steps}) or seq.steps_per_epoch = {steps}, and call "
-                f"fit without steps_per_epoch: every row is then used once per pass over the data")
-        if _fit_argument("shuffle") is True:
+        # Keras' steps_per_epoch when given, else len(seq); the sequence checks it again at its epoch's start.
+        check_steps_per_epoch(self.seq, (self.params or {}).get("steps"))
+        if fit_argument("shuffle") is True:
             warnings.warn(
                 "npyseq.BackupAndRestore: fit(shuffle=True), Keras' default, shuffles the batch indices "
                 "with Python's global random module, so a resumed run does not get the batches the "
                 "interrupted one would have; call fit(seq, shuffle=False): the sequence shuffles itself "
                 "(its shuffle= and seed=)", UserWarning, stacklevel=2)
-
-
-def _fit_argument(name: str) -> Any:
-    """Argument ``name`` of the running ``Model.fit``, read from its frame (Keras 3.15 passes a
-    callback no fit arguments but epochs, steps and verbose); None when no such frame is found."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == "fit" and frame.f_globals.get("__name__", "").startswith("keras"):
-            return frame.f_locals.get(name)
-        frame = frame.f_back
-    return None
 
 
 def _drop_leftover_batches() -> None:
@@ -188,7 +171,7 @@ def _drop_leftover_batches() -> None:
     start with them (batches 1, 2, ... of the order before the callback set it) instead of its
     batch 0. They are in no order a resume could reproduce: drop them.
     """
-    iterator = _fit_argument("epoch_iterator")
+    iterator = fit_argument("epoch_iterator")
     enqueuer = getattr(getattr(iterator, "data_adapter", None), "enqueuer", None)
     ready = getattr(enqueuer, "ready_queue", None)
     if ready is None or getattr(enqueuer, "running", False):

@@ -1,12 +1,10 @@
 """``keras.utils.PyDataset`` classes over sharded datasets: :class:`ShardSequence`.
 
-Like everything that imports Keras, it lives in :mod:`npyseq.keras`
-(``import npyseq`` loads it on first use of :class:`ShardSequence`). It
+It lives in :mod:`npyseq.keras` (``import npyseq`` loads it on first use) and
 imports ``keras`` only, never a backend: ``__getitem__`` is NumPy and file I/O
-alone, so it is safe in thread and process workers on the TensorFlow, JAX and
-torch backends. What a batch holds is :mod:`~npyseq.keras.structure`'s, its
-settings and rows are :mod:`~npyseq.keras.options`', its order is
-:mod:`npyseq.order`'s.
+alone, safe in thread and process workers on TensorFlow, JAX and torch.
+What a batch holds is :mod:`~npyseq.keras.structure`'s, its settings and rows
+are :mod:`~npyseq.keras.options`', its order is :mod:`npyseq.order`'s.
 """
 
 from __future__ import annotations
@@ -23,9 +21,8 @@ import numpy as np
 from npyseq import order
 from npyseq.arguments import flag, integer, non_negative_int, positive_int
 from npyseq.errors import EmptySequenceError, InvalidArgumentError
-from npyseq.keras import hosts
+from npyseq.keras import fit_frame, hosts, transport, watchdog
 from npyseq.keras import start_method as start_methods
-from npyseq.keras import transport, watchdog
 from npyseq.keras.options import OPTION_NAMES, Options, Rows
 from npyseq.keras.pool import BufferPool
 from npyseq.keras.structure import array_key, build, flatten, resolve, resolve_dtypes
@@ -401,6 +398,7 @@ class ShardSequence(keras.utils.PyDataset):
     def on_epoch_begin(self) -> None:
         if self._host is not None:
             hosts.check_distribution(self._host, repr(self))  # never sharded twice, nor not at all
+        fit_frame.check_steps_per_epoch(self)  # fit(steps_per_epoch=k) below the epoch: refused, not repeated rows
         self._in_epoch = True
         if self.use_multiprocessing and self.workers > 0:
             # Keras waits forever for a batch of a worker process that died;
@@ -425,10 +423,10 @@ class ShardSequence(keras.utils.PyDataset):
 
     def order_fingerprint(self) -> dict:
         """What decides the order of the batches, as JSON values: a checkpoint records it and a
-        resume with another one is refused (:class:`npyseq.BackupAndRestore`). Its ``"host"`` entry
-        (this view's host slice, if any) is recorded but not compared."""
+        resume with another one is refused (:class:`npyseq.BackupAndRestore`). ``"dataset_path"`` and
+        ``"host"`` (a view's host slice, if any) are recorded but not compared."""
         o, rows = self._options, self._rows
-        return {"dataset": f"{self.dataset.path} manifest {self.dataset.checksum}",
+        return {"dataset": f"manifest {self.dataset.checksum}", "dataset_path": self.dataset.path,
                 "rows": rows.describe() if rows.span is not None else repr(rows),
                 "num_rows": self.num_rows, "batch_size": o.batch_size, "shuffle": o.shuffle, "seed": o.seed,
                 "block_size": o.block_size, "drop_remainder": o.drop_remainder,

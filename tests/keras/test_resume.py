@@ -10,6 +10,7 @@ run step for step, and the final weights must match it.
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -172,8 +173,10 @@ def test_a_changed_order_is_refused_naming_each_change(tmp_path, data):
                        match=r"batch_size: 8 in the checkpoint, 10 now; seed: 5 in the checkpoint, 6 now\. "
                              r"Resume with the checkpoint's settings, or delete .*backup to start afresh"):
         model.fit(seq, epochs=2, shuffle=False, verbose=0, callbacks=[npyseq.BackupAndRestore(backup, seq)])
-    model = small_model()  # the same settings resume
-    seq = seq_of(data)
+    moved = tmp_path / "moved"  # the same settings resume, on the same data in another folder
+    shutil.copytree(data, moved)
+    model = small_model()
+    seq = seq_of(moved)
     model.fit(seq, epochs=2, shuffle=False, verbose=0, callbacks=[npyseq.BackupAndRestore(backup, seq)])
     # 3 restored + the 7 left of 2 epochs (on TF the shortened epoch's end adds a phantom 1: put back)
     assert int(model.optimizer.iterations) == 10
@@ -200,6 +203,20 @@ def test_fit_steps_per_epoch_below_the_epoch_is_refused_before_the_first_step(tm
         model.fit(seq, epochs=1, steps_per_epoch=2, shuffle=False, verbose=0,
                   callbacks=[npyseq.BackupAndRestore(str(tmp_path / "b"), seq)])
     assert int(model.optimizer.iterations) == 0
+
+
+def test_fit_steps_per_epoch_below_the_epoch_is_refused_without_the_callback_too(data):
+    seq, model = seq_of(data), small_model()
+    with pytest.raises(npyseq.InvalidArgumentError, match=r"fit\(steps_per_epoch=3\) with a sequence of 5 batches"):
+        model.fit(seq, epochs=2, steps_per_epoch=3, shuffle=False, verbose=0)
+    assert int(model.optimizer.iterations) == 0
+    # Not refused: the sequence's own steps_per_epoch, the whole epoch, and evaluate on a part
+    # (also as validation inside fit).
+    model.fit(seq_of(data, steps_per_epoch=3), epochs=1, shuffle=False, verbose=0,
+              validation_data=seq_of(data), validation_steps=2)
+    model.fit(seq, epochs=1, steps_per_epoch=5, shuffle=False, verbose=0)
+    model.evaluate(seq, steps=2, verbose=0)
+    assert int(model.optimizer.iterations) == 8
 
 
 def test_fit_shuffle_true_is_warned_about(tmp_path, data):

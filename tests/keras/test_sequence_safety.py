@@ -329,7 +329,7 @@ def test_subset_shard_and_with_options_keep_or_change_settings_as_asked(ds):
     assert val.transform is None  # the view it came from is unchanged
     with pytest.raises(InvalidArgumentError, match=re.escape(
             "with_options takes ['batch_size', 'shuffle', 'seed', 'block_size', 'drop_remainder', "
-            "'transform'], got ['padding', 'workers']")):
+            "'transform', 'steps_per_epoch'], got ['padding', 'workers']")):
         val.with_options(workers=3, padding="pre")
     with pytest.raises(InvalidArgumentError, match="^batch_size must be a positive int, got 0$"):
         val.with_options(batch_size=0)
