@@ -16,6 +16,7 @@ It builds on the storage (datasets and their arrays) and the order
 * :mod:`~npyseq.keras.pool`: batch buffers reused once free.
 * :mod:`~npyseq.keras.watchdog`: a dead worker process becomes an error, not a hang.
 * :mod:`~npyseq.keras.start_method`: how Keras' worker processes start.
+* :mod:`~npyseq.keras.hosts`: the hosts ``seq.shard()`` serves, from the active distribution.
 
 Importing this package imports nothing; ``import npyseq`` loads the
 sequence classes (and Keras, about 2 s) on first use of

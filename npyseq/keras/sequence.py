@@ -261,7 +261,7 @@ class ShardSequence(keras.utils.PyDataset):
 
     @property
     def num_rows(self) -> int:
-        """Rows this sequence covers (after ``split``/``subset``/``shard``)."""
+        """Rows this sequence covers (after ``split``/``subset``; ``shard`` keeps them all)."""
         return self._rows.count
 
     @property

@@ -281,3 +281,19 @@ def test_two_jax_processes_train_like_one_on_the_global_batch(ds, tmp_path):
         for k in weights:
             np.testing.assert_allclose(host[0][k], one[k], atol=1e-5, rtol=0)
             np.testing.assert_array_equal(host[0][k], host[1][k])
+
+
+def test_each_host_opens_only_the_shards_its_stretch_of_a_batch_lies_in(ds):
+    """The counts the README's "Several hosts" shows, on 96 rows in 5 shards of 20 (benchmarks.studies.hosts)."""
+    from benchmarks.studies.hosts import shard_counts
+
+    for mode in ("global", "blocks"):
+        counts = shard_counts(ds, 20, 16, mode)
+        assert [c["hosts"] for c in counts] == [1, 2, 4, 8]
+        per_step = [c["shards_per_step"] for c in counts]
+        assert per_step == sorted(per_step, reverse=True) and per_step[-1] < per_step[0]
+        assert all(c["shards_per_epoch"] <= 5 for c in counts)
+    # "global": a batch of 16 random rows of 96 touches every shard; host 0 of 8 (2 rows) touches 1 or 2.
+    counts = shard_counts(ds, 20, 16, "global")
+    assert counts[0]["shards_per_step"] > 4 and counts[0]["shards_per_epoch"] == 5
+    assert 1.0 <= counts[-1]["shards_per_step"] <= 2.0 and counts[-1]["shards_per_epoch"] < 5
