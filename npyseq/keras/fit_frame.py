@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from npyseq.arguments import is_int
 from npyseq.errors import InvalidArgumentError
 from npyseq.order import position
 
@@ -44,7 +45,7 @@ def check_steps_per_epoch(seq: Any, steps: Any = _MISSING) -> None:
     if steps is _MISSING:
         steps = fit_argument("steps_per_epoch")
     length = position.epoch_length(seq.batches_per_pass, seq.steps_per_epoch)
-    if isinstance(steps, int) and not isinstance(steps, bool) and 0 < steps < length:
+    if is_int(steps) and 0 < steps < length:
         raise InvalidArgumentError(
             f"fit(steps_per_epoch={steps}) with a sequence of {length} batches per epoch ({seq!r}): Keras "
             f"would carry the rest of each epoch into the next epoch, in the next epoch's order, "
