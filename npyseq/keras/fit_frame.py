@@ -19,7 +19,7 @@ from npyseq.arguments import is_int
 from npyseq.errors import InvalidArgumentError
 from npyseq.order import position
 
-__all__ = ["fit_argument", "check_steps_per_epoch"]
+__all__ = ["fit_argument", "check_steps_per_epoch", "end_of_build_read", "drop_kept_batches"]
 
 _ENTRY_POINTS = ("fit", "evaluate", "predict")
 _MISSING = object()
@@ -52,3 +52,41 @@ def check_steps_per_epoch(seq: Any, steps: Any = _MISSING) -> None:
             f"and so repeat and skip rows. Give the sequence the epoch length instead, "
             f"ShardSequence(..., steps_per_epoch={steps}) or seq.steps_per_epoch = {steps}, and call "
             f"fit without steps_per_epoch: every row is then used once per pass over the data")
+
+
+def end_of_build_read() -> Any:
+    """The data adapter of the ``EpochIterator.reset`` that is ending a dataset's epoch, or None.
+
+    Keras 3.15 builds a freshly compiled model, on JAX and torch, by reading one
+    batch with the epoch iterator (``Trainer._symbolic_build``), then ends that
+    read with ``EpochIterator.reset()``, which calls the dataset's
+    ``on_epoch_end``: an epoch that trained nothing. ``reset`` is called for
+    nothing else in Keras 3.15's trainers.
+    """
+    frame = sys._getframe(1)
+    for _ in range(8):  # reset -> adapter.on_epoch_end -> dataset.on_epoch_end -> here
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "reset" and frame.f_globals.get("__name__") == "keras.src.trainers.epoch_iterator":
+            return getattr(frame.f_locals.get("self"), "data_adapter", None)
+        frame = frame.f_back
+    return None
+
+
+def drop_kept_batches(adapter: Any) -> None:
+    """Drop the batches Keras' enqueuer kept from a read it stopped (its ``ready_queue``).
+
+    Stopping a ``PyDataset`` enqueuer moves the batches still in flight into
+    its ``ready_queue`` "for the next run", which then begins with them: after
+    the build read, epoch 0 would start with batches 1, 2, ... and train them
+    twice. They belong to no epoch: dropped.
+    """
+    enqueuer = getattr(adapter, "enqueuer", None)
+    ready = getattr(enqueuer, "ready_queue", None)
+    if ready is None or getattr(enqueuer, "running", False):
+        return
+    while True:
+        try:
+            ready.get_nowait()
+        except Exception:  # queue.Empty
+            return
