@@ -130,7 +130,7 @@ def main() -> int:
           f"{r['rows_per_s_total']:,.0f}"] for r in rates], "lrrr")
     write_result(os.path.join(RESULTS, "hosts.json"),
                  {"rows": args.rows, "shard_rows": args.shard_rows, "batch_size": args.batch_size,
-                  "row_bytes": WIDTH * 4, "load_before": os.getloadavg(), "shard_counts": counts, "rates": rates},
+                  "row_bytes": WIDTH * 4, "load_at_end": os.getloadavg(), "shard_counts": counts, "rates": rates},
                  table=table)
     return 0
 
