@@ -343,8 +343,11 @@ class ShardSequence(SequenceViews, keras.utils.PyDataset):
             sent = sendable(e, f"reading batch {index!r} of {self!r}")
             if sent is e:
                 raise
-            raise sent from None
-        return self._pool.pack(batch) if self.shared_memory else batch
+        else:
+            return self._pool.pack(batch) if self.shared_memory else batch
+        # Raised outside the except clause, so it has no __context__: where tblib's reducers are
+        # installed (TensorFlow installs them), the exception it replaces would be pickled with it.
+        raise sent
 
     def _get(self, index: int):
         if isinstance(index, (int, np.integer)) and not isinstance(index, bool) and index < 0:

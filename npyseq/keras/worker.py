@@ -18,6 +18,7 @@ traceback.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import traceback
@@ -58,6 +59,12 @@ def check_transformed(batch: Any, transform: Callable, index: int, epoch: int) -
     )
 
 
+class _PlainPickler(pickle.Pickler):
+    """A pickler that ignores ``copyreg.dispatch_table`` (reducers other libraries install)."""
+
+    dispatch_table: dict = {}
+
+
 def sendable(error: Exception, where: str) -> Exception:
     """``error`` if it reaches the trainer intact from a worker process, else a WorkerError telling it.
 
@@ -68,11 +75,20 @@ def sendable(error: Exception, where: str) -> Exception:
     tried here first, on the worker's own exception object (no outside
     data), and only an exception that fails the trip is wrapped: anything
     else keeps its type, as Keras would report it.
+
+    The trip is tried with Python's own reductions only: TensorFlow installs
+    ``tblib``'s exception reducers into ``copyreg`` wherever ``tblib`` is
+    importable (``tensorflow/python/distribute/multi_process_runner.py``),
+    and an exception pickled by them can fail to unpickle in the trainer.
+    An exception that needs them to make the trip is sent as a WorkerError
+    instead, the same with ``tblib`` installed or not.
     """
     if isinstance(error, NpyseqError):
         return error  # one message and nothing else: always survives
     try:
-        pickle.loads(pickle.dumps(error))
+        buffer = io.BytesIO()
+        _PlainPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(error)
+        pickle.loads(buffer.getvalue())
         return error
     except Exception as e:
         problem = f"{type(e).__name__}: {e}"
