@@ -14,6 +14,7 @@ It builds on the storage (datasets and their arrays) and the order
 * :mod:`~npyseq.keras.options`: a sequence's settings and rows, shared by its views.
 * :mod:`~npyseq.keras.worker`: a transform's result checked, a worker's exception made sendable.
 * :mod:`~npyseq.keras.pool`: batch buffers reused once free.
+* :mod:`~npyseq.keras.transport`: batches of process workers through shared memory.
 * :mod:`~npyseq.keras.watchdog`: a dead worker process becomes an error, not a hang.
 * :mod:`~npyseq.keras.start_method`: how Keras' worker processes start.
 * :mod:`~npyseq.keras.hosts`: the hosts ``seq.shard()`` serves, from the active distribution.

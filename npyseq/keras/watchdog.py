@@ -51,7 +51,6 @@ without them npyseq does not detect the death (Keras' own behaviour).
 from __future__ import annotations
 
 import multiprocessing
-import os
 import signal
 import threading
 import time
@@ -66,7 +65,6 @@ from npyseq.forks import after_fork
 __all__ = ["install", "watch", "unwatch", "prepare_worker", "POLL_SECONDS"]
 
 POLL_SECONDS = 0.1
-PARENT_POLL_SECONDS = 0.5
 TEARDOWN_SECONDS = 10.0
 
 
@@ -371,21 +369,7 @@ def prepare_worker() -> None:
     WorkerDiedError instead of the KeyboardInterrupt the user asked for).
     Ignoring SIGINT in the workers lets the main process raise
     KeyboardInterrupt; its exit then terminates the pool.
-
-    A worker also exits within :data:`PARENT_POLL_SECONDS` of its parent's
-    death (a SIGKILLed trainer runs no cleanup): a daemon thread watches
-    ``os.getppid()`` (``PR_SET_PDEATHSIG`` would fire when the *thread* that
-    forked the worker ends, which Keras' pool threads do every epoch).
     """
     if (multiprocessing.current_process().name.startswith("Keras_worker")
             and threading.current_thread() is threading.main_thread()):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        parent = os.getppid()
-        threading.Thread(target=_exit_with_parent, args=(parent,), name="npyseq-parent-watch",
-                         daemon=True).start()
-
-
-def _exit_with_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(PARENT_POLL_SECONDS)
-    os._exit(1)

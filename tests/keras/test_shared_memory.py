@@ -167,7 +167,7 @@ def test_workers_do_not_outlive_their_trainer(dataset, how):
             assert json.loads(out.strip().splitlines()[-1]) == {"interrupted": True}, err[-4000:]
         else:
             assert proc.returncode == -signal.SIGKILL
-        assert _wait_gone(workers, 5.0) == []
+        assert _wait_gone(workers, 10.0) == []  # idle ones at once; a few seconds on a loaded machine
         assert "resource_tracker" not in err
         assert _dev_shm() - before == set()
     finally:
