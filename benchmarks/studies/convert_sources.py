@@ -5,12 +5,17 @@ For an HDF5 dataset (float32, 1 MiB chunks, uncompressed) and a Zarr v3 array
 cache: the source library's own sequential read of every row (16 MiB slices,
 nothing written) against ``npyseq.write_shards`` of the same source into
 32 MB shards (read, hash, write, fsync). The target is at least 0.8x of the
-library's own read. Then the Zarr array as a Dask array (``da.from_zarr``)
+library's own read. For scale, the disk's own copy of the HDF5 file (its
+bytes read in 16 MiB blocks, written to a new file and fsync'd, from a cold
+cache), and the disk's write of as many bytes from memory alone (16 MiB
+blocks, fsync): reading and writing share one disk, so a conversion that
+overlaps them perfectly still takes about the read's time plus the write's,
+and ``read / (read + write)`` is the ratio it can reach. Then the Zarr array as a Dask array (``da.from_zarr``)
 converted on a ``LocalCluster`` of 1 and of 2 worker processes (one thread
 each), through ``joblib.parallel_config(backend="dask")``. Prints a markdown
 table and writes ``benchmarks/results/convert_sources.json``.
 
-    python -m benchmarks.studies.convert_sources [--size-mb 256] [--repeat 2]
+    python -m benchmarks.studies.convert_sources [--size-mb 1024] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -82,6 +87,32 @@ def read_alone(kind: str, path: str) -> float:
     return time.perf_counter() - t
 
 
+def file_copy(path: str, out: str) -> float:
+    """Seconds to copy the bytes of ``path`` to a new file (16 MiB blocks, fsync), from a cold cache."""
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    drop_cache(_files(path))
+    t = time.perf_counter()
+    with open(path, "rb", buffering=0) as src, open(os.path.join(out, "copy"), "wb", buffering=0) as dst:
+        while block := src.read(SLICE_ROWS * COLS * 4):
+            dst.write(block)
+        os.fsync(dst.fileno())
+    return time.perf_counter() - t
+
+
+def write_alone(nbytes: int, out: str) -> float:
+    """Seconds to write ``nbytes`` from memory to a new file (16 MiB blocks, fsync)."""
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    block = _pattern(0, SLICE_ROWS).tobytes()
+    t = time.perf_counter()
+    with open(os.path.join(out, "written"), "wb", buffering=0) as dst:
+        for a in range(0, nbytes, len(block)):
+            dst.write(block[:nbytes - a])
+        os.fsync(dst.fileno())
+    return time.perf_counter() - t
+
+
 def convert(kind: str, path: str, out: str) -> float:
     """Seconds for write_shards of the source, from a cold cache (the output deleted first)."""
     import h5py
@@ -120,8 +151,8 @@ def on_cluster(path: str, out: str, workers: int, repeat: int) -> list[float]:
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.studies.convert_sources",
                                 description=__doc__.splitlines()[0])
-    p.add_argument("--size-mb", type=float, default=256, help="size of each source (default %(default)s)")
-    p.add_argument("--repeat", type=int, default=2, help="runs of each measurement; the median is kept")
+    p.add_argument("--size-mb", type=float, default=1024, help="size of each source (default %(default)s)")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the median is kept")
     p.add_argument("--data", default=os.path.join(DATA, "convert_sources"), help="where the sources are made")
     args = p.parse_args()
     rows = int(args.size_mb * 1e6) // (COLS * 4)
@@ -140,6 +171,20 @@ def main() -> int:
             table.append([kind, f"{nbytes / alone / 1e9:.2f}", f"{nbytes / conv / 1e9:.2f}", f"{ratio:.2f}x",
                           "yes" if ratio >= 0.8 else "no"])
             log(f"{kind}: {report[kind]}")
+        copy = statistics.median(file_copy(h5, out) for _ in range(args.repeat))
+        size = os.path.getsize(h5)
+        report["hdf5_file_copy"] = {"seconds": copy, "gb_s": size / copy / 1e9, "bytes": size}
+        table.append(["the HDF5 file's own copy (read, write, fsync)", "", f"{size / copy / 1e9:.2f}", "", ""])
+        log(f"file copy: {report['hdf5_file_copy']}")
+        write = statistics.median(write_alone(nbytes, out) for _ in range(args.repeat))
+        report["write_alone"] = {"seconds": write, "gb_s": nbytes / write / 1e9}
+        for kind in ("hdf5", "zarr"):
+            report[kind]["disk_bound_ratio"] = report[kind]["read_alone_s"] / (report[kind]["read_alone_s"] + write)
+        table.append(["the disk's write alone (from memory, fsync)", "", f"{nbytes / write / 1e9:.2f}", "", ""])
+        table.append(["ratio a perfect overlap reaches, read / (read + write)", "", "",
+                      f"hdf5 {report['hdf5']['disk_bound_ratio']:.2f}x, zarr {report['zarr']['disk_bound_ratio']:.2f}x",
+                      ""])
+        log(f"write alone: {report['write_alone']}")
         cluster = {}
         for workers in (1, 2):
             t = statistics.median(on_cluster(zs, out, workers, args.repeat))

@@ -5,13 +5,17 @@ Such a source is read in *pieces* of rows, never whole. A piece follows the
 source's own chunking: it is made of whole source chunks (HDF5 and Zarr
 ``chunks``, Dask blocks) up to :data:`PIECE_BYTES` of rows, cut at the
 shard's ends; a source chunk bigger than that is read in parts. A writing job
-holds one piece at a time (and its source library's own chunk cache), so the
-memory of a conversion is about ``jobs`` pieces, whatever the source's size.
+reads ahead (:func:`read_ahead`): a thread reads the next piece of half that
+size while the job hashes and writes this one, so a job holds about one
+:data:`PIECE_BYTES` (and its source library's own chunk cache), and the memory
+of a conversion is about ``jobs`` of them, whatever the source's size.
 
 HDF5 serialises every call under one global lock, so threads on one handle
-read one at a time: an HDF5 source opened read-only from a file is read in
-worker *processes* that each open the file by its path
-(:class:`Hdf5Path`, what an ``h5py.Dataset`` handle becomes for a worker).
+read one at a time. An unfiltered dataset costs little CPU under that lock
+(h5py releases the GIL while the disk reads) and is read by threads; a
+compressed (filtered) one opened read-only from a file is decoded in worker
+*processes* that each open the file by its path (:class:`Hdf5Path`, what an
+``h5py.Dataset`` handle becomes for a worker).
 Zarr and Dask release the GIL and are read by the writer's threads; a Dask
 array is computed piece by piece with the synchronous scheduler (on a Dask
 cluster each job computes its own pieces on its worker).
@@ -22,6 +26,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import queue
+import threading
 from typing import Any, Iterator
 
 import numpy as np
@@ -32,6 +38,9 @@ from npyseq.format.npy import row_bytes
 __all__ = ["PIECE_BYTES", "Hdf5Path", "ArrayLikeSource", "is_array_like", "open_array_like", "missing_extra"]
 
 PIECE_BYTES = 16 * 2**20  # the rows one job reads at a time from an array-like source, at most
+# Read ahead: a job's reader thread reads the next piece while its writer hashes and writes
+# this one; the two pieces of half the size hold what one piece held before.
+AHEAD_PIECE_BYTES = PIECE_BYTES // 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,13 +177,59 @@ class ArrayLikeSource:
                 "whose row slices are numpy arrays of its shape and dtype")
         return out
 
+    @property
+    def filtered(self) -> bool:
+        """An HDF5 dataset with filters (compression ...): reading it costs CPU under HDF5's lock."""
+        if self.kind != "h5py":
+            return False
+        return self.array.id.get_create_plist().get_nfilters() > 0
+
     def chunks(self, start: int, stop: int, chunk_rows: int) -> Iterator[np.ndarray]:
         size = row_bytes(self.dtype, self.shape[1:])
         target = max(1, min(chunk_rows, PIECE_BYTES // max(1, size)))
-        for a, b in self.pieces(start, stop, target):
-            yield self.rows(a, b)
+        spans = list(self.pieces(start, stop, target))
+        if len(spans) < 2:
+            for a, b in spans:
+                yield self.rows(a, b)
+            return
+        ahead = max(1, min(chunk_rows, AHEAD_PIECE_BYTES // max(1, size)))
+        yield from read_ahead(self.rows, list(self.pieces(start, stop, ahead)))
 
     def close(self) -> None:
         if self.owner is not None:
             self.owner.close()
             self.owner = None
+
+
+def read_ahead(read, spans: list[tuple[int, int]]) -> Iterator[np.ndarray]:
+    """``read(a, b)`` of every span, in order; a thread reads the next span while the caller uses
+    this one (at most two pieces alive), so that reading overlaps hashing, writing and fsync."""
+    ready: queue.Queue = queue.Queue()
+    slots = threading.Semaphore(2)  # the caller's piece and the one being read
+    stop = threading.Event()
+
+    def reader():
+        try:
+            for a, b in spans:
+                while not slots.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
+                    return
+                ready.put((True, read(a, b)))
+        except BaseException as e:  # noqa: B036 - handed to the caller, who raises it
+            ready.put((False, e))
+
+    thread = threading.Thread(target=reader, name="npyseq-read-ahead", daemon=True)
+    thread.start()
+    try:
+        for _ in spans:
+            ok, value = ready.get()
+            if not ok:
+                raise value
+            yield value
+            del value
+            slots.release()
+    finally:
+        stop.set()
+        thread.join()

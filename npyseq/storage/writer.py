@@ -247,9 +247,10 @@ def _write_all(output: Output, sources, stores, bounds, jobs, progress, total, s
             jobs_of_source = []
             for k, (a, b) in enumerate(bounds):
                 sizes[(name, k)] = (b - a) * size
-                if (getattr(src, "portable", None) is not None and jobs > 1 and len(bounds) > 1
-                        and total * size >= PROCESSES_FROM):
-                    # HDF5: read in worker processes that open the file themselves (one lock per process).
+                if (getattr(src, "portable", None) is not None and src.filtered and jobs > 1
+                        and len(bounds) > 1 and total * size >= PROCESSES_FROM):
+                    # Compressed HDF5: decoded in worker processes that open the file themselves (one
+                    # lock per process); an unfiltered one is read by threads, reading ahead.
                     pool = pool or process_pool(min(jobs, len(bounds)))
                     job = ShardJob(root, name, src.portable, k, a, b, store,
                                    max(1, PROCESS_PIECE_BYTES // max(1, size)))
