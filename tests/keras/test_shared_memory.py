@@ -241,3 +241,42 @@ def test_a_full_shared_memory_fails_with_oserror_not_sigbus(monkeypatch):
     with pytest.raises(OSError, match="No space left on device"):
         transport._allocate(1 << 20)
     assert len(os.listdir("/proc/self/fd")) == before  # the descriptor closed
+
+
+def test_the_trainer_maps_a_slot_once_and_frees_it_when_the_batchs_last_array_goes(tmp_path, worker, monkeypatch):
+    import weakref
+    from multiprocessing.reduction import ForkingPickler
+    received = transport._Received()  # this process as its own trainer, descriptors apart
+    monkeypatch.setattr(transport, "_RECEIVED", received)
+    seq = _sequence(tmp_path)
+    arena = transport.Arena(seq._pool, workers=2, max_queue_size=4)
+    seq._pool = arena
+    expected = _sequence(tmp_path)  # reads of its own (a read of ``seq`` takes a slot)
+
+    def receive(index):  # worker -> pickle -> trainer, in one process
+        return ForkingPickler.loads(ForkingPickler.dumps(arena.pack(seq._get(index))))
+
+    try:
+        first = receive(0)
+        [slot] = transport._ring
+        assert slot.map[0] == 2 and first[0].tobytes() == expected[0][0].tobytes()
+        mapping = weakref.ref(first[0].base.base.obj)  # the trainer's mmap of the slot
+        del first
+        assert slot.map[0] == 0  # the batch's last array went: free
+        second = receive(1)
+        assert transport._ring == [slot] and second[0].base.base.obj is mapping()  # not mapped again
+        assert second[0].tobytes() == expected[1][0].tobytes()
+        y = second[1]
+        del second
+        assert slot.map[0] == 2  # y alone keeps the slot held
+        del y
+        assert slot.map[0] == 0 and received.count() == 1 and transport.live_segments() == (0, 0)
+    finally:
+        with received.lock:
+            for fds in received.fds.values():
+                for fd in fds.values():
+                    os.close(fd)
+            for pidfd in received.exits.values():
+                if pidfd is not None:
+                    os.close(pidfd)
+            received.fds.clear(), received.maps.clear(), received.exits.clear()  # its reaper ends
