@@ -157,7 +157,7 @@ def test_an_array_like_is_read_in_pieces_of_whole_chunks(tmp_path):
     src = Recording(x, chunks=(30, 4))
     _same_as_numpy(tmp_path, {"x": x}, {"x": src}, rows=400)
     # A shard's rows in one piece (whole 30-row chunks, cut at the shard's ends), never more.
-    assert src.asked == [(0, 400), (400, 800), (800, 1000)]
+    assert sorted(src.asked) == [(0, 400), (400, 800), (800, 1000)]  # shards are written by 2 threads
 
 
 def test_pieces_stay_under_the_piece_size_and_split_a_bigger_chunk():
