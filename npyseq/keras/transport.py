@@ -18,10 +18,9 @@ Why nothing can leak, and nothing in use is overwritten:
 * Its descriptor travels once, with ``multiprocessing.reduction.DupFd``
   (SCM_RIGHTS over an authkey-checked unix socket: fork, spawn and
   forkserver alike). The trainer keeps it while that worker lives
-  (:class:`_Received` closes those of exited workers) and maps the slot
-  once, for the slot's life. A batch's arrays are views of a per-batch base
-  array of that mapping; when the last of them is collected, a finalizer on
-  the base marks the slot free (its byte 0). A worker reuses only a free slot,
+  (:class:`_Received` closes those of exited workers) and maps the slot for
+  each batch; the mapping goes when the last array viewing it is collected,
+  which marks the slot free (its byte 0). A worker reuses only a free slot,
   so a batch the user keeps stays valid.
 * Pages are reserved with ``posix_fallocate`` before they are written: a
   full memory fails there with an ``OSError`` (the batch then travels
@@ -338,9 +337,10 @@ _live = {"segments": 0, "bytes": 0}
 _live_lock = threading.Lock()
 
 
-def _released(segment: mmap.mmap, nbytes: int) -> None:
+def _released(flag: mmap.mmap, nbytes: int) -> None:
     """The trainer's last array of a slot is gone: the worker may reuse it."""
-    segment[0] = 0
+    flag[0] = 0
+    flag.close()
     with _live_lock:
         _live["segments"] -= 1
         _live["bytes"] -= nbytes
@@ -358,45 +358,30 @@ class _Received:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.fds: dict = {}  # token -> {slot id: fd}
-        self.maps: dict = {}  # token -> {slot id: mmap of the whole slot}
         self.exits: dict = {}  # token -> pidfd (None: poll the pid)
         self.thread: threading.Thread | None = None
 
-    def segment(self, token, slot: int, fd_wrapper, nbytes: int, kept: bool, forget: tuple) -> mmap.mmap:
-        """The trainer's mapping of ``slot`` of worker ``token``: made once for a kept slot.
-
-        A kept slot's mapping (and descriptor) lasts until its worker drops
-        the slot or exits; arrays still viewing it keep the mapping alive
-        (they hold the ``mmap``), so it is never closed by hand.
-        """
+    def fd(self, token, slot: int, fd_wrapper, kept: bool, forget: tuple) -> tuple[int, bool]:
+        """The descriptor of ``slot`` of worker ``token``, and whether the caller must close it."""
         with self.lock:
             fds = self.fds.get(token, {})
-            maps = self.maps.get(token, {})
             for old in forget:
                 if old in fds:
                     os.close(fds.pop(old))
-                maps.pop(old, None)
             if fd_wrapper is None:
-                return maps[slot]
+                return fds[slot], False
         fd = fd_wrapper.detach()
-        try:
-            segment = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED)
-        except BaseException:
-            os.close(fd)
-            raise
         if not kept:
-            os.close(fd)
-            return segment
+            return fd, True
         with self.lock:
             if token not in self.fds:
-                self.fds[token], self.maps[token] = {}, {}
+                self.fds[token] = {}
                 self.exits[token] = _pidfd(token[0])
             self.fds[token][slot] = fd
-            self.maps[token][slot] = segment
             if self.thread is None:
                 self.thread = threading.Thread(target=self._reap, name="npyseq-shm-reaper", daemon=True)
                 self.thread.start()
-        return segment
+        return fd, False
 
     def _reap(self) -> None:
         """Close the descriptors of workers that exited, until none is left."""
@@ -406,7 +391,6 @@ class _Received:
                 for token in [t for t, pidfd in self.exits.items() if _exited(t[0], pidfd)]:
                     for fd in self.fds.pop(token).values():
                         os.close(fd)
-                    self.maps.pop(token, None)  # unmapped once no array views it
                     pidfd = self.exits.pop(token)
                     if pidfd is not None:
                         os.close(pidfd)
@@ -448,17 +432,17 @@ def received_slots() -> int:
     return _RECEIVED.count()
 
 
-def _attach(token, slot: int, fd_wrapper, nbytes: int, kept: bool, forget: tuple) -> np.ndarray:
-    """The batch's base array: a byte view of its slot, which frees the slot when it is collected.
-
-    Every array of the batch is a view of it (numpy sets a view's base to the
-    first array up the chain that views a non-array buffer), so the finalizer
-    runs once the last of them is gone. The slot's mapping is kept: nothing is
-    mapped, populated or unmapped per batch.
-    """
+def _attach(token, slot: int, fd_wrapper, nbytes: int, kept: bool, forget: tuple) -> mmap.mmap:
     try:
-        segment = _RECEIVED.segment(token, slot, fd_wrapper, nbytes, kept, forget)
-        segment[0] = 2
+        fd, close = _RECEIVED.fd(token, slot, fd_wrapper, kept, forget)
+        try:
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            segment = mmap.mmap(fd, nbytes, flags=flags)
+            flag = mmap.mmap(fd, 1)  # its own mapping: the finalizer runs once ``segment`` is gone
+            flag[0] = 2
+        finally:
+            if close:
+                os.close(fd)
     except Exception as e:
         # Raised in Keras' result thread, which dies; the watchdog then ends fit with a WorkerError.
         raise WorkerError(
@@ -466,20 +450,15 @@ def _attach(token, slot: int, fd_wrapper, nbytes: int, kept: bool, forget: tuple
             f"mapped in the trainer ({type(e).__name__}: {e}); pass shared_memory=False to the "
             "sequence to send batches pickled"
         ) from None
-    base = np.frombuffer(segment, np.uint8, nbytes)
     with _live_lock:
         _live["segments"] += 1
         _live["bytes"] += nbytes
-    weakref.finalize(base, _released, segment, nbytes)
-    return base
+    weakref.finalize(segment, _released, flag, nbytes)
+    return segment
 
 
-def _view(base: np.ndarray, offset: int, dtype: np.dtype, shape: tuple, order: str) -> np.ndarray:
-    count = prod(shape)
-    if not count:
-        return np.empty(shape, dtype, order=order)
-    flat = base[offset:offset + count * dtype.itemsize].view(dtype)
-    return flat.reshape(shape, order=order)
+def _view(segment: mmap.mmap, offset: int, dtype: np.dtype, shape: tuple, order: str) -> np.ndarray:
+    return _array(segment, offset, dtype, shape, order)
 
 
 _warned = threading.Lock()
