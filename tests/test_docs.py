@@ -136,7 +136,7 @@ def test_the_code_of_a_page_runs_as_written(page, tmp_path):
 
 def test_the_cli_lines_are_found():
     commands = [c for b in blocks_of("README.md") if b.lang in SHELLS for c in npyseq_lines(b)]
-    assert [c.split()[1] for c in commands] == ["convert", "convert", "convert", "info", "verify"]
+    assert [c.split()[1] for c in commands] == ["convert"] * 6 + ["info", "verify"]
 
 
 # --- the documented defaults are the code's ------------------------------------------------------
@@ -217,7 +217,9 @@ def test_readme_is_a_front_door():
     with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
         ci = f.read()
 
-    assert len(readme.splitlines()) <= 300
+    # A front door, not a manual (it was 875 lines): what each feature is, one example, a link. 350 since
+    # resuming, process workers and several hosts each have the section and example their users look for.
+    assert len(readme.splitlines()) <= 350
     assert "make test    # runs the test suite" in readme and "make test" in ci  # CI runs what it says
     assert "make demo    #" in readme
     assert 'pip install "npyseq[tensorflow]"` fails today' in readme  # no release on PyPI yet

@@ -19,7 +19,7 @@ from npyseq.arguments import is_int
 from npyseq.errors import InvalidArgumentError
 from npyseq.order import position
 
-__all__ = ["fit_argument", "check_steps_per_epoch", "end_of_build_read", "drop_kept_batches"]
+__all__ = ["fit_argument", "check_steps_per_epoch", "end_of_build_read"]
 
 _ENTRY_POINTS = ("fit", "evaluate", "predict")
 _MISSING = object()
@@ -71,22 +71,3 @@ def end_of_build_read() -> Any:
             return getattr(frame.f_locals.get("self"), "data_adapter", None)
         frame = frame.f_back
     return None
-
-
-def drop_kept_batches(adapter: Any) -> None:
-    """Drop the batches Keras' enqueuer kept from a read it stopped (its ``ready_queue``).
-
-    Stopping a ``PyDataset`` enqueuer moves the batches still in flight into
-    its ``ready_queue`` "for the next run", which then begins with them: after
-    the build read, epoch 0 would start with batches 1, 2, ... and train them
-    twice. They belong to no epoch: dropped.
-    """
-    enqueuer = getattr(adapter, "enqueuer", None)
-    ready = getattr(enqueuer, "ready_queue", None)
-    if ready is None or getattr(enqueuer, "running", False):
-        return
-    while True:
-        try:
-            ready.get_nowait()
-        except Exception:  # queue.Empty
-            return

@@ -411,9 +411,7 @@ class ShardSequence(SequenceViews, keras.utils.PyDataset):
 
     def on_epoch_end(self) -> None:
         watchdog.unwatch(self)
-        build = fit_frame.end_of_build_read()
-        if build is not None:  # Keras read a batch to build the model: no epoch trained (fit_frame.py)
-            fit_frame.drop_kept_batches(build)
+        if fit_frame.end_of_build_read() is not None:  # Keras read a batch to build the model: no epoch
             self._in_epoch = False
         # Keras also calls on_epoch_end before the first epoch (and twice per
         # validation pass); only the end of an epoch that began advances it.
