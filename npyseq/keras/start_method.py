@@ -104,22 +104,19 @@ def install() -> None:
 
     def _get_executor_init(self, workers):
         choose_for = getattr(self.py_dataset, "_worker_start_method", None)
-        method = choose_for() if callable(choose_for) else None
-        if method is None:
+        if not callable(choose_for):
             return original(self, workers)
-        context = multiprocessing.get_context(method)
-        if method == "forkserver":
+        from npyseq.keras.executor import ProcessPool
+        context = multiprocessing.get_context(choose_for())  # None: the platform's default
+        if context.get_start_method() == "forkserver":
             _preload_keras(context)
         uid = self.uid
 
         def pool_fn(seqs):
             # Only this enqueuer's dataset goes to the workers: under spawn
             # and forkserver everything passed is pickled, and another
-            # dataset alive in the registry need not pickle. Keras' worker-id
-            # queue is left out (Keras never reads it, and a queue of the
-            # default context cannot go to a spawned process).
-            pool = context.Pool(workers, initializer=module.init_pool_generator,
-                                initargs=({uid: seqs[uid]}, None, None))
+            # dataset alive in the registry need not pickle.
+            pool = ProcessPool(context, workers, {uid: seqs[uid]})
             module._DATA_POOLS.add(pool)
             return pool
 

@@ -1,44 +1,46 @@
-"""Batches of a worker process reach the trainer through shared memory, not the pickle pipe.
+"""Batches of a worker process reach the trainer through shared memory, not pickled.
 
-Keras' process pool pickles what ``__getitem__`` returns in a worker and
-sends the bytes through one pipe, which the trainer's result thread reads and
-unpickles: for multi-MB batches that pipe, not the workers, sets the pace. In
-a worker process (only there) a sequence reads a batch's rows into an
-:class:`Arena`, whose buffers lie in a shared memory *slot*, and
-:meth:`Arena.pack` returns the batch with each array replaced by a handle of
-a few hundred bytes (arrays made elsewhere, by a transform or a cast, are
-copied in first). Unpickled in the trainer, a handle maps the slot and
-becomes an ordinary ``numpy.ndarray`` view of it.
+A worker of npyseq's process pool (:mod:`npyseq.keras.executor`) reads a
+batch's rows into an :class:`Arena`, whose buffers lie in a *slot* of the
+worker's *ring*: one shared memory file cut into equal slots. What goes
+through the worker's pipe is the batch with each array replaced by a handle
+of a few dozen bytes (arrays made elsewhere, by a transform or a cast, are
+copied in first). Unpickled in the trainer, the handles of a batch become
+ordinary ``numpy.ndarray`` views of the trainer's own, lasting mapping of
+that ring: no mapping, page population or unmapping per batch.
 
 Why nothing can leak, and nothing in use is overwritten:
 
-* A slot is an ``os.memfd_create`` file: no name anywhere (nothing in
+* A ring is an ``os.memfd_create`` file: no name anywhere (nothing in
   ``/dev/shm``, nothing for the resource tracker); the kernel frees it when
   the last descriptor and mapping of it are gone, however the processes end.
-* Its descriptor travels once, with ``multiprocessing.reduction.DupFd``
-  (SCM_RIGHTS over an authkey-checked unix socket: fork, spawn and
-  forkserver alike). The trainer keeps it while that worker lives
-  (:class:`_Received` closes those of exited workers) and maps the slot for
-  each batch; the mapping goes when the last array viewing it is collected,
-  which marks the slot free (its byte 0). A worker reuses only a free slot,
-  so a batch the user keeps stays valid.
+* Its descriptor crosses once, over the worker's own socket to the trainer
+  (SCM_RIGHTS, just before the first batch in it); the trainer maps the ring
+  and closes the descriptor at once. It keeps the mapping while the worker's
+  pool lives or a batch of the ring is alive, and never holds a descriptor.
+* Byte 0 of a slot is its flag: 1 from when the worker starts writing a
+  batch into it, 0 again once the trainer's last array of that batch is
+  collected (a finalizer on the batch's one buffer object, which every array
+  of the batch, view or tensor aliasing it keeps alive). A worker reuses only
+  a slot at 0; with none free, the batch travels pickled. So a batch the
+  user keeps stays valid.
 * Pages are reserved with ``posix_fallocate`` before they are written: a
   full memory fails there with an ``OSError`` (the batch then travels
   pickled) instead of a SIGBUS in the middle of a write.
 
-Falls back, never breaks: without ``os.memfd_create``, or when a slot cannot
-be made, the worker sends its batches pickled as Keras does, and the first
-such batch makes the trainer warn once (:class:`SharedMemoryWarning`).
-Batches under :data:`MIN_BYTES` travel pickled anyway (cheaper than mapping).
+Falls back, never breaks: without ``os.memfd_create``, or when a ring cannot
+be made, the worker sends its batches pickled, and the first such batch
+makes the trainer warn once (:class:`SharedMemoryWarning`). Batches under
+:data:`MIN_BYTES` travel pickled anyway (cheaper than a slot).
 The bound on the memory in use: docs/design.md, "Batches through shared memory".
 """
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import threading
-import time
 import warnings
 import weakref
 from math import prod
@@ -48,11 +50,12 @@ import numpy as np
 
 from npyseq.errors import WorkerError
 
-__all__ = ["SharedMemoryWarning", "Arena", "available", "live_segments", "received_slots", "slots_kept", "MIN_BYTES", "SEGMENT_NAME"]
+__all__ = ["SharedMemoryWarning", "Arena", "available", "live_segments", "received_slots", "slots_kept",
+           "MIN_BYTES", "SEGMENT_NAME"]
 
 MIN_BYTES = 64 * 1024  # smaller batches travel pickled
-HANDOVER_SECONDS = 5.0  # an exiting worker waits this long at most for the trainer to take its last slots
 SEGMENT_NAME = "npyseq-batch"  # in /proc/<pid>/maps as "/memfd:npyseq-batch (deleted)"
+HEADROOM = 1.25  # a new ring's slots hold this many times the batch that needed it (batches vary)
 _ALIGN = 64
 
 
@@ -70,6 +73,11 @@ def available() -> str | None:
     return None
 
 
+def slots_kept(workers: int, max_queue_size: int) -> int:
+    """Slots of one of ``workers`` workers' ring: its share of the batches Keras holds, plus one."""
+    return -(-(max_queue_size + 2) // max(workers, 1)) + 1
+
+
 # -- worker side
 
 
@@ -84,84 +92,68 @@ def _allocate(nbytes: int) -> tuple[int, mmap.mmap]:
         raise
 
 
-class _Slot:
-    """A segment of this worker, reused once the trainer has let go of it.
+class _Ring:
+    """This worker's shared memory: ``slots`` slots of ``slot_bytes``, flag at byte 0 of each."""
 
-    Byte 0 is the slot's flag: 1 (set here) from when a batch is written in
-    it until the trainer has mapped it, then 2 (set there) while the trainer
-    holds the batch, then 0 once the trainer's last array of it is gone (set
-    there, by :func:`_released`). Data starts at ``_ALIGN``. A slot never
-    received keeps its 1 and is never reused. Its descriptor
-    travels with the first batch in it only: the trainer keeps a kept slot's
-    descriptor (:class:`_Received`) until this worker drops the slot or exits.
-    """
-
-    def __init__(self, capacity: int, kept: bool):
-        self.capacity, self.kept = capacity, kept
-        self.id = _state["slots"] = _state["slots"] + 1
+    def __init__(self, slots: int, slot_bytes: int):
+        self.slots, self.slot_bytes = slots, slot_bytes
+        self.id = _state["ring_ids"] = _state["ring_ids"] + 1
+        self.fd, self.map = _allocate(slots * slot_bytes)
         self.sent = False
-        self.fd, self.map = _allocate(capacity)
         weakref.finalize(self, os.close, self.fd)
 
-    def free(self) -> bool:
-        return self.map[0] == 0
+    def take(self) -> int | None:
+        """A free slot, marked held; None if the trainer holds them all."""
+        for k in range(self.slots):
+            if self.map[k * self.slot_bytes] == 0:
+                self.map[k * self.slot_bytes] = 1
+                return k
+        return None
+
+
+class _Slot:
+    """One slot of a ring, as a batch's arrays refer to it (pickled once per batch: the memo)."""
+
+    __slots__ = ("ring", "index")
+
+    def __init__(self, ring: _Ring, index: int):
+        self.ring, self.index = ring, index
+
+    @property
+    def start(self) -> int:
+        return self.index * self.ring.slot_bytes
+
+    def release(self) -> None:
+        """Never sent: free again."""
+        self.ring.map[self.start] = 0
 
     def __reduce__(self):
-        fd = None
-        if not self.sent:
-            from multiprocessing import reduction
-            fd, self.sent = reduction.DupFd(self.fd), True
-        forget, _state["dropped"] = tuple(_state["dropped"]), []
-        return _attach, (_state["token"], self.id, fd, self.capacity, self.kept, forget)
+        if not self.ring.sent:
+            _announce(self.ring)
+        return _slot_base, (_state["token"], self.ring.id, self.ring.slot_bytes, self.index)
 
 
-_ring: list = []  # this worker's kept slots
+def _announce(ring: _Ring) -> None:
+    """Send ``ring``'s descriptor to the trainer, ahead of the batch that uses it first."""
+    from multiprocessing import reduction
+    channel = _state["channel"]
+    retired, _state["retired"] = tuple(_state["retired"]), []
+    channel.send(_NewRing(_state["token"], ring.id, ring.slots * ring.slot_bytes, retired))
+    reduction.send_handle(channel, ring.fd, _state["trainer"])
+    ring.sent = True
 
 
-def _take(nbytes: int, keep: int) -> _Slot:
-    """A slot of at least ``nbytes`` of data that the trainer does not hold, marked held."""
-    if _state["token"] is None:
-        _state["token"] = (os.getpid(), os.urandom(8).hex())  # pids are reused, tokens not
-        from multiprocessing import util
-        util.Finalize(None, _hand_over, args=(os.getppid(),), exitpriority=100)
-    need = -(-(_ALIGN + nbytes) // mmap.PAGESIZE) * mmap.PAGESIZE
-    free = [s for s in _ring if s.free()]
-    fits = [s for s in free if s.capacity >= need]
-    if fits:
-        slot = min(fits, key=lambda s: s.capacity)
-    else:
-        if len(_ring) >= keep and free:  # make room: drop a free slot too small
-            dropped = min(free, key=lambda s: s.capacity)
-            _ring.remove(dropped)
-            if dropped.sent:
-                _state["dropped"].append(dropped.id)  # the trainer closes its descriptor
-        slot = _Slot(need, kept=len(_ring) < keep)
-        if slot.kept:
-            _ring.append(slot)
-    slot.map[0] = 1
-    return slot
+class _NewRing:
+    """What a worker sends before a ring's descriptor (see :func:`adopt`)."""
 
+    __slots__ = ("token", "ring", "nbytes", "retired")
 
-def _hand_over(parent: int) -> None:
-    """At a worker's exit: wait until the trainer has taken every descriptor sent (or is gone).
-
-    A descriptor travels when the trainer unpickles the batch, through this
-    process's ``resource_sharer`` thread; Keras closes its pool at the end of
-    an epoch and a worker exits right after its last batch, maybe before the
-    trainer unpickled it; and the trainer closes the descriptors of a
-    worker that exited, so none may still be on its way (flag 1).
-    """
-    from multiprocessing import resource_sharer
-    pending = getattr(getattr(resource_sharer, "_resource_sharer", None), "_cache", None)
-    deadline = time.monotonic() + HANDOVER_SECONDS
-    def on_its_way():  # sent, not yet mapped (not the slot of a batch that failed half-read)
-        return any(s.map[0] == 1 and s is not _state["filling"] for s in _ring)
-    while (pending or on_its_way()) and time.monotonic() < deadline and os.getppid() == parent:
-        time.sleep(0.005)
+    def __init__(self, token, ring: int, nbytes: int, retired: tuple = ()):
+        self.token, self.ring, self.nbytes, self.retired = token, ring, nbytes, retired
 
 
 class _Leaf:
-    """An array of a batch, in a segment: pickles as ``(segment, offset, dtype, shape, order)``."""
+    """An array of a batch, in a slot: pickles as ``(slot, offset, dtype, shape, order)``."""
 
     __slots__ = ("args",)
 
@@ -182,9 +174,27 @@ class _Notice:
         return _notify, (self.batch, self.reason)
 
 
-# This worker's: why it stopped using shared memory, whether the trainer heard it, its token,
-# its last slot id, the kept slots it dropped since its last batch.
-_state: dict = {}  # this worker's: why it stopped using shared memory
+# This worker's: its channel to the trainer (None: not a worker of npyseq's pool), the trainer's pid,
+# its token, why it stopped using shared memory, whether the trainer heard it, its last ring id.
+_state: dict = {}
+
+
+def serve(channel, trainer: int) -> None:
+    """This process is a worker of npyseq's pool, talking to ``trainer`` over ``channel``."""
+    _state.update(channel=channel, trainer=trainer, token=(os.getpid(), os.urandom(8).hex()))
+
+
+def _reset_after_fork() -> None:
+    # A forked process decides for itself, with a ring of its own (never its parent's).
+    _state.update(channel=None, trainer=None, token=None, failed=None, noticed=False, ring_ids=0, rings=[],
+                  retired=[])
+
+
+_reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _leaves(batch: Any, out: list) -> None:
@@ -207,71 +217,103 @@ def _replace(batch: Any, leaves: dict) -> Any:
     return leaves.get(id(batch), batch)
 
 
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // _ALIGN) * _ALIGN
+
+
+def _usable() -> bool:
+    if _state["channel"] is None:
+        return False  # not a worker of npyseq's pool: nobody to map a ring
+    if _state["failed"] is None:
+        _state["failed"] = available() or False
+    return not _state["failed"]
+
+
+def _failed(error: OSError, slots: int, slot_bytes: int) -> None:
+    _state["failed"] = (f"a shared memory ring of {slots} slots of {slot_bytes} bytes could not be made "
+                        f"({type(error).__name__}: {error})")
+
+
+def _noticed(batch: Any) -> Any:
+    if _state["noticed"] or not _state["failed"]:
+        return batch
+    _state["noticed"] = True
+    return _Notice(batch, _state["failed"])
+
+
 class Arena:
-    """A worker's batch buffers, carved out of a shared memory slot: what is read there is not copied.
+    """A worker's batch buffers, carved out of a slot of its ring: what is read there is not copied.
 
     ``empty(nbytes)`` (the :class:`~npyseq.keras.pool.BufferPool` call a
     sequence reads rows into) hands out the next part of the current slot,
-    taken free when a batch starts, sized as the last batch was; what does
-    not fit comes from ``pool``. :meth:`pack` then copies into the slot only
-    the arrays that are not in it yet (a transform's new arrays, casts).
+    taken free when a batch starts; what does not fit comes from ``pool``.
+    :meth:`pack` then copies into the slot only the arrays that are not in
+    it yet (a transform's new arrays, casts).
     """
 
     def __init__(self, pool, workers: int, max_queue_size: int):
         self.pool, self.keep = pool, slots_kept(workers, max_queue_size)
         self.slot: _Slot | None = None  # the current batch's slot
         self.used = 0  # bytes of it handed out, after the flag
-        self.last = 0  # bytes the last batch needed
 
-    def _slot(self, nbytes: int) -> _Slot | None:
-        """The current batch's slot, taken when its first buffer is asked for."""
-        if self.slot is None and self.last >= MIN_BYTES and _usable():
-            try:
-                self.slot, self.used = _take(max(self.last, nbytes), self.keep), 0
-                _state["filling"] = self.slot
-            except OSError as e:
-                _failed(e, self.last)
-        return self.slot
+    def _take(self, nbytes: int) -> _Slot | None:
+        """A free slot of at least ``nbytes`` of data: a new ring if those there are too small or all held."""
+        need = _ALIGN + nbytes
+        rings = _state["rings"]
+        for ring in rings:
+            if ring.slot_bytes >= need:
+                index = ring.take()
+                if index is not None:
+                    return _Slot(ring, index)
+        size = max([r.slot_bytes for r in rings if r.slot_bytes >= need], default=0)
+        if not size:  # outgrown: the old rings go (the trainer's mappings live while their batches do)
+            size = -(-int(need * HEADROOM) // mmap.PAGESIZE) * mmap.PAGESIZE
+            _state["retired"] += [r.id for r in rings if r.sent]
+            rings.clear()
+        try:
+            ring = _Ring(self.keep, size)  # or all held (a consumer that keeps batches): one more
+        except OSError as e:
+            _failed(e, self.keep, size)
+            return None
+        rings.append(ring)
+        return _Slot(ring, ring.take())
 
     def empty(self, nbytes: int) -> np.ndarray:
-        slot = self._slot(nbytes)
-        size = _aligned(nbytes)
-        if slot is None or _ALIGN + self.used + size > slot.capacity:
+        if self.slot is None and _state["rings"] and _usable():
+            self.slot, self.used = self._take(0), 0  # of the rings' slot size: the batch may not fit
+        slot, size = self.slot, _aligned(nbytes)
+        if slot is None or _ALIGN + self.used + size > slot.ring.slot_bytes:
             return self.pool.empty(nbytes)
-        start, self.used = _ALIGN + self.used, self.used + size
-        return np.frombuffer(slot.map, np.uint8, nbytes, start)
+        start, self.used = slot.start + _ALIGN + self.used, self.used + size
+        return np.frombuffer(slot.ring.map, np.uint8, nbytes, start)
 
     def pack(self, batch: Any) -> Any:
         """``batch`` with every array in shared memory, to be pickled to the trainer."""
         slot, self.slot = self.slot, None
-        _state["filling"] = None
         arrays: list = []
         _leaves(batch, arrays)
         unique = list({id(a): a for a in arrays}.values())
         total = sum(_aligned(a.nbytes) for a in unique)
-        self.last = total
         if total < MIN_BYTES or not _usable():
             if slot is not None:
-                slot.map[0] = 0  # pickled before the next batch is read: free again
-            return _noticed(batch) if _state["failed"] else batch
-        placed = {}  # id -> offset of the arrays already in the slot
+                slot.release()
+            return _noticed(batch)
+        placed = {}  # id -> offset in the slot of the arrays already there
         if slot is not None:
-            base = np.frombuffer(slot.map, np.uint8).ctypes.data
+            base = np.frombuffer(slot.ring.map, np.uint8).ctypes.data + slot.start
             for a in unique:
                 offset = a.ctypes.data - base
                 if ((a.flags.c_contiguous or a.flags.f_contiguous) and _ALIGN <= offset
-                        and offset + a.nbytes <= slot.capacity):
+                        and offset + a.nbytes <= slot.ring.slot_bytes):
                     placed[id(a)] = offset
         missing = sum(_aligned(a.nbytes) for a in unique if id(a) not in placed)
         used = _ALIGN + self.used
-        if slot is None or used + missing > slot.capacity:
+        if slot is None or used + missing > slot.ring.slot_bytes:
             if slot is not None:
-                slot.map[0] = 0  # never sent: free
-            try:
-                slot = _take(total, self.keep)
-            except OSError as e:
-                _failed(e, total)
-                return _noticed(batch)
+                slot.release()
+            slot = self._take(total)
+            if slot is None:
+                return _noticed(batch)  # every slot held (or no ring): pickled
             placed, used = {}, _ALIGN
         leaves = {}
         for a in unique:
@@ -279,52 +321,12 @@ class Arena:
             offset = placed.get(id(a))
             if offset is None:
                 offset, used = used, used + _aligned(a.nbytes)
-                np.copyto(_array(slot.map, offset, a.dtype, a.shape, order), a, casting="no")
+                np.copyto(_array(slot.ring.map, slot.start + offset, a.dtype, a.shape, order), a, casting="no")
             leaves[id(a)] = _Leaf(slot, offset, a.dtype, a.shape, order)
         return _replace(batch, leaves)
 
 
-def _aligned(nbytes: int) -> int:
-    return -(-nbytes // _ALIGN) * _ALIGN
-
-
-def _usable() -> bool:
-    if _state["failed"] is None:
-        _state["failed"] = available() or False
-    return not _state["failed"]
-
-
-def _failed(error: OSError, nbytes: int) -> None:
-    _state["failed"] = (f"a shared memory segment of {nbytes} bytes could not be made "
-                        f"({type(error).__name__}: {error})")
-
-
-def slots_kept(workers: int, max_queue_size: int) -> int:
-    """Slots one of ``workers`` workers keeps: its share of the batches Keras holds, plus one."""
-    return -(-(max_queue_size + 2) // max(workers, 1)) + 1
-
-
-def _noticed(batch: Any) -> Any:
-    if _state["noticed"]:
-        return batch
-    _state["noticed"] = True
-    return _Notice(batch, _state["failed"])
-
-
-def _reset_after_fork() -> None:
-    # A forked worker decides for itself, with slots of its own (never its parent's).
-    _state.update(failed=None, noticed=False, token=None, slots=0, dropped=[], filling=None)
-    _ring.clear()
-
-
-_reset_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
-
-
-# -- trainer side (run by the unpickler, in the pool's result thread)
+# -- trainer side (run by the unpickler, in the thread that waits for the batch)
 
 
 def _array(buffer, offset: int, dtype: np.dtype, shape: tuple, order: str) -> np.ndarray:
@@ -333,132 +335,81 @@ def _array(buffer, offset: int, dtype: np.dtype, shape: tuple, order: str) -> np
     return flat.reshape(shape, order=order)
 
 
+_lock = threading.Lock()
 _live = {"segments": 0, "bytes": 0}
-_live_lock = threading.Lock()
+_rings: dict = {}  # (token, ring id) -> the trainer's mapping of that ring
 
 
-def _released(flag: mmap.mmap, nbytes: int) -> None:
-    """The trainer's last array of a slot is gone: the worker may reuse it."""
-    flag[0] = 0
-    flag.close()
-    with _live_lock:
+def adopt(notice: _NewRing, fd: int) -> None:
+    """Map a worker's new ring (closing ``fd``); its earlier rings go once their batches do."""
+    try:
+        mapping = mmap.mmap(fd, notice.nbytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+    except OSError as e:
+        raise WorkerError(
+            f"a shared memory ring of {notice.nbytes} bytes sent by a worker process could not be mapped "
+            f"in the trainer ({type(e).__name__}: {e}); pass shared_memory=False to the sequence to send "
+            "batches pickled") from None
+    finally:
+        os.close(fd)
+    with _lock:
+        for ring in notice.retired:
+            _rings.pop((notice.token, ring), None)
+        _rings[(notice.token, notice.ring)] = mapping
+
+
+def forget(tokens) -> None:
+    """The workers of ``tokens`` are done: drop their rings (each lives on while a batch of it does)."""
+    tokens = set(tokens)
+    with _lock:
+        for key in [k for k in _rings if k[0] in tokens]:
+            del _rings[key]
+
+
+def _released(mapping: mmap.mmap, flag: int, nbytes: int) -> None:
+    """The trainer's last array of a batch is gone: its worker may reuse the slot."""
+    mapping[flag] = 0
+    with _lock:
         _live["segments"] -= 1
         _live["bytes"] -= nbytes
 
 
+def _slot_base(token, ring: int, slot_bytes: int, index: int):
+    """The buffer every array of one batch views: a slot of the trainer's mapping of its ring."""
+    with _lock:
+        mapping = _rings.get((token, ring))
+    if mapping is None:
+        raise WorkerError(f"a batch arrived in ring {ring} of worker {token[0]}, which the trainer never "
+                          "received; pass shared_memory=False to the sequence to send batches pickled")
+    start = index * slot_bytes
+    base = (ctypes.c_char * slot_bytes).from_buffer(mapping, start)
+    with _lock:
+        _live["segments"] += 1
+        _live["bytes"] += slot_bytes
+    weakref.finalize(base, _released, mapping, start, slot_bytes)
+    return base
+
+
+def _view(base, offset: int, dtype: np.dtype, shape: tuple, order: str) -> np.ndarray:
+    return _array(base, offset, dtype, shape, order)
+
+
+def slot_of(array: np.ndarray):
+    """The slot buffer ``array`` views, if it came from a worker through shared memory, else None."""
+    while isinstance(array, (np.ndarray, memoryview)):
+        array = array.base if isinstance(array, np.ndarray) else array.obj
+    return array if isinstance(array, ctypes.Array) else None
+
+
 def live_segments() -> tuple[int, int]:
-    """``(segments, bytes)`` of batches from workers this process still maps."""
-    with _live_lock:
+    """``(batches, bytes)`` of slots of workers' rings this process still holds a batch in."""
+    with _lock:
         return _live["segments"], _live["bytes"]
 
 
-class _Received:
-    """The descriptors of kept slots the trainer received, by worker; a worker's go when it exits."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.fds: dict = {}  # token -> {slot id: fd}
-        self.exits: dict = {}  # token -> pidfd (None: poll the pid)
-        self.thread: threading.Thread | None = None
-
-    def fd(self, token, slot: int, fd_wrapper, kept: bool, forget: tuple) -> tuple[int, bool]:
-        """The descriptor of ``slot`` of worker ``token``, and whether the caller must close it."""
-        with self.lock:
-            fds = self.fds.get(token, {})
-            for old in forget:
-                if old in fds:
-                    os.close(fds.pop(old))
-            if fd_wrapper is None:
-                return fds[slot], False
-        fd = fd_wrapper.detach()
-        if not kept:
-            return fd, True
-        with self.lock:
-            if token not in self.fds:
-                self.fds[token] = {}
-                self.exits[token] = _pidfd(token[0])
-            self.fds[token][slot] = fd
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._reap, name="npyseq-shm-reaper", daemon=True)
-                self.thread.start()
-        return fd, False
-
-    def _reap(self) -> None:
-        """Close the descriptors of workers that exited, until none is left."""
-        while True:
-            time.sleep(REAP_SECONDS)
-            with self.lock:
-                for token in [t for t, pidfd in self.exits.items() if _exited(t[0], pidfd)]:
-                    for fd in self.fds.pop(token).values():
-                        os.close(fd)
-                    pidfd = self.exits.pop(token)
-                    if pidfd is not None:
-                        os.close(pidfd)
-                if not self.fds:
-                    self.thread = None
-                    return
-
-    def count(self) -> int:
-        with self.lock:
-            return sum(len(fds) for fds in self.fds.values())
-
-
-def _pidfd(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None
-
-
-def _exited(pid: int, pidfd: int | None) -> bool:
-    if pidfd is None:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except OSError:
-            pass
-        return False
-    import select
-    return bool(select.select([pidfd], [], [], 0)[0])
-
-
-_RECEIVED = _Received()
-REAP_SECONDS = 0.25
-
-
 def received_slots() -> int:
-    """Descriptors of workers' kept slots this process holds (closed when each worker exits)."""
-    return _RECEIVED.count()
-
-
-def _attach(token, slot: int, fd_wrapper, nbytes: int, kept: bool, forget: tuple) -> mmap.mmap:
-    try:
-        fd, close = _RECEIVED.fd(token, slot, fd_wrapper, kept, forget)
-        try:
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-            segment = mmap.mmap(fd, nbytes, flags=flags)
-            flag = mmap.mmap(fd, 1)  # its own mapping: the finalizer runs once ``segment`` is gone
-            flag[0] = 2
-        finally:
-            if close:
-                os.close(fd)
-    except Exception as e:
-        # Raised in Keras' result thread, which dies; the watchdog then ends fit with a WorkerError.
-        raise WorkerError(
-            f"a batch of {nbytes} bytes sent by a worker process through shared memory could not be "
-            f"mapped in the trainer ({type(e).__name__}: {e}); pass shared_memory=False to the "
-            "sequence to send batches pickled"
-        ) from None
-    with _live_lock:
-        _live["segments"] += 1
-        _live["bytes"] += nbytes
-    weakref.finalize(segment, _released, flag, nbytes)
-    return segment
-
-
-def _view(segment: mmap.mmap, offset: int, dtype: np.dtype, shape: tuple, order: str) -> np.ndarray:
-    return _array(segment, offset, dtype, shape, order)
+    """Rings of workers this process keeps mapped for the pools that run (no descriptor is kept)."""
+    with _lock:
+        return len(_rings)
 
 
 _warned = threading.Lock()
@@ -467,7 +418,7 @@ _warned = threading.Lock()
 def _notify(batch: Any, reason: str) -> Any:
     if _warned.acquire(blocking=False):
         warnings.warn(
-            f"npyseq: {reason}; batches of process workers now travel pickled through Keras' pipe "
+            f"npyseq: {reason}; batches of process workers now travel pickled "
             "(slower, same bytes). Pass shared_memory=False to the sequence to silence this.",
             SharedMemoryWarning, stacklevel=2)
     return batch

@@ -107,7 +107,10 @@ def _adapter_module():
 
 def _keras_pools() -> list:
     module = _adapter_module()
-    return [] if module is None else _copy(module._DATA_POOLS)
+    if module is None:
+        return []
+    # npyseq's own pools report a dead worker themselves (npyseq/keras/executor.py).
+    return [p for p in _copy(module._DATA_POOLS) if isinstance(p, mp_pool.Pool)]
 
 
 class _RecordedPools(weakref.WeakSet):

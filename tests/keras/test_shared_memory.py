@@ -7,6 +7,7 @@ a backend of its own, and a process that may be killed.
 from __future__ import annotations
 
 import errno
+import gc
 import importlib.util
 import json
 import os
@@ -99,7 +100,8 @@ def test_memory_is_bounded_and_failures_leave_nothing_behind_and_a_failed_segmen
     # it takes the next): the documented bound, in slots of one batch (+ a page of header).
     most_segments = bound["max_queue_size"] + 3
     assert 1 <= bound["most"] <= most_segments, bound
-    assert bound["most_bytes"] <= most_segments * (bound["batch_bytes"] + 2 * 4096), bound
+    slot = transport.HEADROOM * (bound["batch_bytes"] + 64) + 4096  # a slot: the batch, headroom, a page
+    assert bound["most_bytes"] <= most_segments * slot, bound
     assert bound["after"] == [0, 0]
 
     failures = found["failures"]
@@ -113,8 +115,8 @@ def test_memory_is_bounded_and_failures_leave_nothing_behind_and_a_failed_segmen
     fallback = found["fallback"]
     assert fallback["equal"] and fallback["batches"] == 64 and not fallback["shared"]
     assert len(fallback["warnings"]) == 1  # one warning, from two workers and two epochs
-    assert fallback["warnings"][0].startswith(
-        "npyseq: a shared memory segment of 197120 bytes could not be made (OSError: [Errno 28]")
+    assert fallback["warnings"][0].startswith("npyseq: a shared memory ring of ")
+    assert "bytes could not be made (OSError: [Errno 28]" in fallback["warnings"][0]
 
 
 @pytest.mark.slow
@@ -123,7 +125,7 @@ def test_descriptors_and_memory_stay_flat_over_30_epochs(dataset):
     seen = _run("flat", dataset, "fork", "torch")["flat"]
     early, late = seen["5"], seen["30"]
     assert late["fds"] <= early["fds"] + 2, seen
-    assert late["received"] <= early["received"] + 2, seen  # descriptors of exited workers closed
+    assert late["received"] <= early["received"] + 2, seen  # rings of finished pools dropped
     assert late["RssShmem"] <= early["RssShmem"] + 4096, seen  # KiB
     assert late["RssAnon"] <= early["RssAnon"] * 1.1 + 16 * 1024, seen
 
@@ -194,30 +196,76 @@ def test_shared_memory_is_on_by_default_and_checked(tmp_path):
         _sequence(tmp_path, shared_memory=1)
 
 
+class _Channel:
+    """What a worker's socket to the trainer receives, in this process."""
+
+    def __init__(self):
+        self.sent = []
+
+    def send(self, obj):
+        self.sent.append(obj)
+
+
 @pytest.fixture
 def worker(monkeypatch):
-    """This process as a worker of its own: slots and state apart, no exit-time handover."""
-    monkeypatch.setattr(transport, "_ring", [])
-    for key, value in dict(failed=None, noticed=False, token=(os.getpid(), "test"), slots=0, dropped=[],
-                            filling=None).items():
+    """This process as a worker of npyseq's pool: a ring and state apart, a channel that records."""
+    channel = _Channel()
+    for key, value in dict(channel=channel, trainer=os.getpid(), token=(os.getpid(), "test"), failed=None,
+                           noticed=False, ring_ids=0, rings=[], retired=[]).items():
         monkeypatch.setitem(transport._state, key, value)
     monkeypatch.setattr(transport, "_warned", threading.Lock())
+    from multiprocessing import reduction
+    monkeypatch.setattr(reduction, "send_handle", lambda conn, fd, pid: conn.send(("fd", os.dup(fd))))
+    return channel
 
 
 def test_an_arena_reads_rows_into_its_slot_and_copies_only_what_is_elsewhere(tmp_path, worker):
     seq = _sequence(tmp_path)
     arena = transport.Arena(seq._pool, workers=2, max_queue_size=4)
     seq._pool = arena
-    first = arena.pack(seq._get(0))  # no slot size known yet: read into the pool, copied in
+    first = arena.pack(seq._get(0))  # no ring yet: read into the pool, copied into slot 0 of a new ring
     slot = first[0].args[0]
-    second = arena.pack(seq._get(1))  # the first is still held (flag 1): another slot, read in place
-    assert second[0].args[0] is not slot and second[0].args[1] == 64  # x right after the flag
+    assert slot.index == 0 and slot.ring.slots == transport.slots_kept(2, 4) == 4
+    second = arena.pack(seq._get(1))  # slot 0 is held (flag 1): slot 1, read in place
+    assert second[0].args[0].ring is slot.ring and second[0].args[0].index == 1
+    assert second[0].args[1] == 64  # x right after the flag
     assert second[1].args[1] == 64 + 64 * 512 * 4  # y right after x: nothing copied
-    slot.map[0] = 0  # the trainer let go of the first batch
+    slot.ring.map[slot.start] = 0  # the trainer let go of the first batch
     third = arena.pack(seq._get(2))
-    assert third[0].args[0] is slot  # reused
+    assert third[0].args[0].ring is slot.ring and third[0].args[0].index == 0  # reused
     func, args = third[0].__reduce__()
     assert func is transport._view and args[1:] == (64, np.dtype(np.float32), (64, 512), "C")
+    held = [arena.pack(seq._get(3)) for _ in range(3)]  # slots 1, 2, 3 held: a second ring, same size
+    assert [b[0].args[0].index for b in held] == [2, 3, 0]
+    assert held[2][0].args[0].ring is not slot.ring and held[2][0].args[0].ring.slot_bytes == slot.ring.slot_bytes
+
+
+def test_a_batch_crosses_as_a_handle_and_its_slot_is_free_once_its_last_array_goes(tmp_path, worker):
+    import pickle
+    seq = _sequence(tmp_path)
+    seq._pool = arena = transport.Arena(seq._pool, 2, 4)
+    arena.pack(seq._get(0))  # makes the ring (its slot 0 stays held: never sent)
+    payload = pickle.dumps(arena.pack(seq._get(1)), protocol=4)  # slot 1
+    assert len(payload) < 1000  # a handle, not 128 KiB of rows
+    notice, (_, fd) = worker.sent  # the ring's descriptor goes ahead of its first batch, once
+    assert isinstance(notice, transport._NewRing) and pickle.dumps(arena.pack(seq._get(2))) and len(worker.sent) == 2
+    ring, = transport._state["rings"]
+    try:
+        transport.adopt(notice, fd)  # in the trainer: mapped once, the descriptor closed
+        before = transport.live_segments()
+        x, y = pickle.loads(payload)
+        assert x.tobytes() == seq._get(1)[0].tobytes() and y.tolist() == list(range(64, 128))
+        assert transport.slot_of(x) is transport.slot_of(y) is not None  # one buffer per batch
+        assert transport.live_segments() == (before[0] + 1, before[1] + ring.slot_bytes)
+        del x
+        gc.collect()
+        assert ring.map[ring.slot_bytes] == 1  # y still views the slot: not free
+        del y
+        gc.collect()
+        assert ring.map[ring.slot_bytes] == 0 and transport.live_segments() == before
+    finally:
+        transport.forget([notice.token])
+    assert transport.received_slots() == 0
 
 
 def test_without_memfd_a_worker_sends_pickled_batches_with_one_warning(tmp_path, worker, monkeypatch):
@@ -233,6 +281,13 @@ def test_without_memfd_a_worker_sends_pickled_batches_with_one_warning(tmp_path,
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         func(*args)  # said once per trainer
+
+
+def test_outside_npyseqs_pool_batches_are_plain(tmp_path, monkeypatch):
+    monkeypatch.setitem(transport._state, "channel", None)  # e.g. a Keras layout npyseq does not hook
+    seq = _sequence(tmp_path)
+    batch = transport.Arena(seq._pool, 2, 4).pack(seq._get(0))
+    assert type(batch) is tuple and type(batch[0]) is np.ndarray
 
 
 def test_a_full_shared_memory_fails_with_oserror_not_sigbus(monkeypatch):

@@ -68,14 +68,9 @@ def same(got, want) -> bool:
 
 
 def shared(batch) -> bool:
-    """Every array of ``batch`` views a mapping from a worker (not a pickled copy)."""
-    import mmap
-
-    def base(a):
-        while isinstance(a, (np.ndarray, memoryview)):
-            a = a.base if isinstance(a, np.ndarray) else a.obj
-        return a
-    return all(isinstance(base(a), mmap.mmap) for a in leaves(batch))
+    """Every array of ``batch`` views a slot of a worker's ring (not a pickled copy)."""
+    from npyseq.keras import transport
+    return all(transport.slot_of(a) is not None for a in leaves(batch))
 
 
 def epoch_batches(seq) -> list:
