@@ -213,11 +213,12 @@ class ProcessPool:
         try:
             for k in range(max(1, workers)):
                 inherited = [w.conn.fileno() for w in self._workers]
-                self._workers.append(_Worker(context, sequences, f"Keras_worker_npyseq-{k + 1}", inherited))
+                self._workers.append(_Worker(context, sequences, f"Keras_worker_NpyseqPoolWorker-{k + 1}", inherited))
         except BaseException:
             self.terminate()
             raise
         self._pool = [w.process for w in self._workers]
+        self._ctx = context  # as multiprocessing.Pool names it
         self._lock = threading.Lock()
         self._next = 0
         self._running = True

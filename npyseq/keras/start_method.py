@@ -1,4 +1,4 @@
-"""The start method of the worker processes Keras starts for an npyseq sequence.
+"""The pool, and its start method, of the worker processes Keras starts for an npyseq sequence.
 
 Keras makes its process pool with ``multiprocessing.Pool()``: the platform's
 default start method, ``fork`` on Linux up to Python 3.13. On the JAX
@@ -10,11 +10,12 @@ multithreaded, so this will likely lead to a deadlock", keras-team/keras#20619).
 An npyseq sequence pickles as paths, so it can start its workers any way.
 :func:`install` wraps ``OrderedEnqueuer._get_executor_init`` of Keras (the
 method that returns the function making the enqueuer's pool): for a dataset
-that answers ``_worker_start_method()`` with a start method, the pool is made
-from that method's context, with the same initializer Keras uses, and it is
+that has ``_worker_start_method()`` (npyseq's), the pool is npyseq's
+:class:`~npyseq.keras.executor.ProcessPool`, made from the context of the
+start method it answers (``None``: the platform's default), and it is
 registered in Keras' pool registry as Keras registers its own. Any other
 dataset gets Keras' own pool, untouched. With another Keras layout nothing is
-wrapped, and Keras' default applies.
+wrapped: Keras' own pool and start method apply, and batches travel pickled.
 
 :func:`choose` is the rule: an explicit ``start_method`` wins; ``None`` means
 Keras' default, except that ``fork`` on the JAX backend becomes

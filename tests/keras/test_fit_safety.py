@@ -126,9 +126,10 @@ def test_exception_that_cannot_be_unpickled_reaches_fit_as_a_worker_error(outcom
 @pytest.mark.parametrize("backend, scenario", _cases("unloadable batch, processes"))
 def test_batch_that_cannot_be_unpickled_ends_fit_with_a_worker_error(outcomes, backend, scenario):
     outcome = outcomes(backend)[scenario]
+    # npyseq's pool fails that batch alone, with the reason (Keras' pool loses its result thread).
     _assert_raised(outcome, backend, "npyseq.errors.WorkerError",
-                   "the thread of Keras' worker pool that receives batches from the worker processes died")
-    assert "this object cannot be rebuilt in the trainer" in outcomes(backend)["_stderr"]  # the thread's traceback
+                   f"batch {FAIL_ROW // 32} sent by a worker process could not be unpickled in the trainer "
+                   "(TypeError: this object cannot be rebuilt in the trainer)")
     assert outcome["leftover_workers"] == []
 
 
