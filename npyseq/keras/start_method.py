@@ -112,13 +112,17 @@ def install() -> None:
         if context.get_start_method() == "forkserver":
             _preload_keras(context)
         uid = self.uid
+        last: list = []  # the pool of this enqueuer's last epoch: it serves the next if it can
 
         def pool_fn(seqs):
             # Only this enqueuer's dataset goes to the workers: under spawn
             # and forkserver everything passed is pickled, and another
             # dataset alive in the registry need not pickle.
+            if last and last[0].reopen({uid: seqs[uid]}):
+                return last[0]
             pool = ProcessPool(context, workers, {uid: seqs[uid]})
             module._DATA_POOLS.add(pool)
+            last[:] = [pool]
             return pool
 
         return pool_fn

@@ -1,0 +1,170 @@
+"""npyseq's process pool (npyseq/keras/executor.py): what Keras' enqueuer gets for an npyseq sequence.
+
+Epochs run through Keras' own adapter in this process, with fork workers (the
+platform default here); start methods, backends and the kill cases run in
+subprocesses in test_shared_memory.py, test_worker_failures.py and
+test_fit_safety.py.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import npyseq
+from npyseq.errors import WorkerDiedError, WorkerError
+from npyseq.keras import executor
+
+ROWS, BATCH = 640, 64
+
+
+@pytest.fixture(scope="module")
+def path(tmp_path_factory):
+    root = tmp_path_factory.mktemp("executor") / "data"
+    x = np.arange(ROWS * 512, dtype=np.float32).reshape(ROWS, 512)  # 128 KiB batches: shared memory
+    npyseq.write_shards(root, {"x": x, "y": np.arange(ROWS)}, rows=200, progress=False)
+    return str(root)
+
+
+def _sequence(path, **options):
+    return npyseq.ShardSequence(path, x="x", y="y", batch_size=BATCH, workers=2, use_multiprocessing=True,
+                                **options)
+
+
+def _epoch(adapter) -> list:
+    adapter.on_epoch_begin()
+    batches = [(x.copy(), y.copy()) for x, y in adapter.get_numpy_iterator()]
+    adapter.on_epoch_end()
+    return batches
+
+
+def _pools(seq) -> list:
+    from keras.src.trainers.data_adapters import py_dataset_adapter
+    return [p for p in list(py_dataset_adapter._DATA_POOLS) if isinstance(p, executor.ProcessPool)]
+
+
+def _rows(batches) -> list:
+    return [b[1].tolist() for b in batches]
+
+
+def test_a_kept_pool_serves_the_next_epoch_in_that_epochs_order(path):
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+    seq = _sequence(path, shuffle="global", seed=3)
+    reference = _sequence(path, shuffle="global", seed=3, workers=0)
+    adapter = PyDatasetAdapter(seq, shuffle=False)
+    first = _epoch(adapter)
+    pids = {p.pid for pool in _pools(seq) for p in pool._pool}
+    second = _epoch(adapter)
+    assert {p.pid for pool in _pools(seq) for p in pool._pool} >= pids  # the same workers
+    assert seq.epoch == 2
+    reference.epoch = 0
+    assert _rows(first) == [reference[i][1].tolist() for i in range(len(reference))]
+    reference.epoch = 1  # the order of epoch 1, which the workers were sent
+    assert _rows(second) == [reference[i][1].tolist() for i in range(len(reference))]
+    assert _rows(first) != _rows(second)
+    for (x, y) in second:
+        assert np.array_equal(x, np.arange(512, dtype=np.float32) + 512 * y[:, None].astype(np.float32))
+
+
+def test_a_pool_not_reopened_in_time_ends_and_the_next_epoch_gets_a_new_one(path, monkeypatch):
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+    monkeypatch.setattr(executor, "KEEP_SECONDS", 0.2)
+    seq = _sequence(path)
+    adapter = PyDatasetAdapter(seq, shuffle=False)
+    _epoch(adapter)
+    old = [p for pool in _pools(seq) for p in pool._pool]
+    deadline = time.monotonic() + 10
+    while any(p.is_alive() for p in old) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(p.is_alive() for p in old)  # ended after 0.2 s unused
+    batches = _epoch(adapter)
+    assert _rows(batches) == [list(range(i, i + BATCH)) for i in range(0, ROWS, BATCH)]
+    assert {p.pid for pool in _pools(seq) for p in pool._pool if p.is_alive()}.isdisjoint(p.pid for p in old)
+
+
+def test_a_sequence_that_does_not_pickle_gets_a_new_pool_each_epoch(path):
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+    if multiprocessing.get_start_method() != "fork":
+        pytest.skip("a lambda transform needs fork workers")
+    seq = _sequence(path, transform=lambda batch, rng: (batch[0] * 2, batch[1]))
+    adapter = PyDatasetAdapter(seq, shuffle=False)
+    first = _epoch(adapter)
+    pools = set(map(id, _pools(seq)))
+    second = _epoch(adapter)
+    assert len(set(map(id, _pools(seq))) - pools) == 1  # reopen refused: a new pool
+    assert _rows(first) == _rows(second) == [list(range(i, i + BATCH)) for i in range(0, ROWS, BATCH)]
+    assert np.array_equal(second[0][0], 2 * np.arange(BATCH * 512, dtype=np.float32).reshape(BATCH, 512))
+
+
+def test_a_worker_killed_fails_the_batches_it_owes_with_worker_died_error(path):
+    pool = executor.ProcessPool(multiprocessing.get_context("fork"), 2, {7: _sequence(path)})
+    try:
+        assert pool.apply_async(None, (7, 0)).get()[1].tolist() == list(range(BATCH))
+        victim = pool._pool[1]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(10)
+        results = [pool.apply_async(None, (7, i)) for i in range(1, 5)]  # 1 and 3 go to the dead one
+        assert results[1].get()[1].tolist() == list(range(2 * BATCH, 3 * BATCH))
+        with pytest.raises(WorkerDiedError, match=rf"\(pid {victim.pid}\) was killed by signal 9 \(SIGKILL\)"):
+            results[0].get()
+        with pytest.raises(WorkerDiedError):
+            results[2].get()
+    finally:
+        pool.terminate()
+        pool.join()
+    assert not pool.reopen({7: _sequence(path)})
+
+
+class _Unloadable:
+    def __reduce__(self):
+        return _refuse, ()
+
+
+def _refuse():
+    raise TypeError("not in the trainer")
+
+
+def _unloadable_on_batch_2(batch, rng):
+    if int(batch[1][0]) == 2 * BATCH:
+        return batch[0], _Unloadable()
+    return batch
+
+
+def test_a_batch_the_trainer_cannot_unpickle_fails_alone(path):
+    pool = executor.ProcessPool(multiprocessing.get_context("fork"), 1,
+                                {0: _sequence(path, transform=_unloadable_on_batch_2)})
+    try:
+        results = [pool.apply_async(None, (0, i)) for i in range(4)]
+        with pytest.raises(WorkerError, match=r"batch 2 sent by a worker process could not be unpickled in the "
+                           r"trainer \(TypeError: not in the trainer\)"):
+            results[2].get()
+        assert [results[i].get()[1][0] for i in (0, 1, 3)] == [0, BATCH, 3 * BATCH]
+    finally:
+        pool.close()
+        pool.join()
+
+
+def test_an_exception_in_a_worker_is_raised_by_get_and_the_worker_goes_on(path):
+    pool = executor.ProcessPool(multiprocessing.get_context("fork"), 1, {0: _sequence(path)})
+    try:
+        with pytest.raises(IndexError, match="batch index 99 is out of range: this epoch has 10 batches"):
+            pool.apply_async(None, (0, 99)).get()
+        assert pool.apply_async(None, (0, 1)).get()[1][0] == BATCH
+    finally:
+        pool.close()
+        pool.join()
+
+
+def test_tasks_carry_no_pickle_and_a_closed_pool_refuses_tasks(path):
+    assert executor._TASK.size == 17  # b"T", uid, index
+    pool = executor.ProcessPool(multiprocessing.get_context("fork"), 1, {0: _sequence(path)}, keep_seconds=0)
+    pool.close()
+    with pytest.raises(ValueError, match="Pool not running"):
+        pool.apply_async(None, (0, 0))
+    assert not pool.reopen({0: _sequence(path)})  # ended at once: keep_seconds=0
+    pool.join()
