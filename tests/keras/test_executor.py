@@ -32,8 +32,8 @@ def path(tmp_path_factory):
 
 
 def _sequence(path, **options):
-    return npyseq.ShardSequence(path, x="x", y="y", batch_size=BATCH, workers=2, use_multiprocessing=True,
-                                **options)
+    options = {"workers": 2, "use_multiprocessing": True, **options}
+    return npyseq.ShardSequence(path, x="x", y="y", batch_size=BATCH, **options)
 
 
 def _epoch(adapter) -> list:
@@ -55,7 +55,7 @@ def _rows(batches) -> list:
 def test_a_kept_pool_serves_the_next_epoch_in_that_epochs_order(path):
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
     seq = _sequence(path, shuffle="global", seed=3)
-    reference = _sequence(path, shuffle="global", seed=3, workers=0)
+    reference = _sequence(path, shuffle="global", seed=3, workers=0, use_multiprocessing=False)
     adapter = PyDatasetAdapter(seq, shuffle=False)
     first = _epoch(adapter)
     pids = {p.pid for pool in _pools(seq) for p in pool._pool}
@@ -87,18 +87,18 @@ def test_a_pool_not_reopened_in_time_ends_and_the_next_epoch_gets_a_new_one(path
     assert {p.pid for pool in _pools(seq) for p in pool._pool if p.is_alive()}.isdisjoint(p.pid for p in old)
 
 
-def test_a_sequence_that_does_not_pickle_gets_a_new_pool_each_epoch(path):
-    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
-    if multiprocessing.get_start_method() != "fork":
-        pytest.skip("a lambda transform needs fork workers")
-    seq = _sequence(path, transform=lambda batch, rng: (batch[0] * 2, batch[1]))
-    adapter = PyDatasetAdapter(seq, shuffle=False)
-    first = _epoch(adapter)
-    pools = set(map(id, _pools(seq)))
-    second = _epoch(adapter)
-    assert len(set(map(id, _pools(seq))) - pools) == 1  # reopen refused: a new pool
-    assert _rows(first) == _rows(second) == [list(range(i, i + BATCH)) for i in range(0, ROWS, BATCH)]
-    assert np.array_equal(second[0][0], 2 * np.arange(BATCH * 512, dtype=np.float32).reshape(BATCH, 512))
+def test_datasets_that_do_not_pickle_are_not_sent_to_a_kept_pool(path):
+    import threading
+    pool = executor.ProcessPool(multiprocessing.get_context("fork"), 1, {0: _sequence(path)})
+    try:
+        pool.close()
+        assert not pool.reopen({0: threading.Lock()})  # not picklable: the next epoch gets a new pool
+        assert pool.reopen({0: _sequence(path, shuffle="batches", seed=1)})  # still kept until then
+        want = _sequence(path, shuffle="batches", seed=1)[2][1].tolist()
+        assert pool.apply_async(None, (0, 2)).get()[1].tolist() == want
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 def test_a_worker_killed_fails_the_batches_it_owes_with_worker_died_error(path):
