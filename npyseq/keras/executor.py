@@ -339,11 +339,14 @@ def _serve(conn, sequences: dict, trainer: int, inherited: list) -> None:
         except (EOFError, OSError):
             return  # the trainer is gone
         if data[:1] == _SEQUENCES:  # a kept pool: the datasets of the next epoch
-            sequences.clear()
-            try:
-                sequences.update(pickle.loads(data[1:]))
+            try:  # opened while the last epoch's are alive: a dataset still open here is reused
+                renewed = pickle.loads(data[1:])
+                sequences.clear()
+                sequences.update(renewed)
+                del renewed
                 broken = None
             except Exception as e:  # e.g. its files are gone: each of its batches says so
+                sequences.clear()
                 broken = WorkerError(f"the dataset of the next epoch could not be opened in a worker process "
                                      f"({type(e).__name__}: {e})")
             continue

@@ -162,7 +162,22 @@ def reopen(root: str, checksum: str, verify: str, max_open: int, read: str = "au
             f"{root}: {MANIFEST_NAME} changed since the dataset was opened "
             f"(manifest checksum {checksum} expected, {found} found); reopen the dataset"
         )
-    return Dataset(folder, manifest, checksum, verify, max_open, read)
+    key = (root, checksum, verify, max_open, read)
+    with _REOPENED_LOCK:
+        same = _REOPENED.get(key)
+        if same is not None and not same._folder.replaced() and same._folder.inode == folder.inode:
+            # Still open here (a worker of npyseq's pool gets the sequence again each epoch):
+            # the same folder and manifest, so its shards, already mapped, serve again.
+            return same
+        dataset = _REOPENED[key] = Dataset(folder, manifest, checksum, verify, max_open, read)
+    return dataset
+
+
+# Datasets :func:`reopen` opened in this process and still in use, by what it was asked for.
+_REOPENED: "weakref.WeakValueDictionary[tuple, Dataset]" = weakref.WeakValueDictionary()
+_REOPENED_LOCK = threading.Lock()
+if hasattr(os, "register_at_fork"):  # a child forked while a thread held it must not wait for it
+    os.register_at_fork(after_in_child=lambda: globals().update(_REOPENED_LOCK=threading.Lock()))
 
 
 class Located(NamedTuple):

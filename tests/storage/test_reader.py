@@ -342,3 +342,19 @@ def test_read_modes_give_identical_rows(many_shards, monkeypatch):
     assert npyseq.open_shards(root).map_reads is False
     with pytest.raises(npyseq.InvalidArgumentError, match="read must be one of .*got 'fast'"):
         npyseq.open_shards(root, read="fast")
+
+
+def test_a_dataset_unpickled_while_its_twin_is_open_here_is_that_dataset(tmp_path):
+    """A worker of npyseq's pool gets its sequence again each epoch: the shards it mapped serve again."""
+    import gc
+    import pickle
+    ds = npyseq.write_shards(tmp_path / "d", {"x": np.arange(40.0)}, rows=10, progress=False)
+    first = pickle.loads(pickle.dumps(ds))
+    assert first is not ds  # not this process's own dataset object...
+    assert pickle.loads(pickle.dumps(ds)) is first  # ...but one unpickled here and still alive is
+    assert first["x"][np.arange(3)].tolist() == [0.0, 1.0, 2.0]
+    del first
+    gc.collect()
+    npyseq.write_shards(tmp_path / "d", {"x": np.arange(40.0) + 1}, rows=10, progress=False, overwrite=True)
+    with pytest.raises(npyseq.DatasetChangedError, match="changed since the dataset was opened"):
+        pickle.loads(pickle.dumps(ds))  # another manifest: refused, never the old dataset
