@@ -51,6 +51,7 @@ import os
 import pickle
 import struct
 import threading
+import time
 import weakref
 from multiprocessing import reduction
 
@@ -250,6 +251,8 @@ class ProcessPool:
         self._ended = False  # stopped for good: never serves another epoch
         self._keep = keep_seconds
         self._epochs = 1  # epochs it served or serves (a kept pool serves the next one)
+        self._closed_at = 0.0
+        self._timer: threading.Timer | None = None
 
     def apply_async(self, func=None, args=(), kwds=None, callback=None, error_callback=None) -> _Result:
         uid, index = args  # Keras: (get_index, (uid, i)); the worker indexes the dataset itself
@@ -287,12 +290,13 @@ class ProcessPool:
         """Keras is done with this epoch: kept ``keep_seconds`` for the next one, then ended."""
         with self._lock:
             self._running = False
-            epoch = self._epochs
+            self._closed_at = time.monotonic()
             if self._keep <= 0 or any(w.failure is not None for w in self._workers):
                 self._end()
                 return
-        timer = threading.Timer(self._keep, _end_if_unused, args=(weakref.ref(self), epoch))
-        timer.daemon = True
+            if self._timer is not None:
+                return  # the pending timer looks at the latest close
+            timer = self._timer = _timer(self._keep, self)
         timer.start()
 
     def _end(self) -> None:
@@ -312,13 +316,27 @@ class ProcessPool:
             w.process.join()
 
 
-def _end_if_unused(ref, epoch: int) -> None:
+def _timer(seconds: float, pool: ProcessPool) -> threading.Timer:
+    timer = threading.Timer(seconds, _end_if_unused, args=(weakref.ref(pool),))
+    timer.daemon = True
+    return timer
+
+
+def _end_if_unused(ref) -> None:
+    """End the pool if it served no epoch since ``keep_seconds`` after its last close (one timer a pool)."""
     pool = ref()
     if pool is None:
         return
     with pool._lock:
-        if not pool._running and pool._epochs == epoch:
+        pool._timer = None
+        if pool._running or pool._ended:
+            return  # serving an epoch: its close arms a timer again
+        left = pool._closed_at + pool._keep - time.monotonic()
+        if left <= 0:
             pool._end()
+            return
+        timer = pool._timer = _timer(left, pool)
+    timer.start()
 
 
 def _serve(conn, sequences: dict, trainer: int, inherited: list) -> None:

@@ -168,3 +168,27 @@ def test_tasks_carry_no_pickle_and_a_closed_pool_refuses_tasks(path):
         pool.apply_async(None, (0, 0))
     assert not pool.reopen({0: _sequence(path)})  # ended at once: keep_seconds=0
     pool.join()
+
+
+def test_a_kept_pool_has_one_timer_however_many_epochs_it_serves(path):
+    import threading
+    timers = lambda: sum(isinstance(t, threading.Timer) for t in threading.enumerate())  # noqa: E731
+    before = timers()
+    pool = executor.ProcessPool(multiprocessing.get_context("fork"), 1, {0: _sequence(path)}, keep_seconds=0.5)
+    try:
+        for epoch in range(10):  # epochs far shorter than keep_seconds
+            assert pool.apply_async(None, (0, epoch)).get()[1][0] == epoch * BATCH
+            pool.close()
+            assert timers() <= before + 1
+            assert pool.reopen({0: _sequence(path)})
+        pool.close()
+        deadline = time.monotonic() + 10
+        while pool._pool[0].is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pool._pool[0].is_alive()  # ended 0.5 s after the last close
+        while timers() > before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert timers() == before
+    finally:
+        pool.terminate()
+        pool.join()
