@@ -234,7 +234,7 @@ class ProcessPool:
     them (Keras' registry of pools, and tests, look there).
     """
 
-    def __init__(self, context, workers: int, sequences: dict, keep_seconds: float = KEEP_SECONDS):
+    def __init__(self, context, workers: int, sequences: dict, keep_seconds: float | None = None):
         self._workers: list[_Worker] = []
         try:
             for k in range(max(1, workers)):
@@ -249,7 +249,7 @@ class ProcessPool:
         self._next = 0
         self._running = True
         self._ended = False  # stopped for good: never serves another epoch
-        self._keep = keep_seconds
+        self._keep = KEEP_SECONDS if keep_seconds is None else keep_seconds
         self._epochs = 1  # epochs it served or serves (a kept pool serves the next one)
         self._closed_at = 0.0
         self._timer: threading.Timer | None = None
