@@ -208,13 +208,13 @@ class _Worker:
                 owed.done = True
 
     def _died(self) -> BaseException:
-        from npyseq.keras.watchdog import _error
+        from npyseq.keras.watchdog import died_error
         self.process.join(2.0)
         code = self.process.exitcode
         if code is None:
             return WorkerError(f"a Keras worker process (pid {self.pid}) closed its connection to the "
                                "trainer during fit; npyseq stopped the epoch")
-        return _error(self.pid, code)
+        return died_error(self.pid, code)
 
     def kill(self) -> None:
         if self.process.exitcode is None:

@@ -62,7 +62,7 @@ from typing import Any
 from npyseq.errors import NpyseqError, WorkerDiedError, WorkerError
 from npyseq.forks import after_fork
 
-__all__ = ["install", "watch", "unwatch", "prepare_worker", "POLL_SECONDS"]
+__all__ = ["install", "watch", "unwatch", "prepare_worker", "died_error", "POLL_SECONDS"]
 
 POLL_SECONDS = 0.1
 TEARDOWN_SECONDS = 10.0
@@ -78,7 +78,8 @@ def _describe(exitcode: int) -> str:
     return f"exited with code {exitcode}"
 
 
-def _error(pid: int, exitcode: int) -> WorkerDiedError:
+def died_error(pid: int, exitcode: int) -> WorkerDiedError:
+    """The error for a worker process ``pid`` that died with ``exitcode`` during fit (npyseq's pool uses it too)."""
     hint = (" SIGKILL usually comes from the out-of-memory killer: lower workers, max_queue_size "
             "or batch_size, or use thread workers (use_multiprocessing=False)."
             if exitcode == -signal.SIGKILL else "")
@@ -231,7 +232,7 @@ def _find_failure(pool, procs: dict) -> NpyseqError | None:
     handler_died = handler is not None and not handler.is_alive()
     dead = _find_dead(pool, procs)
     if dead is not None:
-        return _error(*dead)
+        return died_error(*dead)
     if (handler_died and getattr(handler, "_state", None) == mp_pool.RUN
             and getattr(pool, "_state", None) == mp_pool.RUN):
         return WorkerError(_RESULTS_LOST)

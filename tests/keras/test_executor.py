@@ -75,9 +75,11 @@ def test_a_pool_not_reopened_in_time_ends_and_the_next_epoch_gets_a_new_one(path
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
     monkeypatch.setattr(executor, "KEEP_SECONDS", 0.2)
     seq = _sequence(path)
+    earlier = set(map(id, _pools(seq)))  # other tests' pools, kept for their default 2 s
     adapter = PyDatasetAdapter(seq, shuffle=False)
     _epoch(adapter)
-    old = [p for pool in _pools(seq) for p in pool._pool]
+    old = [p for pool in _pools(seq) if id(pool) not in earlier for p in pool._pool]
+    assert len(old) == 2
     deadline = time.monotonic() + 1.5  # well before the default KEEP_SECONDS (2 s)
     while any(p.is_alive() for p in old) and time.monotonic() < deadline:
         time.sleep(0.05)
