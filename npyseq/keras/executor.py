@@ -250,7 +250,6 @@ class ProcessPool:
         self._running = True
         self._ended = False  # stopped for good: never serves another epoch
         self._keep = KEEP_SECONDS if keep_seconds is None else keep_seconds
-        self._epochs = 1  # epochs it served or serves (a kept pool serves the next one)
         self._closed_at = 0.0
         self._timer: threading.Timer | None = None
 
@@ -283,7 +282,6 @@ class ProcessPool:
                 self._end()
                 return False
             self._running = True
-            self._epochs += 1
             return True
 
     def close(self) -> None:
