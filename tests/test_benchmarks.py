@@ -148,8 +148,8 @@ def test_every_augmented_pipeline_yields_every_label_once_per_epoch_as_56x56_uin
             assert e["labels"] == expected, f"{label} does not yield the dataset's labels"
 
 
-def test_augment_crops_flips_and_brightens_each_row_as_drawn_from_the_generator():
-    from benchmarks.suite.augment import CROP, MAX_SHIFT, augment
+def test_augment_crops_flips_and_gamma_corrects_each_row_as_drawn_from_the_generator():
+    from benchmarks.suite.augment import CROP, GAMMA, augment
 
     x = np.random.default_rng(1).integers(0, 256, (40, 64, 64, 3), dtype=np.uint8)
     y = np.arange(40)
@@ -157,13 +157,18 @@ def test_augment_crops_flips_and_brightens_each_row_as_drawn_from_the_generator(
     assert out.shape == (40, CROP, CROP, 3) and out.dtype == np.uint8 and labels is y
     rng = np.random.default_rng(7)  # the same draws, in the same order
     tops, lefts = rng.integers(0, 64 - CROP + 1, 40), rng.integers(0, 64 - CROP + 1, 40)
-    flips, shifts = rng.random(40) < 0.5, rng.integers(-MAX_SHIFT, MAX_SHIFT + 1, 40)
-    assert flips.any() and not flips.all() and (shifts > 0).any() and (shifts < 0).any()
+    flips, gammas = rng.random(40) < 0.5, rng.uniform(*GAMMA, 40)
+    assert flips.any() and not flips.all() and (gammas < 1).any() and (gammas > 1).any()
     for i in range(40):
-        crop = x[i, tops[i]:tops[i] + CROP, lefts[i]:lefts[i] + CROP].astype(np.int64)
+        crop = x[i, tops[i]:tops[i] + CROP, lefts[i]:lefts[i] + CROP]
         if flips[i]:
             crop = crop[:, ::-1]
-        np.testing.assert_array_equal(out[i], np.clip(crop + shifts[i], 0, 255).astype(np.uint8), err_msg=str(i))
+        expected = np.floor(255 * (crop / 255.0) ** gammas[i] + 0.5).astype(np.uint8)
+        np.testing.assert_array_equal(out[i], expected, err_msg=str(i))
+    flat, _ = augment((np.full((2, 64, 64, 3), 255, np.uint8), y[:2]), np.random.default_rng(3))
+    assert (flat == 255).all()  # levels 0 and 255 stay put whatever the gamma
+    dark, _ = augment((np.zeros((2, 64, 64, 3), np.uint8), y[:2]), np.random.default_rng(3))
+    assert (dark == 0).all()
     again, _ = augment((x, y), np.random.default_rng(7))
     np.testing.assert_array_equal(again, out)
 

@@ -1,4 +1,4 @@
-"""npyseq's process pool for Keras' enqueuer: a socket per worker, no pool threads.
+"""npyseq's process pool for Keras' enqueuer: a task socket the workers share, a socket per worker, no pool threads.
 
 Keras feeds ``fit`` from a ``multiprocessing.Pool`` when a PyDataset has
 ``use_multiprocessing=True``: every batch is a task that goes through the
@@ -8,11 +8,14 @@ in the trainer. Measured on 2 cores (Keras 3.15, 320 batches of 4 KB, so
 nothing to transport): 0.55 ms a batch, about as long as 2 thread workers
 take to read a whole 3 MB batch. For an npyseq sequence Keras gets this pool
 instead (:mod:`npyseq.keras.start_method` hands it over): the same
-``apply_async``/``close`` Keras calls, but each worker has its own socket to
-the trainer; a task is two integers, sent to the workers in turn; the thread
-that waits for a batch reads it from its worker's socket itself. Batches come
-through shared memory (:mod:`npyseq.keras.transport`), or pickled when it is
-off or unavailable.
+``apply_async``/``close`` Keras calls, but a task is a few integers (no
+pickle) on a ``SOCK_SEQPACKET`` socket that all workers read, so whichever
+worker is free takes the next batch (a worker slowed by a costly batch, or by
+sharing its core with the trainer, does not hold back the batches queued
+behind it, as a worker-by-worker round-robin would); each worker sends its
+batches, tagged with the task, on a socket of its own, and the thread that
+waits for a batch reads them itself. Batches come through shared memory
+(:mod:`npyseq.keras.transport`), or pickled when it is off or unavailable.
 
 Keras closes its pool at the end of every epoch and makes a new one for the
 next: a fork of the trainer, and workers that fault in their memory and make
@@ -21,47 +24,56 @@ epoch, 15% of a 1 GB epoch with 2 workers). A pool Keras closed is kept
 :data:`KEEP_SECONDS` instead: if the same enqueuer starts its next epoch by
 then, the pool serves it, after sending each worker the dataset as the
 trainer has it now (pickled as for spawn: paths, options, epoch; a few
-hundred bytes), so each epoch's batches are that epoch's. Otherwise, or if a
+hundred bytes), so each epoch's batches are that epoch's: a task names its
+epoch, and a worker reads the datasets of that epoch (sent to every worker
+ahead of the epoch's first task) before it serves it. Otherwise, or if a
 worker died, or the dataset does not pickle, the workers exit and the next
 epoch gets a new pool.
 
 What Keras' pool would do wrong here, and this one does not:
 
 * A worker that dies (the out-of-memory killer, a segfault, ``os._exit`` in a
-  transform) closes its socket: the batches it held raise
+  transform) closes its socket: every batch the pool owes raises
   :class:`~npyseq.errors.WorkerDiedError` naming the process and the signal,
-  at once, instead of a wait forever (no replacement is started).
+  at once, instead of a wait forever (no replacement is started; which of
+  the queued batches the dead worker had taken cannot be known, so all fail,
+  and the pool serves no further epoch).
 * A batch the trainer cannot unpickle fails that batch with a
   :class:`~npyseq.errors.WorkerError`, and nothing else.
 * Workers do not outlive their trainer: each holds only its own end of its
-  socket (under fork, the ends of the sockets of the workers forked before it
-  are closed first), so a worker waiting for a task reads the end of the
-  stream when the trainer dies and exits; one in the middle of a batch fails
-  to send it and exits. They ignore SIGINT: Ctrl-C is the trainer's.
+  socket and the read end of the task socket (under fork, the trainer's ends
+  inherited from it are closed first), so a worker waiting for a task reads
+  the end of the stream when the trainer dies and exits; one in the middle of
+  a batch fails to send it and exits. They ignore SIGINT: Ctrl-C is the
+  trainer's.
 
-The tasks carry no pickle (two integers); what a worker sends is unpickled
-only in the trainer, as Keras' pool does.
+The tasks carry no pickle (integers); what a worker sends is unpickled only
+in the trainer, as Keras' pool does.
 """
 
 from __future__ import annotations
 
-import collections
+import io
+import itertools
 import multiprocessing
 import os
 import pickle
+import socket
 import struct
 import threading
 import time
 import weakref
-from multiprocessing import reduction
+from multiprocessing import connection, reduction
 
 from npyseq.errors import WorkerError
 
 __all__ = ["ProcessPool"]
 
-_TASK = struct.Struct("<cqq")  # (b"T", dataset uid, batch index)
-_STOP = b"E"  # no more tasks: exit
-_SEQUENCES = b"S"  # followed by the pickled datasets of the next epoch (a pool kept for it)
+_TASK = struct.Struct("<cqqqq")  # (b"T", epoch, task id, dataset uid, batch index), on the task socket
+_STOP = _TASK.pack(b"E", 0, 0, 0, 0)  # no more tasks for the worker that reads it: exit
+_RENEW = struct.Struct("<cq")  # (b"S", epoch) and the pickled datasets of that epoch, on each worker's socket
+_TAG = struct.Struct("<q")  # ahead of everything a worker sends: the task id, or _NOTICE
+_NOTICE = -1  # a message of the transport's (a new shared memory ring), not a batch
 KEEP_SECONDS = 2.0  # a pool Keras closed serves the next epoch if it starts within this time
 
 _UNPICKLABLE = (
@@ -81,10 +93,10 @@ class _Raised:
 class _Result:
     """What ``apply_async`` returns: Keras calls ``get()``."""
 
-    __slots__ = ("worker", "index", "done", "value", "error")
+    __slots__ = ("pool", "index", "done", "value", "error", "__weakref__")
 
-    def __init__(self, worker: "_Worker", index: int):
-        self.worker, self.index = worker, index
+    def __init__(self, pool: "ProcessPool", index: int):
+        self.pool, self.index = pool, index
         self.done, self.value, self.error = False, None, None
 
     def ready(self) -> bool:
@@ -96,11 +108,11 @@ class _Result:
         return self.error is None
 
     def wait(self, timeout: float | None = None) -> None:
-        self.worker.wait(self, timeout)
+        self.pool._wait(self, timeout)
 
     def get(self, timeout: float | None = None):
         if not self.done:
-            self.worker.wait(self, timeout)
+            self.pool._wait(self, timeout)
             if not self.done:
                 raise multiprocessing.TimeoutError
         if self.error is not None:
@@ -109,108 +121,47 @@ class _Result:
 
 
 class _Worker:
-    """One worker process, its socket, and the results it owes, in order."""
+    """One worker process and its socket (the batches it sends; the datasets of each epoch it is sent)."""
 
-    def __init__(self, context, sequences: dict, name: str, close_in_child: list):
+    def __init__(self, context, sequences: dict, name: str, tasks: socket.socket, close_in_child: list):
         parent, child = context.Pipe(duplex=True)
         fork = context.get_start_method() == "fork"
         inherited = close_in_child + [parent.fileno()] if fork else []
-        self.process = context.Process(target=_serve, args=(child, sequences, os.getpid(), inherited),
+        self.process = context.Process(target=_serve, args=(child, tasks, sequences, os.getpid(), inherited),
                                        name=name, daemon=True)
         try:
             self.process.start()
         finally:
             child.close()
         self.conn = parent
-        self.pending: collections.deque = collections.deque()
-        self.read_lock = threading.Lock()
         self.send_lock = threading.Lock()
         self.tokens: set = set()  # of its rings, in the trainer's registry
-        self.failure: BaseException | None = None
-        self.stopped = False
+        self.gone = False  # exited after a stop, all it owed sent
         self._final = weakref.finalize(self, _close, parent, self.tokens)
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
-    def submit(self, uid: int, index: int) -> _Result:
-        result = _Result(self, index)
-        self.pending.append(result)
-        if self.failure is None:
-            try:
-                with self.send_lock:
-                    self.conn.send_bytes(_TASK.pack(b"T", uid, index))
-            except OSError:
-                pass  # it died: the read that waits for this result finds out how
-        return result
-
-    def stop(self) -> None:
-        """No more tasks: the worker exits once it has sent what it owes."""
+    def renew(self, message: bytes) -> bool:
+        """The datasets of an epoch: True if sent (the worker reads them at that epoch's first task it takes)."""
         with self.send_lock:
-            if not self.stopped:
-                self.stopped = True
-                try:
-                    self.conn.send_bytes(_STOP)
-                except OSError:
-                    pass
-
-    def renew(self, payload: bytes) -> bool:
-        """The next epoch's datasets: True if sent (the worker serves them from its next task)."""
-        with self.send_lock:
-            if self.stopped or self.failure is not None or self.process.exitcode is not None:
+            if self.gone or self.process.exitcode is not None:
                 return False
             try:
-                self.conn.send_bytes(payload)
+                self.conn.send_bytes(message)
             except OSError:
                 return False
             return True
 
-    def wait(self, result: _Result, timeout: float | None) -> None:
-        """Read from the worker until ``result`` is in (or ``timeout`` passes)."""
-        with self.read_lock:
-            while not result.done:
-                if self.failure is not None:
-                    while self.pending:
-                        owed = self.pending.popleft()
-                        owed.error, owed.done = self.failure, True
-                    return
-                if timeout is not None and not self.conn.poll(timeout):
-                    return
-                try:
-                    data = self.conn.recv_bytes()
-                except (EOFError, OSError):
-                    self.failure = self._died()
-                    continue
-                try:
-                    obj = pickle.loads(data)
-                except Exception as e:
-                    owed = self.pending.popleft()
-                    owed.error = WorkerError(_UNPICKLABLE.format(index=owed.index, error=f"{type(e).__name__}: {e}"))
-                    owed.done = True
-                    continue
-                from npyseq.keras import transport
-                if isinstance(obj, transport._NewRing):
-                    try:
-                        transport.adopt(obj, reduction.recv_handle(self.conn))
-                    except Exception as e:
-                        self.failure = e if isinstance(e, WorkerError) else WorkerError(
-                            f"a shared memory ring of worker process {self.pid} did not reach the trainer "
-                            f"({type(e).__name__}: {e}); pass shared_memory=False to the sequence")
-                        continue
-                    self.tokens.add(obj.token)
-                    continue
-                owed = self.pending.popleft()
-                if isinstance(obj, _Raised):
-                    owed.error = obj.error
-                else:
-                    owed.value = obj
-                owed.done = True
-
-    def _died(self) -> BaseException:
+    def ended(self, stopped: bool) -> BaseException | None:
+        """Its socket closed: None if it exited after a stop (nothing owed), else the error to raise."""
         from npyseq.keras.watchdog import died_error
         self.process.join(2.0)
         code = self.process.exitcode
+        if code == 0 and stopped:
+            self.gone = True
+            return None
         if code is None:
             return WorkerError(f"a Keras worker process (pid {self.pid}) closed its connection to the "
                                "trainer during fit; npyseq stopped the epoch")
@@ -228,39 +179,131 @@ def _close(conn, tokens: set) -> None:
 
 
 class ProcessPool:
-    """The part of ``multiprocessing.Pool`` Keras' ``OrderedEnqueuer`` uses, one socket per worker.
+    """The part of ``multiprocessing.Pool`` Keras' ``OrderedEnqueuer`` uses: free workers take the next task.
 
     ``_pool`` lists the worker processes, as ``multiprocessing.Pool`` names
     them (Keras' registry of pools, and tests, look there).
     """
 
     def __init__(self, context, workers: int, sequences: dict, keep_seconds: float | None = None):
-        self._workers: list[_Worker] = []
-        try:
-            for k in range(max(1, workers)):
-                inherited = [w.conn.fileno() for w in self._workers]
-                self._workers.append(_Worker(context, sequences, f"Keras_worker_NpyseqPoolWorker-{k + 1}", inherited))
-        except BaseException:
-            self.terminate()
-            raise
-        self._pool = [w.process for w in self._workers]
-        self._ctx = context  # as multiprocessing.Pool names it
-        self._lock = threading.Lock()
-        self._next = 0
-        self._running = True
-        self._ended = False  # stopped for good: never serves another epoch
+        self._lock = threading.Lock()  # the pool's state
+        self._send_lock = threading.Lock()  # the task socket
+        self._read_lock = threading.Lock()  # the workers' sockets
+        self._running, self._ended = True, False  # ended: stopped for good, never serves another epoch
+        self._failure: BaseException | None = None  # a worker died: every batch owed raises it
+        self._owed: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # task id -> result not in yet
+        self._ids = itertools.count()
+        self._epoch = 0
         self._keep = KEEP_SECONDS if keep_seconds is None else keep_seconds
         self._closed_at = 0.0
         self._timer: threading.Timer | None = None
+        self._workers: list[_Worker] = []
+        self._tasks, tasks = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        weakref.finalize(self, self._tasks.close)
+        try:
+            for k in range(max(1, workers)):
+                inherited = [w.conn.fileno() for w in self._workers] + [self._tasks.fileno()]
+                self._workers.append(_Worker(context, sequences, f"Keras_worker_NpyseqPoolWorker-{k + 1}",
+                                             tasks, inherited))
+        except BaseException:
+            self.terminate()
+            raise
+        finally:
+            tasks.close()  # the workers' end: the trainer keeps none, so a send fails once all are gone
+        self._pool = [w.process for w in self._workers]
+        self._ctx = context  # as multiprocessing.Pool names it
 
     def apply_async(self, func=None, args=(), kwds=None, callback=None, error_callback=None) -> _Result:
         uid, index = args  # Keras: (get_index, (uid, i)); the worker indexes the dataset itself
         with self._lock:
             if not self._running:
                 raise ValueError("Pool not running")
-            worker = self._workers[self._next]
-            self._next = (self._next + 1) % len(self._workers)
-            return worker.submit(uid, index)
+            result = _Result(self, index)
+            if self._failure is not None:
+                result.error, result.done = self._failure, True
+                return result
+            task = next(self._ids)
+            self._owed[task] = result
+            message = _TASK.pack(b"T", self._epoch, task, uid, index)
+        try:
+            with self._send_lock:
+                self._tasks.send(message)
+        except OSError:
+            pass  # no worker is left to read it: the wait for this result finds out why
+        return result
+
+    def _wait(self, result: _Result, timeout: float | None) -> None:
+        """Read what the workers send until ``result`` is in (or ``timeout`` passes)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._read_lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            return
+        try:
+            while not result.done:
+                if self._failure is not None:
+                    self._fail_owed()
+                    return
+                live = {w.conn: w for w in self._workers if not w.gone}
+                if not live:
+                    self._failure = WorkerError(f"the worker processes exited before sending batch "
+                                                f"{result.index}")
+                    continue
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ready = connection.wait(list(live), left)
+                if not ready:
+                    return
+                for conn in ready:
+                    self._read(live[conn])
+        finally:
+            self._read_lock.release()
+
+    def _read(self, worker: _Worker) -> None:
+        """One message from ``worker``: a batch (or an error) for a task, or a ring of shared memory."""
+        try:
+            data = worker.conn.recv_bytes()
+        except (EOFError, OSError):
+            failure = worker.ended(self._ended)
+            if failure is not None and self._failure is None:
+                self._failure = failure
+            return
+        task, = _TAG.unpack_from(data)
+        body = memoryview(data)[_TAG.size:]
+        if task == _NOTICE:
+            self._adopt(worker, body)
+            return
+        owed = self._owed.pop(task, None)  # None: Keras let go of it; the batch (and its slot) goes
+        try:
+            obj = pickle.loads(body)
+        except Exception as e:
+            if owed is not None:
+                owed.error = WorkerError(_UNPICKLABLE.format(index=owed.index, error=f"{type(e).__name__}: {e}"))
+                owed.done = True
+            return
+        if owed is None:
+            return
+        if isinstance(obj, _Raised):
+            owed.error = obj.error
+        else:
+            owed.value = obj
+        owed.done = True
+
+    def _adopt(self, worker: _Worker, body) -> None:
+        from npyseq.keras import transport
+        try:
+            notice = pickle.loads(body)
+            transport.adopt(notice, reduction.recv_handle(worker.conn))
+        except Exception as e:
+            if self._failure is None:
+                self._failure = e if isinstance(e, WorkerError) else WorkerError(
+                    f"a shared memory ring of worker process {worker.pid} did not reach the trainer "
+                    f"({type(e).__name__}: {e}); pass shared_memory=False to the sequence")
+            return
+        worker.tokens.add(notice.token)
+
+    def _fail_owed(self) -> None:
+        for task in list(self._owed.keys()):
+            owed = self._owed.pop(task, None)
+            if owed is not None and not owed.done:
+                owed.error, owed.done = self._failure, True
 
     def reopen(self, sequences: dict) -> bool:
         """Serve another epoch, of ``sequences`` as they are now; False if this pool cannot.
@@ -272,15 +315,17 @@ class ProcessPool:
         under fork) gets a new pool each epoch, as from Keras.
         """
         try:
-            payload = _SEQUENCES + pickle.dumps(sequences, protocol=pickle.HIGHEST_PROTOCOL)
+            payload = pickle.dumps(sequences, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:
             return False
         with self._lock:
-            if self._running or self._ended:
+            if self._running or self._ended or self._failure is not None:
                 return False
-            if not all(w.renew(payload) for w in self._workers):
+            message = _RENEW.pack(b"S", self._epoch + 1) + payload
+            if not all(w.renew(message) for w in self._workers):
                 self._end()
                 return False
+            self._epoch += 1
             self._running = True
             return True
 
@@ -289,7 +334,7 @@ class ProcessPool:
         with self._lock:
             self._running = False
             self._closed_at = time.monotonic()
-            if self._keep <= 0 or any(w.failure is not None for w in self._workers):
+            if self._keep <= 0 or self._failure is not None:
                 self._end()
                 return
             if self._timer is not None:
@@ -298,13 +343,19 @@ class ProcessPool:
         timer.start()
 
     def _end(self) -> None:
-        """No more epochs: the workers exit once they have sent what they owe (the caller holds the lock)."""
+        """No more epochs: each worker exits at a stop, queued behind the tasks sent (the caller holds the lock)."""
+        if self._ended:
+            return
         self._running, self._ended = False, True
-        for w in self._workers:
-            w.stop()
+        try:
+            with self._send_lock:
+                for _ in self._workers:
+                    self._tasks.send(_STOP)
+        except OSError:
+            pass  # no worker left to read them
 
     def terminate(self) -> None:
-        with getattr(self, "_lock", threading.Lock()):
+        with self._lock:
             self._running, self._ended = False, True
         for w in self._workers:
             w.kill()
@@ -337,8 +388,29 @@ def _end_if_unused(ref) -> None:
     timer.start()
 
 
-def _serve(conn, sequences: dict, trainer: int, inherited: list) -> None:
-    """A worker: batches for the tasks the trainer sends, until it says stop or is gone."""
+class _Notices:
+    """The transport's channel to the trainer, in a worker: its messages go tagged :data:`_NOTICE`."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def send(self, obj) -> None:
+        self.conn.send_bytes(_TAG.pack(_NOTICE) + reduction.ForkingPickler.dumps(obj))
+
+    def fileno(self) -> int:  # reduction.send_handle passes descriptors over it
+        return self.conn.fileno()
+
+
+def _tagged(task: int, value) -> memoryview:
+    """``value`` pickled, as Keras' pool would, after the task id."""
+    buffer = io.BytesIO()
+    buffer.write(_TAG.pack(task))
+    reduction.ForkingPickler(buffer).dump(value)
+    return buffer.getbuffer()
+
+
+def _serve(conn, tasks: socket.socket, sequences: dict, trainer: int, inherited: list) -> None:
+    """A worker: batches for the tasks it takes, until it takes a stop or the trainer is gone."""
     for fd in inherited:  # the trainer's ends of sockets (forked): keep none, or EOF never comes
         try:
             os.close(fd)
@@ -346,17 +418,28 @@ def _serve(conn, sequences: dict, trainer: int, inherited: list) -> None:
             pass
     from npyseq.keras import transport, watchdog
     watchdog.prepare_worker()  # Ctrl-C is the trainer's
-    transport.serve(conn, trainer)
-    dumps = reduction.ForkingPickler.dumps
-    broken = None
+    transport.serve(_Notices(conn), trainer)
+    epoch, broken = 0, None
     while True:
         try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):
-            return  # the trainer is gone
-        if data[:1] == _SEQUENCES:  # a kept pool: the datasets of the next epoch
+            data = tasks.recv(_TASK.size)
+        except OSError:
+            return
+        if len(data) != _TASK.size:
+            return  # b"": the trainer is gone
+        kind, task_epoch, task, uid, index = _TASK.unpack(data)
+        if kind != b"T":
+            return  # stop
+        while epoch < task_epoch:  # a kept pool's next epoch: its datasets came ahead of its tasks
+            try:
+                message = conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+            _, epoch = _RENEW.unpack_from(message)
+            if epoch != task_epoch:
+                continue  # an epoch this worker took no task of
             try:  # opened while the last epoch's are alive: a dataset still open here is reused
-                renewed = pickle.loads(data[1:])
+                renewed = pickle.loads(memoryview(message)[_RENEW.size:])
                 sequences.clear()
                 sequences.update(renewed)
                 del renewed
@@ -365,10 +448,6 @@ def _serve(conn, sequences: dict, trainer: int, inherited: list) -> None:
                 sequences.clear()
                 broken = WorkerError(f"the dataset of the next epoch could not be opened in a worker process "
                                      f"({type(e).__name__}: {e})")
-            continue
-        if data[:1] != b"T":
-            return  # stop
-        _, uid, index = _TASK.unpack(data)
         try:
             if broken is not None:
                 raise broken
@@ -376,11 +455,12 @@ def _serve(conn, sequences: dict, trainer: int, inherited: list) -> None:
         except Exception as e:
             value = _Raised(e)
         try:
-            payload = dumps(value)
+            payload = _tagged(task, value)
         except Exception as e:
-            payload = dumps(_Raised(WorkerError(
+            payload = _tagged(task, _Raised(WorkerError(
                 f"batch {index} could not be pickled in the worker process ({type(e).__name__}: {e})")))
         try:
             conn.send_bytes(payload)
         except OSError:
             return
+        del value, payload
