@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -387,3 +388,21 @@ def test_peak_memory_counts_shared_memory_apart_from_anonymous_memory():
     assert after.main_shmem_bytes - before.main_shmem_bytes >= 64 * 2**20
     assert after.shmem_bytes - before.shmem_bytes >= 64 * 2**20
     assert after.max_bytes - before.max_bytes < 16 * 2**20  # not anonymous memory
+
+
+def test_peak_memory_spends_at_most_its_duty_of_a_core_sampling(monkeypatch):
+    # A sample walks the page tables of every process of the tree (100-250 ms with workers mapping
+    # 1 GB): sampled every 0.1 s, it would take a core from the run it measures.
+    from tools import memwatch
+
+    calls = []
+
+    def slow_rollup(pid):
+        calls.append(pid)
+        time.sleep(0.05)
+        return 0, 0
+
+    monkeypatch.setattr(memwatch, "_rollup", slow_rollup)
+    with memwatch.PeakMemory(interval=0.01, duty=0.25):  # waits 3x the last sample: one per 0.2 s
+        time.sleep(1.0)
+    assert 3 <= len(calls) <= 9  # 2 (enter, exit) + about 5; every 0.01 s it would be about 17

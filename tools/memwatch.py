@@ -17,6 +17,14 @@ Shared memory (``/dev/shm``, memfd, ``MAP_SHARED|MAP_ANONYMOUS``) is not
 anonymous memory: batches that process workers hand over through it are
 counted apart, as ``RssShmem`` of the process and the summed ``Pss_Shmem``
 of the tree (each shared page counted once).
+
+A sample reads ``smaps_rollup`` of every process of the tree, which walks
+their page tables: with process workers that each map a 1 GB dataset it took
+100-250 ms (measured on 2 cores), so sampling every 0.1 s took a whole core
+from the run being measured, and more from runs with more processes. The
+sampler therefore waits at least ``1 / duty - 1`` times as long as its last
+sample took (``duty=0.05``: at most 5% of one core), and never less than
+``interval``.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 
 import psutil
 
@@ -49,6 +58,17 @@ def pss_anon(pid: int | str = "self") -> int:
     return _field(f"/proc/{pid}/smaps_rollup", "Pss_Anon")
 
 
+def _rollup(pid: int | str) -> tuple[int, int]:
+    """``(Pss_Anon, Pss_Shmem)`` of a process in bytes, from one read of its ``smaps_rollup``."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            text = f.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return 0, 0
+    found = [re.search(rf"^{name}:\s+(\d+) kB", text, re.M) for name in ("Pss_Anon", "Pss_Shmem")]
+    return tuple(int(m.group(1)) * 1024 if m else 0 for m in found)
+
+
 def rss_shmem(pid: int | str = "self") -> int:
     """``RssShmem`` of a process in bytes: the shared-memory pages it maps (0 if it is gone)."""
     return _field(f"/proc/{pid}/status", "RssShmem")
@@ -69,8 +89,8 @@ class PeakMemory:
     summed ``Pss_Shmem``.
     """
 
-    def __init__(self, interval: float = 0.1, pid: int | None = None):
-        self.interval = interval
+    def __init__(self, interval: float = 0.1, pid: int | None = None, duty: float = 0.05):
+        self.interval, self.duty = interval, duty
         self.process = psutil.Process(pid or os.getpid())
         self.max_bytes = self.main_bytes = self.children_bytes = 0
         self.main_shmem_bytes = self.shmem_bytes = 0
@@ -83,19 +103,22 @@ class PeakMemory:
             children = self.process.children(recursive=True)
         except psutil.NoSuchProcess:
             children = []
-        kids = sum(pss_anon(c.pid) for c in children)
-        total = pss_anon(self.process.pid) + kids
+        mine, theirs = _rollup(self.process.pid), [_rollup(c.pid) for c in children]
+        kids = sum(anon for anon, _ in theirs)
+        total = mine[0] + kids
         self.main_bytes = max(self.main_bytes, rss_anon(self.process.pid))
         self.children_bytes = max(self.children_bytes, kids)
         self.max_bytes = max(self.max_bytes, total)
         self.main_shmem_bytes = max(self.main_shmem_bytes, rss_shmem(self.process.pid))
-        shmem = pss_shmem(self.process.pid) + sum(pss_shmem(c.pid) for c in children)
-        self.shmem_bytes = max(self.shmem_bytes, shmem)
+        self.shmem_bytes = max(self.shmem_bytes, mine[1] + sum(shmem for _, shmem in theirs))
         return total
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        wait = self.interval
+        while not self._stop.wait(wait):
+            start = time.perf_counter()
             self.sample()
+            wait = max(self.interval, (time.perf_counter() - start) * (1 / self.duty - 1))
 
     def __enter__(self) -> "PeakMemory":
         self.sample()
