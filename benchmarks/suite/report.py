@@ -140,8 +140,8 @@ def _augment(report: dict) -> list[str]:
         return []
     d = report["datasets"].get("img", {})
     out = [f"### Augmentation workload: {_rows(d.get('rows'))} uint8 images of 64x64x3, random 56x56 crop, flip "
-           "and brightness per row in a Python loop (holds the GIL), in the workers; `global` order; pipeline "
-           "alone through `EpochIterator`", ""]
+           "and gamma (a tone curve computed in Python) per row in a Python loop (holds the GIL), in the workers; "
+           "`global` order; pipeline alone through `EpochIterator`", ""]
     out += _pipeline(report, "augment", "img")
     if report.get("skipped_methods", {}).get("streaming"):
         out += ["", f"streaming: skipped ({report['skipped_methods']['streaming']})"]

@@ -58,12 +58,13 @@ import itertools
 import multiprocessing
 import os
 import pickle
+import selectors
 import socket
 import struct
 import threading
 import time
 import weakref
-from multiprocessing import connection, reduction
+from multiprocessing import reduction
 
 from npyseq.errors import WorkerError
 
@@ -144,15 +145,25 @@ class _Worker:
         return self.process.pid
 
     def renew(self, message: bytes) -> bool:
-        """The datasets of an epoch: True if sent (the worker reads them at that epoch's first task it takes)."""
+        """The datasets of an epoch: True if sent (the worker reads them at that epoch's first task it takes).
+
+        Never waits: a worker that took no task for many epochs has not read
+        their datasets, and once its socket is full the pool ends instead
+        (the next epoch gets a new one) rather than block the trainer. The
+        frame is ``Connection.send_bytes``'s (a 4-byte length, then the
+        bytes), sent with ``MSG_DONTWAIT`` so as not to touch the blocking
+        mode of the socket the trainer reads batches from in another thread.
+        """
         with self.send_lock:
             if self.gone or self.process.exitcode is not None:
                 return False
+            frame = struct.pack("!i", len(message)) + message
             try:
-                self.conn.send_bytes(message)
-            except OSError:
+                with socket.socket(fileno=os.dup(self.conn.fileno())) as sock:
+                    sent = sock.send(frame, socket.MSG_DONTWAIT)
+            except OSError:  # BlockingIOError: full; or it is gone
                 return False
-            return True
+            return sent == len(frame)  # a part sent: the pool ends, and the worker never reads on
 
     def ended(self, stopped: bool) -> BaseException | None:
         """Its socket closed: None if it exited after a stop (nothing owed), else the error to raise."""
@@ -197,6 +208,7 @@ class ProcessPool:
         self._keep = KEEP_SECONDS if keep_seconds is None else keep_seconds
         self._closed_at = 0.0
         self._timer: threading.Timer | None = None
+        self._selector: selectors.BaseSelector | None = None  # the workers' sockets, made at the first wait
         self._workers: list[_Worker] = []
         self._tasks, tasks = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         weakref.finalize(self, self._tasks.close)
@@ -242,17 +254,24 @@ class ProcessPool:
                 if self._failure is not None:
                     self._fail_owed()
                     return
-                live = {w.conn: w for w in self._workers if not w.gone}
-                if not live:
+                if self._selector is None:
+                    self._selector = selectors.DefaultSelector()  # epoll: one syscall a wait
+                    weakref.finalize(self, self._selector.close)
+                    for w in self._workers:
+                        if not w.gone:
+                            self._selector.register(w.conn, selectors.EVENT_READ, w)
+                if not self._selector.get_map():
                     self._failure = WorkerError(f"the worker processes exited before sending batch "
                                                 f"{result.index}")
                     continue
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                ready = connection.wait(list(live), left)
-                if not ready:
+                ready = self._selector.select(left)
+                if not ready and (deadline is not None and time.monotonic() >= deadline):
                     return
-                for conn in ready:
-                    self._read(live[conn])
+                for key, _ in ready:
+                    self._read(key.data)
+                    if key.data.gone:
+                        self._selector.unregister(key.fileobj)
         finally:
             self._read_lock.release()
 

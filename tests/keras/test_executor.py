@@ -248,3 +248,24 @@ def test_a_kept_pool_has_one_timer_however_many_epochs_it_serves(path):
     finally:
         pool.terminate()
         pool.join()
+
+
+def test_reopening_never_blocks_on_a_worker_that_reads_no_datasets(path):
+    # A worker that takes no task for many epochs reads none of their datasets: once its socket is
+    # full the pool ends (the next epoch gets a new one) instead of blocking the trainer for good.
+    pool = executor.ProcessPool(multiprocessing.get_context("fork"), 1, {0: _sequence(path)}, keep_seconds=60)
+    filler = b"x" * 2**16  # 64 KiB a message: a socket holds a few
+    try:
+        outcomes = []
+        for _ in range(64):
+            pool.close()
+            outcomes.append(pool.reopen({0: _sequence(path), 1: filler}))
+            if not outcomes[-1]:
+                break
+        assert outcomes[-1] is False and outcomes.count(False) == 1 and outcomes.count(True) >= 1
+        assert pool._ended
+        pool._pool[0].join(10)
+        assert pool._pool[0].exitcode == 0  # it read the stop behind the tasks, and exited
+    finally:
+        pool.terminate()
+        pool.join()
