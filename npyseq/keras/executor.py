@@ -42,8 +42,11 @@ What Keras' pool would do wrong here, and this one does not:
   :class:`~npyseq.errors.WorkerError`, and nothing else.
 * Workers do not outlive their trainer: each holds only its own end of its
   socket and the read end of the task socket (under fork, the trainer's ends
-  inherited from it are closed first), so a worker waiting for a task reads
-  the end of the stream when the trainer dies and exits; one in the middle of
+  inherited from it are closed first, and any process forked from the
+  trainer later, another pool's worker or a child of the user's, closes the
+  trainer's ends of every pool at once, in an at-fork hook), so a worker
+  waiting for a task reads the end of the stream when the trainer dies and
+  exits; one in the middle of
   a batch fails to send it and exits. They ignore SIGINT: Ctrl-C is the
   trainer's.
 
@@ -224,6 +227,7 @@ class ProcessPool:
             tasks.close()  # the workers' end: the trainer keeps none, so a send fails once all are gone
         self._pool = [w.process for w in self._workers]
         self._ctx = context  # as multiprocessing.Pool names it
+        _LIVE.add(self)
 
     def apply_async(self, func=None, args=(), kwds=None, callback=None, error_callback=None) -> _Result:
         uid, index = args  # Keras: (get_index, (uid, i)); the worker indexes the dataset itself
@@ -252,7 +256,8 @@ class ProcessPool:
         try:
             while not result.done:
                 if self._failure is not None:
-                    self._fail_owed()
+                    with self._lock:  # apply_async adds to what is owed under it
+                        self._fail_owed()
                     return
                 if self._selector is None:
                     self._selector = selectors.DefaultSelector()  # epoll: one syscall a wait
@@ -261,8 +266,7 @@ class ProcessPool:
                         if not w.gone:
                             self._selector.register(w.conn, selectors.EVENT_READ, w)
                 if not self._selector.get_map():
-                    self._failure = WorkerError(f"the worker processes exited before sending batch "
-                                                f"{result.index}")
+                    self._fail(WorkerError(f"the worker processes exited before sending batch {result.index}"))
                     continue
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 ready = self._selector.select(left)
@@ -281,8 +285,8 @@ class ProcessPool:
             data = worker.conn.recv_bytes()
         except (EOFError, OSError):
             failure = worker.ended(self._ended)
-            if failure is not None and self._failure is None:
-                self._failure = failure
+            if failure is not None:
+                self._fail(failure)
             return
         task, = _TAG.unpack_from(data)
         body = memoryview(data)[_TAG.size:]
@@ -304,21 +308,40 @@ class ProcessPool:
         else:
             owed.value = obj
         owed.done = True
+        if not self._running:  # closed: the batches queued before the close still count as in use
+            self._closed_at = time.monotonic()
 
     def _adopt(self, worker: _Worker, body) -> None:
         from npyseq.keras import transport
         try:
             notice = pickle.loads(body)
-            transport.adopt(notice, reduction.recv_handle(worker.conn))
+            fd = reduction.recv_handle(worker.conn)
+        except (EOFError, OSError):  # it died between the notice and the descriptor
+            self._fail(worker.ended(self._ended) or WorkerError(
+                f"worker process {worker.pid} exited between a shared memory notice and its descriptor"))
+            return
         except Exception as e:
-            if self._failure is None:
-                self._failure = e if isinstance(e, WorkerError) else WorkerError(
-                    f"a shared memory ring of worker process {worker.pid} did not reach the trainer "
-                    f"({type(e).__name__}: {e}); pass shared_memory=False to the sequence")
+            self._fail(WorkerError(f"a shared memory ring of worker process {worker.pid} did not reach the "
+                                   f"trainer ({type(e).__name__}: {e}); pass shared_memory=False to the sequence"))
+            return
+        try:
+            transport.adopt(notice, fd)
+        except Exception as e:
+            self._fail(e if isinstance(e, WorkerError) else WorkerError(
+                f"a shared memory ring of worker process {worker.pid} did not reach the trainer "
+                f"({type(e).__name__}: {e}); pass shared_memory=False to the sequence"))
             return
         worker.tokens.add(notice.token)
 
+    def _fail(self, error: BaseException) -> None:
+        """The pool is broken: ``error`` (the first one) for every batch owed and every later one."""
+        with self._lock:
+            if self._failure is None:
+                self._failure = error
+            self._fail_owed()
+
     def _fail_owed(self) -> None:
+        """(The caller holds ``_lock``.)"""
         for task in list(self._owed.keys()):
             owed = self._owed.pop(task, None)
             if owed is not None and not owed.done:
@@ -382,6 +405,32 @@ class ProcessPool:
     def join(self) -> None:
         for w in self._workers:
             w.process.join()
+
+
+# Pools of this process: a process forked from it (another pool's worker, a user's child) closes their
+# trainer-side sockets at once, or it would keep their workers from reading the end of the stream when
+# the trainer dies, for as long as it lives.
+_LIVE: "weakref.WeakSet[ProcessPool]" = weakref.WeakSet()
+
+
+def _close_inherited_pools() -> None:
+    for pool in list(_LIVE):
+        for sock in (pool._tasks, pool._selector):
+            try:
+                if sock is not None:
+                    sock.close()
+            except Exception:
+                pass
+        for w in pool._workers:
+            try:
+                w.conn.close()
+            except Exception:
+                pass
+    _LIVE.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_pools)
 
 
 def _timer(seconds: float, pool: ProcessPool) -> threading.Timer:
