@@ -256,8 +256,7 @@ class ProcessPool:
         try:
             while not result.done:
                 if self._failure is not None:
-                    with self._lock:  # apply_async adds to what is owed under it
-                        self._fail_owed()
+                    self._fail(self._failure)
                     return
                 if self._selector is None:
                     self._selector = selectors.DefaultSelector()  # epoll: one syscall a wait
@@ -313,16 +312,12 @@ class ProcessPool:
 
     def _adopt(self, worker: _Worker, body) -> None:
         from npyseq.keras import transport
+        notice = pickle.loads(body)  # the transport's own class: it unpickles
         try:
-            notice = pickle.loads(body)
             fd = reduction.recv_handle(worker.conn)
         except (EOFError, OSError):  # it died between the notice and the descriptor
             self._fail(worker.ended(self._ended) or WorkerError(
                 f"worker process {worker.pid} exited between a shared memory notice and its descriptor"))
-            return
-        except Exception as e:
-            self._fail(WorkerError(f"a shared memory ring of worker process {worker.pid} did not reach the "
-                                   f"trainer ({type(e).__name__}: {e}); pass shared_memory=False to the sequence"))
             return
         try:
             transport.adopt(notice, fd)
@@ -334,18 +329,14 @@ class ProcessPool:
         worker.tokens.add(notice.token)
 
     def _fail(self, error: BaseException) -> None:
-        """The pool is broken: ``error`` (the first one) for every batch owed and every later one."""
-        with self._lock:
+        """The pool is broken: its first error for every batch owed and every later one."""
+        with self._lock:  # apply_async adds to what is owed under it
             if self._failure is None:
                 self._failure = error
-            self._fail_owed()
-
-    def _fail_owed(self) -> None:
-        """(The caller holds ``_lock``.)"""
-        for task in list(self._owed.keys()):
-            owed = self._owed.pop(task, None)
-            if owed is not None and not owed.done:
-                owed.error, owed.done = self._failure, True
+            for task in list(self._owed.keys()):
+                owed = self._owed.pop(task, None)
+                if owed is not None and not owed.done:
+                    owed.error, owed.done = self._failure, True
 
     def reopen(self, sequences: dict) -> bool:
         """Serve another epoch, of ``sequences`` as they are now; False if this pool cannot.
