@@ -51,12 +51,12 @@ What Keras' pool would do wrong here, and this one does not:
   trainer's.
 
 The tasks carry no pickle (integers); what a worker sends is unpickled only
-in the trainer, as Keras' pool does.
+in the trainer, as Keras' pool does. The workers' side, and the wire format
+of both, is :mod:`npyseq.keras.pool_worker`.
 """
 
 from __future__ import annotations
 
-import io
 import itertools
 import multiprocessing
 import os
@@ -70,14 +70,10 @@ import weakref
 from multiprocessing import reduction
 
 from npyseq.errors import WorkerError
+from npyseq.keras.pool_worker import NOTICE, RENEW, STOP, TAG, TASK, Raised, serve
 
 __all__ = ["ProcessPool"]
 
-_TASK = struct.Struct("<cqqqq")  # (b"T", epoch, task id, dataset uid, batch index), on the task socket
-_STOP = _TASK.pack(b"E", 0, 0, 0, 0)  # no more tasks for the worker that reads it: exit
-_RENEW = struct.Struct("<cq")  # (b"S", epoch) and the pickled datasets of that epoch, on each worker's socket
-_TAG = struct.Struct("<q")  # ahead of everything a worker sends: the task id, or _NOTICE
-_NOTICE = -1  # a message of the transport's (a new shared memory ring), not a batch
 KEEP_SECONDS = 2.0  # a pool Keras closed serves the next epoch if it starts within this time
 
 _UNPICKLABLE = (
@@ -85,13 +81,6 @@ _UNPICKLABLE = (
     "must return NumPy arrays (or objects that unpickle in the trainer); thread workers "
     "(use_multiprocessing=False) pickle nothing"
 )
-
-
-class _Raised:
-    """An exception raised in a worker, raised again by the trainer."""
-
-    def __init__(self, error: BaseException):
-        self.error = error
 
 
 class _Result:
@@ -131,7 +120,7 @@ class _Worker:
         parent, child = context.Pipe(duplex=True)
         fork = context.get_start_method() == "fork"
         inherited = close_in_child + [parent.fileno()] if fork else []
-        self.process = context.Process(target=_serve, args=(child, tasks, sequences, os.getpid(), inherited),
+        self.process = context.Process(target=serve, args=(child, tasks, sequences, os.getpid(), inherited),
                                        name=name, daemon=True)
         try:
             self.process.start()
@@ -240,7 +229,7 @@ class ProcessPool:
                 return result
             task = next(self._ids)
             self._owed[task] = result
-            message = _TASK.pack(b"T", self._epoch, task, uid, index)
+            message = TASK.pack(b"T", self._epoch, task, uid, index)
         try:
             with self._send_lock:
                 self._tasks.send(message)
@@ -287,9 +276,9 @@ class ProcessPool:
             if failure is not None:
                 self._fail(failure)
             return
-        task, = _TAG.unpack_from(data)
-        body = memoryview(data)[_TAG.size:]
-        if task == _NOTICE:
+        task, = TAG.unpack_from(data)
+        body = memoryview(data)[TAG.size:]
+        if task == NOTICE:
             self._adopt(worker, body)
             return
         owed = self._owed.pop(task, None)  # None: Keras let go of it; the batch (and its slot) goes
@@ -302,7 +291,7 @@ class ProcessPool:
             return
         if owed is None:
             return
-        if isinstance(obj, _Raised):
+        if isinstance(obj, Raised):
             owed.error = obj.error
         else:
             owed.value = obj
@@ -354,7 +343,7 @@ class ProcessPool:
         with self._lock:
             if self._running or self._ended or self._failure is not None:
                 return False
-            message = _RENEW.pack(b"S", self._epoch + 1) + payload
+            message = RENEW.pack(b"S", self._epoch + 1) + payload
             if not all(w.renew(message) for w in self._workers):
                 self._end()
                 return False
@@ -383,7 +372,7 @@ class ProcessPool:
         try:
             with self._send_lock:
                 for _ in self._workers:
-                    self._tasks.send(_STOP)
+                    self._tasks.send(STOP)
         except OSError:
             pass  # no worker left to read them
 
@@ -445,81 +434,3 @@ def _end_if_unused(ref) -> None:
             return
         timer = pool._timer = _timer(left, pool)
     timer.start()
-
-
-class _Notices:
-    """The transport's channel to the trainer, in a worker: its messages go tagged :data:`_NOTICE`."""
-
-    def __init__(self, conn):
-        self.conn = conn
-
-    def send(self, obj) -> None:
-        self.conn.send_bytes(_TAG.pack(_NOTICE) + reduction.ForkingPickler.dumps(obj))
-
-    def fileno(self) -> int:  # reduction.send_handle passes descriptors over it
-        return self.conn.fileno()
-
-
-def _tagged(task: int, value) -> memoryview:
-    """``value`` pickled, as Keras' pool would, after the task id."""
-    buffer = io.BytesIO()
-    buffer.write(_TAG.pack(task))
-    reduction.ForkingPickler(buffer).dump(value)
-    return buffer.getbuffer()
-
-
-def _serve(conn, tasks: socket.socket, sequences: dict, trainer: int, inherited: list) -> None:
-    """A worker: batches for the tasks it takes, until it takes a stop or the trainer is gone."""
-    for fd in inherited:  # the trainer's ends of sockets (forked): keep none, or EOF never comes
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    from npyseq.keras import transport, watchdog
-    watchdog.prepare_worker()  # Ctrl-C is the trainer's
-    transport.serve(_Notices(conn), trainer)
-    epoch, broken = 0, None
-    while True:
-        try:
-            data = tasks.recv(_TASK.size)
-        except OSError:
-            return
-        if len(data) != _TASK.size:
-            return  # b"": the trainer is gone
-        kind, task_epoch, task, uid, index = _TASK.unpack(data)
-        if kind != b"T":
-            return  # stop
-        while epoch < task_epoch:  # a kept pool's next epoch: its datasets came ahead of its tasks
-            try:
-                message = conn.recv_bytes()
-            except (EOFError, OSError):
-                return
-            _, epoch = _RENEW.unpack_from(message)
-            if epoch != task_epoch:
-                continue  # an epoch this worker took no task of
-            try:  # opened while the last epoch's are alive: a dataset still open here is reused
-                renewed = pickle.loads(memoryview(message)[_RENEW.size:])
-                sequences.clear()
-                sequences.update(renewed)
-                del renewed
-                broken = None
-            except Exception as e:  # e.g. its files are gone: each of its batches says so
-                sequences.clear()
-                broken = WorkerError(f"the dataset of the next epoch could not be opened in a worker process "
-                                     f"({type(e).__name__}: {e})")
-        try:
-            if broken is not None:
-                raise broken
-            value = sequences[uid][index]
-        except Exception as e:
-            value = _Raised(e)
-        try:
-            payload = _tagged(task, value)
-        except Exception as e:
-            payload = _tagged(task, _Raised(WorkerError(
-                f"batch {index} could not be pickled in the worker process ({type(e).__name__}: {e})")))
-        try:
-            conn.send_bytes(payload)
-        except OSError:
-            return
-        del value, payload

@@ -272,7 +272,8 @@ def test_an_exception_in_a_worker_is_raised_by_get_and_the_worker_goes_on(path):
 
 
 def test_tasks_carry_no_pickle_and_a_closed_pool_refuses_tasks(path):
-    assert executor._TASK.size == 33  # b"T", epoch, task id, dataset uid, batch index
+    from npyseq.keras import pool_worker
+    assert pool_worker.TASK.size == 33  # b"T", epoch, task id, dataset uid, batch index
     pool = executor.ProcessPool(multiprocessing.get_context("fork"), 1, {0: _sequence(path)}, keep_seconds=0)
     pool.close()
     with pytest.raises(ValueError, match="Pool not running"):
