@@ -55,7 +55,7 @@ def rss_anon(pid: int | str = "self") -> int:
 
 def pss_anon(pid: int | str = "self") -> int:
     """``Pss_Anon`` of a process in bytes: its share of the anonymous pages it maps."""
-    return _field(f"/proc/{pid}/smaps_rollup", "Pss_Anon")
+    return _rollup(pid)[0]
 
 
 def _rollup(pid: int | str) -> tuple[int, int]:
@@ -76,7 +76,7 @@ def rss_shmem(pid: int | str = "self") -> int:
 
 def pss_shmem(pid: int | str = "self") -> int:
     """``Pss_Shmem`` of a process in bytes: its share of the shared-memory pages it maps."""
-    return _field(f"/proc/{pid}/smaps_rollup", "Pss_Shmem")
+    return _rollup(pid)[1]
 
 
 class PeakMemory:

@@ -127,7 +127,6 @@ class _Worker:
         finally:
             child.close()
         self.conn = parent
-        self.send_lock = threading.Lock()
         self.tokens: set = set()  # of its rings, in the trainer's registry
         self.gone = False  # exited after a stop, all it owed sent
         self._final = weakref.finalize(self, _close, parent, self.tokens)
@@ -146,16 +145,15 @@ class _Worker:
         bytes), sent with ``MSG_DONTWAIT`` so as not to touch the blocking
         mode of the socket the trainer reads batches from in another thread.
         """
-        with self.send_lock:
-            if self.gone or self.process.exitcode is not None:
-                return False
-            frame = struct.pack("!i", len(message)) + message
-            try:
-                with socket.socket(fileno=os.dup(self.conn.fileno())) as sock:
-                    sent = sock.send(frame, socket.MSG_DONTWAIT)
-            except OSError:  # BlockingIOError: full; or it is gone
-                return False
-            return sent == len(frame)  # a part sent: the pool ends, and the worker never reads on
+        if self.gone or self.process.exitcode is not None:  # (the pool's lock is held: one sender)
+            return False
+        frame = struct.pack("!i", len(message)) + message
+        try:
+            with socket.socket(fileno=os.dup(self.conn.fileno())) as sock:
+                sent = sock.send(frame, socket.MSG_DONTWAIT)
+        except OSError:  # BlockingIOError: full; or it is gone
+            return False
+        return sent == len(frame)  # a part sent: the pool ends, and the worker never reads on
 
     def ended(self, stopped: bool) -> BaseException | None:
         """Its socket closed: None if it exited after a stop (nothing owed), else the error to raise."""
@@ -200,7 +198,7 @@ class ProcessPool:
         self._keep = KEEP_SECONDS if keep_seconds is None else keep_seconds
         self._closed_at = 0.0
         self._timer: threading.Timer | None = None
-        self._selector: selectors.BaseSelector | None = None  # the workers' sockets, made at the first wait
+        self._selector: selectors.BaseSelector | None = None  # the workers' sockets (epoll: one syscall a wait)
         self._workers: list[_Worker] = []
         self._tasks, tasks = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         weakref.finalize(self, self._tasks.close)
@@ -216,6 +214,10 @@ class ProcessPool:
             tasks.close()  # the workers' end: the trainer keeps none, so a send fails once all are gone
         self._pool = [w.process for w in self._workers]
         self._ctx = context  # as multiprocessing.Pool names it
+        self._selector = selectors.DefaultSelector()
+        weakref.finalize(self, self._selector.close)
+        for w in self._workers:
+            self._selector.register(w.conn, selectors.EVENT_READ, w)
         _LIVE.add(self)
 
     def apply_async(self, func=None, args=(), kwds=None, callback=None, error_callback=None) -> _Result:
@@ -247,12 +249,6 @@ class ProcessPool:
                 if self._failure is not None:
                     self._fail(self._failure)
                     return
-                if self._selector is None:
-                    self._selector = selectors.DefaultSelector()  # epoll: one syscall a wait
-                    weakref.finalize(self, self._selector.close)
-                    for w in self._workers:
-                        if not w.gone:
-                            self._selector.register(w.conn, selectors.EVENT_READ, w)
                 if not self._selector.get_map():
                     self._fail(WorkerError(f"the worker processes exited before sending batch {result.index}"))
                     continue
